@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup run test test-python test-contracts lint bench clean
+
+setup:
+	@bash tools/setup.sh
+
+## run: start a local 4-node cluster, synchronize 100 tx of 300 B, verify ledgers, stop.
+run: setup
+	$(BIN)/dtnbus sync --nodes 4 --tx 100 --tx-bytes 300 --dir .dtnbus/run
+
+## test: every test, Python and Solidity.
+test: setup lint test-python test-contracts
+
+lint:
+	$(BIN)/ruff check .
+
+test-python:
+	$(PY) -m pytest -p no:pytest-brownie -q
+
+test-contracts:
+	@if [ -d tests/contracts ] && ls tests/contracts/test_*.py >/dev/null 2>&1; then \
+	  bash tools/contracts_test.sh; else echo "no contract tests yet"; fi
+
+bench: setup
+	$(PY) -m benchmarks.throughput
+
+clean:
+	rm -rf .dtnbus results build reports

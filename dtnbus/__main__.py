@@ -1,0 +1,3 @@
+from dtnbus.cli import main
+
+main()

@@ -1,0 +1,235 @@
+"""The client: submit requests to every replica, accept on f+1 matching replies.
+
+It also measures what `dtnbus sync` reports, from the replies themselves: the time
+until every request has f+1 matching replies (client-visible commit), until 2f+1
+replicas have executed everything (the figure comparable with the reference), and
+until all n have. A reply is sent only after its block is durable in the ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import zmq
+
+from dtnbus.config import ClusterConfig
+from dtnbus.errors import LocalError, PeerError
+from dtnbus.messages import Reply, Request, Status, StatusQuery, commit_quorum, reply_quorum
+from dtnbus.metrics import ClientMetrics
+from dtnbus.wire import Codec
+
+
+@dataclass
+class _Pending:
+    timestamp: int
+    frame: bytes
+    first_sent: float
+    next_retry: float
+    replies: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+    accepted: tuple[int, bytes] | None = None
+    accepted_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """What one submission achieved; times are seconds from the first send (None: never)."""
+
+    requests: int
+    transactions: int
+    seconds_f1: float | None  # every request has f+1 matching replies
+    seconds_2f1: float | None  # 2f+1 replicas executed every request
+    seconds_all: float | None  # all n replicas did
+    replicas_done: int
+    retransmissions: int
+    mismatched_replies: int
+    results: dict[int, tuple[int, bytes]]  # timestamp -> (seq, block hash) accepted
+
+
+class Client:
+    """One client identity with a DEALER connection to every replica."""
+
+    def __init__(self, config: ClusterConfig, client_id: str | None = None,
+                 shaper: object | None = None) -> None:
+        spec = config.client(client_id)
+        self.config = config
+        self.id = spec.id
+        self.codec = Codec(config.signer(spec.key_file, f"client {spec.id}"),
+                           config.replica_verifiers(), config.client_verifiers())
+        self.ctx = zmq.Context()
+        self.sockets: dict[int, zmq.Socket] = {}
+        self.poller = zmq.Poller()
+        for node in config.nodes:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 1_000_000)
+            sock.setsockopt(zmq.RCVHWM, 1_000_000)
+            sock.setsockopt(zmq.IDENTITY, f"{spec.id}-{os.getpid()}-{node.id}".encode())
+            sock.connect(node.router)
+            self.sockets[node.id] = sock
+            self.poller.register(sock, zmq.POLLIN)
+        self.shaper = shaper
+        self.metrics = ClientMetrics()
+        self._clock = time.time_ns() // 1000  # µs since the epoch: grows across restarts
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close(linger=0)
+        self.ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ sending
+
+    def _timestamp(self) -> int:
+        self._clock = max(self._clock + 1, time.time_ns() // 1000)
+        return self._clock
+
+    def _send(self, replica: int, frame: bytes, now: float) -> None:
+        if self.shaper is not None and not self.shaper.is_unshaped(replica):
+            self.shaper.submit(now, replica, len(frame), frame)
+        else:
+            self.sockets[replica].send(frame, copy=len(frame) < 65536)
+
+    def _release(self, now: float) -> None:
+        if self.shaper is not None:
+            for replica, frame in self.shaper.pop_due(now):
+                self.sockets[replica].send(frame, copy=len(frame) < 65536)
+
+    def _receive(self, timeout: float) -> list[tuple[int, object]]:
+        """Authenticated messages that arrived within `timeout` seconds, as (replica, msg)."""
+        out = []
+        for sock, _ in self.poller.poll(max(0, int(timeout * 1000))):
+            while True:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    env = self.codec.decode(frame)
+                except PeerError:
+                    continue
+                if isinstance(env.msg, Reply | Status):
+                    out.append((env.msg.replica, env.msg))
+        return out
+
+    def _wait(self, deadline: float) -> float:
+        now = time.monotonic()
+        until = deadline
+        if self.shaper is not None:
+            due = self.shaper.next_due()
+            if due is not None:
+                until = min(until, due)
+        return max(0.0, min(until - now, 0.05))
+
+    # ------------------------------------------------------------ requests
+
+    def submit(self, requests: Sequence[tuple[bytes, ...]], timeout: float = 60.0,
+               wait_all: float = 0.0, retry_after: float = 2.0,
+               on_progress: Callable[[int, int], None] | None = None) -> SubmitResult:
+        """Send each request (a tuple of transactions) to every replica; return when all
+        have f+1 matching replies, or also 2f+1 / all n executed them (within `wait_all`
+        seconds more), or at `timeout`."""
+        n, f1, q2 = self.config.n, reply_quorum(self.config.n), commit_quorum(self.config.n)
+        start = time.monotonic()
+        pending: dict[int, _Pending] = {}
+        for txs in requests:
+            ts = self._timestamp()
+            frame = self.codec.encode(Request(self.id, ts, tuple(txs)))
+            pending[ts] = _Pending(ts, frame, start, start + retry_after)
+        for p in pending.values():  # request-major: every replica gets request 1 first
+            for replica in self.sockets:
+                self._send(replica, p.frame, start)
+            self.metrics.request_sent()
+        done_count = dict.fromkeys(self.sockets, 0)
+        t_f1 = t_2f1 = t_all = None
+        accepted = retransmissions = mismatched = 0
+        deadline = start + timeout
+        all_deadline = deadline
+        total = len(pending)
+        while True:
+            now = time.monotonic()
+            self._release(now)
+            for replica, msg in self._receive(self._wait(min(deadline, all_deadline))):
+                if not isinstance(msg, Reply) or msg.client != self.id:
+                    continue
+                p = pending.get(msg.timestamp)
+                if p is None or replica in p.replies:
+                    continue
+                p.replies[replica] = (msg.seq, msg.result)
+                done_count[replica] += 1
+                now = time.monotonic()
+                if p.accepted is None:
+                    votes = sum(1 for r in p.replies.values() if r == (msg.seq, msg.result))
+                    if votes >= f1:
+                        p.accepted, p.accepted_at = (msg.seq, msg.result), now
+                        accepted += 1
+                        self.metrics.request_accepted(now - p.first_sent)
+                        if on_progress:
+                            on_progress(accepted, total)
+                        if accepted == total:
+                            t_f1 = now - start
+                            all_deadline = min(deadline, now + wait_all)
+                finished = sum(1 for c in done_count.values() if c == total)
+                if t_2f1 is None and finished >= q2:
+                    t_2f1 = now - start
+                if t_all is None and finished == n:
+                    t_all = now - start
+            now = time.monotonic()
+            if t_f1 is not None and (t_all is not None or now >= all_deadline
+                                     or (wait_all == 0.0)):
+                break
+            if now >= deadline:
+                break
+            for p in pending.values():
+                if p.accepted is None and now >= p.next_retry:
+                    p.next_retry = now + retry_after
+                    retransmissions += 1
+                    self.metrics.request_retransmitted()
+                    for replica in self.sockets:
+                        self._send(replica, p.frame, now)
+        for p in pending.values():
+            if p.accepted is not None:
+                mismatched += sum(1 for r in p.replies.values() if r != p.accepted)
+        results = {ts: p.accepted for ts, p in pending.items() if p.accepted is not None}
+        return SubmitResult(total, sum(len(t) for t in requests), t_f1, t_2f1, t_all,
+                            sum(1 for c in done_count.values() if c == total),
+                            retransmissions, mismatched, results)
+
+    # ------------------------------------------------------------ status
+
+    def status(self, timeout: float = 2.0) -> dict[int, Status]:
+        """Ask every replica for its status; those that answer within `timeout`."""
+        nonce = self._timestamp()
+        frame = self.codec.encode(StatusQuery(self.id, nonce))
+        for sock in self.sockets.values():
+            sock.send(frame)  # status is control traffic: never shaped
+        answers: dict[int, Status] = {}
+        deadline = time.monotonic() + timeout
+        while len(answers) < self.config.n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for replica, msg in self._receive(min(left, 0.05)):
+                if isinstance(msg, Status) and msg.nonce == nonce:
+                    answers[replica] = msg
+        return answers
+
+    def wait_ready(self, timeout: float = 30.0, nodes: int | None = None) -> dict[int, Status]:
+        """Poll status until `nodes` (default: all) report ready: every PUB/SUB link is up."""
+        want = self.config.n if nodes is None else nodes
+        deadline = time.monotonic() + timeout
+        answers: dict[int, Status] = {}
+        while time.monotonic() < deadline:
+            answers = self.status(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            if sum(1 for s in answers.values() if s.ready) >= want:
+                return answers
+        ready = sorted(r for r, s in answers.items() if s.ready)
+        raise LocalError(f"cluster not ready after {timeout:.0f}s: ready nodes {ready} of "
+                         f"{self.config.n}; see the node logs")

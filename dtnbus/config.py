@@ -1,0 +1,251 @@
+"""The cluster file (TOML): members, endpoints, public keys, protocol and shaping.
+
+Loaded and validated once, at the edge, into frozen dataclasses; every problem is a
+`LocalError` whose message is one line saying what is wrong and how to fix it.
+Relative paths in the file (key files, ledgers) are relative to the file itself.
+
+    scheme = "ed25519"
+    [protocol]            # optional: ReplicaConfig fields
+    batch_max_txs = 4096
+    [shaping]             # optional: 0/0 = no shaping
+    bandwidth_mbps = 30.0
+    latency_ms = 300.0
+    mode = "link"
+    [[nodes]]
+    id = 0
+    pub = "tcp://127.0.0.1:7000"
+    router = "tcp://127.0.0.1:7001"
+    metrics = "127.0.0.1:7002"
+    public_key = "MCowBQYDK2VwAyEA..."
+    key_file = "keys/node-0.key"
+    ledger = "ledgers/node-0.sqlite"
+    [[clients]]
+    id = "client"
+    public_key = "..."
+    key_file = "keys/client.key"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from dtnbus.crypto import (
+    Signer,
+    Verifier,
+    check_scheme,
+    generate_key,
+    load_public_key_text,
+    public_key_text,
+    read_private_key,
+    scheme_of,
+    write_private_key,
+)
+from dtnbus.errors import LocalError
+from dtnbus.messages import max_faulty
+from dtnbus.replica import ReplicaConfig
+
+PROTOCOL_FIELDS = {f.name for f in dataclasses.fields(ReplicaConfig)} - {"replica_id", "n"}
+SHAPING_FIELDS = {"bandwidth_mbps", "latency_ms", "mode", "latency_dist", "jitter_ms",
+                  "mbps_base", "burst_bytes", "seed"}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    id: int
+    pub: str
+    router: str
+    metrics: str
+    public_key: str
+    key_file: Path | None
+    ledger: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSpec:
+    id: str
+    public_key: str
+    key_file: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    path: Path
+    scheme: str
+    nodes: tuple[NodeSpec, ...]
+    clients: tuple[ClientSpec, ...]
+    protocol: dict[str, Any] = field(default_factory=dict)
+    shaping: dict[str, Any] = field(default_factory=dict)
+    links: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def n(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def f(self) -> int:
+        return max_faulty(self.n)
+
+    def node(self, node_id: int) -> NodeSpec:
+        for spec in self.nodes:
+            if spec.id == node_id:
+                return spec
+        raise LocalError(f"node {node_id} is not in {self.path} (ids 0..{self.n - 1})")
+
+    def client(self, client_id: str | None = None) -> ClientSpec:
+        for spec in self.clients:
+            if client_id is None or spec.id == client_id:
+                return spec
+        raise LocalError(f"client {client_id!r} is not in {self.path}")
+
+    def replica_config(self, node_id: int) -> ReplicaConfig:
+        try:
+            return ReplicaConfig(node_id, self.n, **self.protocol)
+        except (TypeError, ValueError) as exc:
+            raise LocalError(f"{self.path}: [protocol]: {exc}") from None
+
+    def replica_verifiers(self) -> dict[int, Verifier]:
+        return {s.id: Verifier(load_public_key_text(s.public_key)) for s in self.nodes}
+
+    def client_verifiers(self) -> dict[str, Verifier]:
+        return {s.id: Verifier(load_public_key_text(s.public_key)) for s in self.clients}
+
+    def signer(self, key_file: Path | None, who: str) -> Signer:
+        if key_file is None:
+            raise LocalError(f"{self.path} has no key_file for {who}; run this where its key is")
+        return Signer(read_private_key(key_file))
+
+
+def _need(table: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in table:
+        raise LocalError(f"{where}: missing '{key}'")
+    value = table[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise LocalError(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _endpoint(value: str, where: str) -> str:
+    if not value.startswith(("tcp://", "ipc://")):
+        raise LocalError(f"{where}: endpoint {value!r} must start with tcp:// or ipc://")
+    return value
+
+
+def load_cluster(path: Path) -> ClusterConfig:
+    """Read and validate a cluster file."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise LocalError(f"cluster file {path} not found; create one with "
+                         "'dtnbus keygen' or 'dtnbus cluster up'") from None
+    except OSError as exc:
+        raise LocalError(f"cannot read cluster file {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise LocalError(f"cluster file {path} is not valid TOML: {exc}") from None
+    base = path.parent
+    scheme = check_scheme(raw.get("scheme", "ed25519"))
+    nodes = []
+    for i, table in enumerate(raw.get("nodes", [])):
+        where = f"{path}: nodes[{i}]"
+        key_file = table.get("key_file")
+        nodes.append(NodeSpec(
+            id=_need(table, "id", int, where),
+            pub=_endpoint(_need(table, "pub", str, where), where),
+            router=_endpoint(_need(table, "router", str, where), where),
+            metrics=table.get("metrics", ""),
+            public_key=_need(table, "public_key", str, where),
+            key_file=base / key_file if key_file else None,
+            ledger=base / _need(table, "ledger", str, where),
+        ))
+    if len(nodes) < 1:
+        raise LocalError(f"{path}: no [[nodes]]; a cluster needs at least 4 for f >= 1")
+    if sorted(s.id for s in nodes) != list(range(len(nodes))):
+        raise LocalError(f"{path}: node ids must be 0..{len(nodes) - 1}, each once")
+    nodes.sort(key=lambda s: s.id)
+    clients = []
+    for i, table in enumerate(raw.get("clients", [])):
+        where = f"{path}: clients[{i}]"
+        key_file = table.get("key_file")
+        clients.append(ClientSpec(_need(table, "id", str, where),
+                                  _need(table, "public_key", str, where),
+                                  base / key_file if key_file else None))
+    protocol = raw.get("protocol", {})
+    unknown = set(protocol) - PROTOCOL_FIELDS
+    if unknown:
+        raise LocalError(f"{path}: [protocol] has unknown keys {sorted(unknown)}; "
+                         f"known: {sorted(PROTOCOL_FIELDS)}")
+    shaping = raw.get("shaping", {})
+    unknown = set(shaping) - SHAPING_FIELDS
+    if unknown:
+        raise LocalError(f"{path}: [shaping] has unknown keys {sorted(unknown)}; "
+                         f"known: {sorted(SHAPING_FIELDS)}")
+    config = ClusterConfig(path, scheme, tuple(nodes), tuple(clients), dict(protocol),
+                           dict(shaping), tuple(raw.get("links", [])))
+    for spec in nodes:
+        load_public_key_text(spec.public_key)
+    config.replica_config(0)  # validates [protocol]
+    return config
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the kernel says are free now (all held open together, so they are distinct)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str = "127.0.0.1",
+                     base_port: int | None = None, protocol: dict[str, Any] | None = None,
+                     shaping: dict[str, Any] | None = None,
+                     links: list[dict[str, Any]] | None = None) -> Path:
+    """Create keys (mode 0600) for N nodes and one client, and write `out/cluster.toml`."""
+    check_scheme(scheme)
+    if nodes < 1:
+        raise LocalError(f"--nodes must be at least 1 (4 or more to tolerate a fault), got {nodes}")
+    out.mkdir(parents=True, exist_ok=True)
+    ports = (list(range(base_port, base_port + 3 * nodes)) if base_port
+             else free_ports(3 * nodes, host))
+    node_tables = []
+    for i in range(nodes):
+        key = generate_key(scheme)
+        write_private_key(out / "keys" / f"node-{i}.key", key)
+        p_pub, p_router, p_metrics = ports[3 * i: 3 * i + 3]
+        node_tables.append({
+            "id": i,
+            "pub": f"tcp://{host}:{p_pub}",
+            "router": f"tcp://{host}:{p_router}",
+            "metrics": f"{host}:{p_metrics}",
+            "public_key": public_key_text(key.public_key()),
+            "key_file": f"keys/node-{i}.key",
+            "ledger": f"ledgers/node-{i}.sqlite",
+        })
+    client_key = generate_key(scheme)
+    assert scheme_of(client_key) == scheme
+    write_private_key(out / "keys" / "client.key", client_key)
+    doc: dict[str, Any] = {"scheme": scheme}
+    if protocol:
+        doc["protocol"] = protocol
+    if shaping:
+        doc["shaping"] = shaping
+    doc["nodes"] = node_tables
+    doc["clients"] = [{"id": "client", "public_key": public_key_text(client_key.public_key()),
+                       "key_file": "keys/client.key"}]
+    if links:
+        doc["links"] = links
+    path = out / "cluster.toml"
+    path.write_text(tomli_w.dumps(doc))
+    return path

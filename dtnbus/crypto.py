@@ -1,0 +1,124 @@
+"""Key pairs, signing and verification: Ed25519 (default) or RSA-2048 (PSS).
+
+We sign the SHA-256 digest of a message's payload, not the payload: a 150 kB
+request would otherwise cost far more to sign, and the digest is computed anyway.
+Private keys are written with mode 0600 and are never printed.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
+
+from dtnbus.errors import LocalError
+
+SCHEMES = ("ed25519", "rsa2048")
+SIGNATURE_BYTES = {"ed25519": 64, "rsa2048": 256}
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+_PREHASHED = utils.Prehashed(hashes.SHA256())
+
+PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+PublicKey = ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+
+
+def check_scheme(scheme: str) -> str:
+    if scheme not in SCHEMES:
+        raise LocalError(f"unknown signature scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    return scheme
+
+
+def generate_key(scheme: str = "ed25519") -> PrivateKey:
+    if check_scheme(scheme) == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def scheme_of(key: PrivateKey | PublicKey) -> str:
+    return "ed25519" if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey) \
+        else "rsa2048"
+
+
+class Signer:
+    """Signs 32-byte digests with one private key."""
+
+    def __init__(self, key: PrivateKey) -> None:
+        self._key = key
+        self.scheme = scheme_of(key)
+
+    def sign(self, digest: bytes) -> bytes:
+        if self.scheme == "ed25519":
+            return self._key.sign(digest)  # type: ignore[call-arg]
+        return self._key.sign(digest, _PSS, _PREHASHED)  # type: ignore[call-arg]
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self._key.public_key()
+
+
+class Verifier:
+    """Checks signatures of one member against its public key."""
+
+    def __init__(self, key: PublicKey) -> None:
+        self._key = key
+        self.scheme = scheme_of(key)
+        self.signature_bytes = SIGNATURE_BYTES[self.scheme]
+
+    def verify(self, signature: bytes, digest: bytes) -> bool:
+        if len(signature) != self.signature_bytes:
+            return False
+        try:
+            if self.scheme == "ed25519":
+                self._key.verify(signature, digest)  # type: ignore[call-arg]
+            else:
+                self._key.verify(signature, digest, _PSS, _PREHASHED)  # type: ignore[call-arg]
+        except InvalidSignature:
+            return False
+        return True
+
+
+def public_key_text(key: PublicKey) -> str:
+    """A public key as one line for the cluster file: base64 of DER SubjectPublicKeyInfo."""
+    der = key.public_bytes(serialization.Encoding.DER,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode("ascii")
+
+
+def load_public_key_text(text: str) -> PublicKey:
+    try:
+        key = serialization.load_der_public_key(base64.b64decode(text, validate=True))
+    except ValueError as exc:
+        raise LocalError(f"invalid public key in cluster file: {exc}") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
+        raise LocalError("cluster file holds a public key that is neither Ed25519 nor RSA")
+    return key
+
+
+def write_private_key(path: Path, key: PrivateKey) -> None:
+    """Write a PEM private key that only its owner can read (created 0600, never chmod'ed later)."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+
+
+def read_private_key(path: Path) -> PrivateKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LocalError(f"cannot read key file {path}: {exc.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise LocalError(f"key file {path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey):
+        raise LocalError(f"key file {path} holds neither an Ed25519 nor an RSA key")
+    return key

@@ -1,0 +1,215 @@
+"""Typed PBFT messages and the quorum arithmetic, in one place.
+
+Messages are frozen slotted dataclasses. Each class carries its wire `KIND` and a
+field schema (`SCHEMA`) that the decoder checks before anything reaches the replica.
+Replica ids are ints (0..n-1); client ids are short strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+def max_faulty(n: int) -> int:
+    """f = floor((n - 1) / 3): the most Byzantine replicas n can tolerate (n >= 3f + 1)."""
+    if n < 1:
+        raise ValueError(f"a cluster needs at least one replica, got n={n}")
+    return (n - 1) // 3
+
+
+def prepare_quorum(n: int) -> int:
+    """Matching PREPAREs (besides the PRE-PREPARE) that make a slot prepared: 2f."""
+    return 2 * max_faulty(n)
+
+
+def commit_quorum(n: int) -> int:
+    """Matching COMMITs that make a slot committed-local (and checkpoints stable): 2f + 1."""
+    return 2 * max_faulty(n) + 1
+
+
+def reply_quorum(n: int) -> int:
+    """Matching REPLYs a client needs: f + 1 (at least one comes from a correct replica)."""
+    return max_faulty(n) + 1
+
+
+def primary_of(view: int, n: int) -> int:
+    """The primary of a view is view mod n."""
+    return view % n
+
+
+# Field type tags understood by dtnbus.wire's shape checker.
+INT, STR, BYTES, BOOL, FLOAT = "int", "str", "bytes", "bool", "float"
+BYTES_LIST = "list[bytes]"
+PHASE_LIST = "list[phase]"  # [[name: str, count: int, sum_seconds: float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A client's signed request: one or more opaque transactions, sent to every replica."""
+
+    KIND: ClassVar[int] = 1
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("client", STR), ("timestamp", INT), ("txs", BYTES_LIST),
+    )
+    client: str
+    timestamp: int
+    txs: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PrePrepare:
+    """The primary's order for one sequence number: request digests only, never payload."""
+
+    KIND: ClassVar[int] = 2
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("view", INT), ("seq", INT), ("replica", INT), ("digests", BYTES_LIST),
+    )
+    view: int
+    seq: int
+    replica: int
+    digests: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    KIND: ClassVar[int] = 3
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("view", INT), ("seq", INT), ("replica", INT), ("digest", BYTES),
+    )
+    view: int
+    seq: int
+    replica: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    KIND: ClassVar[int] = 4
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("view", INT), ("seq", INT), ("replica", INT), ("digest", BYTES),
+    )
+    view: int
+    seq: int
+    replica: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A replica's answer: the sequence and the ledger block hash, not the payload."""
+
+    KIND: ClassVar[int] = 5
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("view", INT), ("replica", INT), ("client", STR), ("timestamp", INT),
+        ("seq", INT), ("result", BYTES),
+    )
+    view: int
+    replica: int
+    client: str
+    timestamp: int
+    seq: int
+    result: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The ledger head hash after executing `seq`; 2f+1 matching make it stable."""
+
+    KIND: ClassVar[int] = 6
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("replica", INT), ("seq", INT), ("state", BYTES),
+    )
+    replica: int
+    seq: int
+    state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Ask a peer for request bodies this replica has a digest for but no payload."""
+
+    KIND: ClassVar[int] = 7
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (("replica", INT), ("digests", BYTES_LIST))
+    replica: int
+    digests: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Published until every peer has heard us: PUB/SUB readiness (the slow-joiner fix)."""
+
+    KIND: ClassVar[int] = 8
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (("replica", INT), ("heard", INT))
+    replica: int
+    heard: int  # how many peers this replica has heard from
+
+
+@dataclass(frozen=True, slots=True)
+class StatusQuery:
+    KIND: ClassVar[int] = 9
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (("client", STR), ("nonce", INT))
+    client: str
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A node's view of itself, for `cluster status`, readiness and sync phase times."""
+
+    KIND: ClassVar[int] = 10
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("replica", INT), ("nonce", INT), ("view", INT), ("last_executed", INT),
+        ("head", BYTES), ("stable_checkpoint", INT), ("ready", BOOL), ("pending", INT),
+        ("executed_txs", INT), ("phases", PHASE_LIST),
+    )
+    replica: int
+    nonce: int
+    view: int
+    last_executed: int
+    head: bytes
+    stable_checkpoint: int
+    ready: bool
+    pending: int
+    executed_txs: int
+    phases: tuple[tuple[str, int, float], ...]
+
+
+Message = (
+    Request | PrePrepare | Prepare | Commit | Reply | Checkpoint | Fetch | Hello | StatusQuery
+    | Status
+)
+MESSAGE_TYPES: dict[int, type] = {
+    cls.KIND: cls
+    for cls in (Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, Fetch, Hello,
+                StatusQuery, Status)
+}
+CLIENT_KINDS = frozenset({Request.KIND, StatusQuery.KIND})
+
+
+def kind_name(kind: int) -> str:
+    """Lower-case name of a message kind, for metrics labels."""
+    cls = MESSAGE_TYPES.get(kind)
+    return cls.__name__.lower() if cls else "unknown"
+
+
+def sender_of(msg: Message) -> int | str:
+    """Who signed a message: a replica id, or a client id for client messages."""
+    if isinstance(msg, Request | StatusQuery):
+        return msg.client
+    return msg.replica
+
+
+GENESIS = bytes(32)
+
+
+def batch_digest(digests: tuple[bytes, ...]) -> bytes:
+    """What PREPARE and COMMIT agree on: the ordered request digests of one PRE-PREPARE."""
+    return hashlib.sha256(b"".join(digests)).digest()
+
+
+def block_hash(prev: bytes, seq: int, digest: bytes) -> bytes:
+    """The ledger's hash chain. The view is stored but not hashed: correct replicas may
+    commit the same batch in different views, and their ledgers must still be identical."""
+    return hashlib.sha256(prev + seq.to_bytes(8, "big") + digest).digest()

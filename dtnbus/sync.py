@@ -1,0 +1,134 @@
+"""The headline measurement: synchronize D transactions across n nodes; how long?
+
+The reference's `genPBFTSynchronize(numNodes, data, clientAddr, bandwidth, latency)`
+becomes `synchronize(nodes, data, bandwidth_mbps, latency_ms)`. Start-up and key
+generation are not timed. The clock starts at the client's first send and reports:
+  seconds_f1  - every transaction has f+1 matching replies (client-visible commit)
+  seconds_2f1 - 2f+1 nodes have executed everything (comparable with the reference)
+  seconds_all - all n nodes have
+plus the per-phase means the nodes' own metrics recorded, and whether every node's
+ledger ends at the same head.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dtnbus.client import Client
+from dtnbus.cluster import cluster_up, stop_nodes
+from dtnbus.errors import LocalError
+from dtnbus.storage import compare_ledgers
+
+PHASE_ORDER = ("request_to_preprepare", "preprepare_to_prepared", "prepared_to_committed",
+               "committed_to_executed")
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    nodes: int
+    tx: int
+    tx_bytes: int
+    bandwidth_mbps: float
+    latency_ms: float
+    seconds_f1: float | None
+    seconds_2f1: float | None
+    seconds_all: float | None
+    phases: dict[str, float]  # mean seconds per batch, averaged over the nodes
+    client_request_seconds: float | None  # mean request -> f+1 replies
+    requests: int
+    request_txs: int
+    retransmissions: int
+    ledger_heights: dict[int, int] = field(default_factory=dict)
+    ledger_heads: dict[int, str] = field(default_factory=dict)
+    ledgers_identical: bool = False
+    ledger_error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_transactions(count: int, size: int, seed: int = 0) -> list[bytes]:
+    """Opaque transactions: a unique 12-byte prefix, then random filler, `size` bytes each."""
+    if size < 12:
+        raise LocalError(f"--tx-bytes must be at least 12, got {size}")
+    filler = os.urandom(size)
+    return [seed.to_bytes(4, "big") + i.to_bytes(8, "big") + filler[: size - 12]
+            for i in range(count)]
+
+
+def chunk(items: Sequence[bytes], size: int) -> list[tuple[bytes, ...]]:
+    return [tuple(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float = 0.0,
+                latency_ms: float = 0.0, *, tx_bytes: int = 300, request_txs: int = 256,
+                scheme: str = "ed25519", directory: Path | None = None,
+                protocol: dict[str, Any] | None = None,
+                shaping: dict[str, Any] | None = None, timeout: float | None = None,
+                wait_all: float = 30.0,
+                on_progress: Callable[[int, int], None] | None = None) -> SyncResult:
+    """Start an n-node cluster (not timed), synchronize `data` (a count of generated
+    `tx_bytes`-byte transactions, or the transactions themselves), stop the cluster."""
+    if bandwidth_mbps < 0 or latency_ms < 0:
+        raise LocalError("bandwidth and latency must be >= 0 (0/0 means no shaping)")
+    if request_txs < 1:
+        raise LocalError(f"--request-txs must be at least 1, got {request_txs}")
+    txs = make_transactions(data, tx_bytes) if isinstance(data, int) else list(data)
+    if not txs:
+        raise LocalError("nothing to synchronize: give at least one transaction")
+    shaping_table = dict(shaping or {})
+    if bandwidth_mbps or latency_ms:
+        shaping_table.update(bandwidth_mbps=bandwidth_mbps, latency_ms=latency_ms)
+    tmp = None
+    if directory is None:
+        tmp = tempfile.TemporaryDirectory(prefix="dtnbus-sync-")
+        directory = Path(tmp.name)
+    payload = sum(len(t) for t in txs)
+    if timeout is None:
+        rate = bandwidth_mbps * 1e6 / 8 if bandwidth_mbps else 1e9
+        timeout = 60 + 10 * payload / rate + 0.05 * len(txs) ** 0.5 * nodes
+    try:
+        config = cluster_up(directory, nodes, scheme, protocol=protocol,
+                            shaping=shaping_table or None)
+        try:
+            from dtnbus.node import shaper_for
+
+            with Client(config, shaper=shaper_for(config, config.client().id)) as client:
+                result = client.submit(chunk(txs, request_txs), timeout=timeout,
+                                       wait_all=wait_all, on_progress=on_progress)
+                statuses = client.status(timeout=5.0)
+            reports, error = compare_ledgers([s.ledger for s in config.nodes])
+        finally:
+            stop_nodes(directory)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if result.seconds_f1 is None:
+        raise LocalError(f"sync did not complete within {timeout:.0f}s: "
+                         f"{len(result.results)}/{result.requests} requests accepted")
+    phases: dict[str, float] = {}
+    for name in PHASE_ORDER:
+        means = [total / count for s in statuses.values()
+                 for (pname, count, total) in s.phases if pname == name and count]
+        if means:
+            phases[name] = sum(means) / len(means)
+    client_phase = client.metrics.phase_summary().get("request_to_reply_quorum")
+    return SyncResult(
+        nodes=nodes, tx=len(txs), tx_bytes=tx_bytes, bandwidth_mbps=bandwidth_mbps,
+        latency_ms=latency_ms, seconds_f1=result.seconds_f1, seconds_2f1=result.seconds_2f1,
+        seconds_all=result.seconds_all, phases=phases,
+        client_request_seconds=(client_phase[1] / client_phase[0]
+                                if client_phase and client_phase[0] else None),
+        requests=result.requests, request_txs=request_txs,
+        retransmissions=result.retransmissions,
+        ledger_heights={i: r.height for i, r in enumerate(reports)},
+        ledger_heads={i: r.head.hex() for i, r in enumerate(reports)},
+        ledgers_identical=error is None and len({r.head for r in reports}) == 1,
+        ledger_error=error,
+    )

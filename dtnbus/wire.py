@@ -1,0 +1,169 @@
+"""The wire format: msgpack frames, signed by their sender, checked before use.
+
+A frame is ``msgpack([payload, signature])`` where ``payload`` is
+``msgpack([kind, *fields])`` and the signature covers ``sha256(payload)``. The
+decoder checks size, then shape and types against the message's schema, then that
+the claimed sender is a member of the right kind, then the signature. Any failure
+raises `PeerError` with the drop reason; nothing malformed reaches the replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, fields
+
+import msgpack
+
+from dtnbus.crypto import Signer, Verifier
+from dtnbus.errors import PeerError
+from dtnbus.messages import (
+    BOOL,
+    BYTES,
+    BYTES_LIST,
+    CLIENT_KINDS,
+    FLOAT,
+    INT,
+    MESSAGE_TYPES,
+    PHASE_LIST,
+    STR,
+    Message,
+    sender_of,
+)
+
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+MAX_LIST = 1_000_000
+MAX_STR = 256
+MAX_INT = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded, authenticated message, with what the node needs besides it."""
+
+    msg: Message
+    digest: bytes  # sha256 of the payload: a Request's identity
+    frame: bytes  # the original signed bytes, to forward a client's request unchanged
+
+
+def payload_of(msg: Message) -> bytes:
+    return msgpack.packb([msg.KIND, *(getattr(msg, f.name) for f in fields(msg))],
+                         use_bin_type=True)
+
+
+def request_digest(msg: Message) -> bytes:
+    """The digest a PRE-PREPARE uses to name a request (the same bytes the client signed)."""
+    return hashlib.sha256(payload_of(msg)).digest()
+
+
+class Codec:
+    """Encodes and signs as one member; decodes and authenticates frames from the others."""
+
+    def __init__(self, signer: Signer, replicas: dict[int, Verifier],
+                 clients: dict[str, Verifier], max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.signer = signer
+        self.replicas = replicas
+        self.clients = clients
+        self.max_frame = max_frame
+
+    def encode(self, msg: Message) -> bytes:
+        return self.encode_with_digest(msg)[0]
+
+    def encode_with_digest(self, msg: Message) -> tuple[bytes, bytes]:
+        payload = payload_of(msg)
+        digest = hashlib.sha256(payload).digest()
+        return msgpack.packb([payload, self.signer.sign(digest)], use_bin_type=True), digest
+
+    def decode(self, frame: bytes) -> Envelope:
+        if len(frame) > self.max_frame:
+            raise PeerError("oversized", f"{len(frame)} bytes > {self.max_frame}")
+        try:
+            outer = msgpack.unpackb(frame, raw=False, use_list=True, max_bin_len=self.max_frame,
+                                    max_str_len=MAX_STR, max_array_len=2, max_map_len=0)
+        except Exception as exc:  # msgpack raises a zoo of types on garbage
+            raise PeerError("malformed", f"frame: {type(exc).__name__}") from None
+        if not (isinstance(outer, list) and len(outer) == 2
+                and isinstance(outer[0], bytes) and isinstance(outer[1], bytes)):
+            raise PeerError("malformed", "frame is not [payload, signature]")
+        payload, signature = outer
+        msg = _parse_payload(payload, self.max_frame)
+        sender = sender_of(msg)
+        if msg.KIND in CLIENT_KINDS:
+            verifier = self.clients.get(sender) if isinstance(sender, str) else None
+        else:
+            verifier = self.replicas.get(sender) if isinstance(sender, int) else None
+        if verifier is None:
+            raise PeerError("unknown_sender", f"{type(msg).__name__} from {sender!r}")
+        digest = hashlib.sha256(payload).digest()
+        if not verifier.verify(signature, digest):
+            raise PeerError("bad_signature", f"{type(msg).__name__} from {sender!r}")
+        return Envelope(msg, digest, frame)
+
+
+def _parse_payload(payload: bytes, max_frame: int) -> Message:
+    try:
+        items = msgpack.unpackb(payload, raw=False, use_list=True, max_bin_len=max_frame,
+                                max_str_len=MAX_STR, max_array_len=MAX_LIST, max_map_len=0)
+    except Exception as exc:
+        raise PeerError("malformed", f"payload: {type(exc).__name__}") from None
+    if not isinstance(items, list) or not items or type(items[0]) is not int:
+        raise PeerError("malformed", "payload is not [kind, ...]")
+    cls = MESSAGE_TYPES.get(items[0])
+    if cls is None:
+        raise PeerError("malformed", f"unknown kind {items[0]}")
+    schema = cls.SCHEMA
+    if len(items) != len(schema) + 1:
+        raise PeerError("malformed", f"{cls.__name__} has {len(items) - 1} fields")
+    values = []
+    for (name, tag), value in zip(schema, items[1:], strict=True):
+        checked = _CHECKS[tag](value)
+        if checked is None:
+            raise PeerError("malformed", f"{cls.__name__}.{name} is not {tag}")
+        values.append(checked)
+    return cls(*values)
+
+
+def _int(v: object) -> int | None:
+    return v if type(v) is int and 0 <= v <= MAX_INT else None
+
+
+def _str(v: object) -> str | None:
+    return v if type(v) is str and 0 < len(v) <= MAX_STR else None
+
+
+def _bytes(v: object) -> bytes | None:
+    return v if type(v) is bytes else None
+
+
+def _bool(v: object) -> bool | None:
+    return v if type(v) is bool else None
+
+
+def _float(v: object) -> float | None:
+    if type(v) is int:
+        v = float(v)
+    return v if type(v) is float and math.isfinite(v) else None
+
+
+def _bytes_list(v: object) -> tuple[bytes, ...] | None:
+    if type(v) is not list or not all(type(x) is bytes for x in v):
+        return None
+    return tuple(v)
+
+
+def _phase_list(v: object) -> tuple[tuple[str, int, float], ...] | None:
+    if type(v) is not list:
+        return None
+    out = []
+    for row in v:
+        if not (type(row) is list and len(row) == 3):
+            return None
+        name, count, total = _str(row[0]), _int(row[1]), _float(row[2])
+        if name is None or count is None or total is None:
+            return None
+        out.append((name, count, total))
+    return tuple(out)
+
+
+_CHECKS = {INT: _int, STR: _str, BYTES: _bytes, BOOL: _bool, FLOAT: _float,
+           BYTES_LIST: _bytes_list, PHASE_LIST: _phase_list}
