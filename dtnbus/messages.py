@@ -19,14 +19,20 @@ def max_faulty(n: int) -> int:
     return (n - 1) // 3
 
 
-def prepare_quorum(n: int) -> int:
-    """Matching PREPAREs (besides the PRE-PREPARE) that make a slot prepared: 2f."""
-    return 2 * max_faulty(n)
-
-
 def commit_quorum(n: int) -> int:
-    """Matching COMMITs that make a slot committed-local (and checkpoints stable): 2f + 1."""
-    return 2 * max_faulty(n) + 1
+    """Matching COMMITs that make a slot committed-local (and a checkpoint stable).
+
+    Any two quorums must share a correct replica: 2q - n >= f + 1, so q = ceil((n+f+1)/2).
+    That is 2f+1 exactly when n = 3f+1; for other n, 2f+1 is unsafe (n = 5, f = 1: two
+    quorums of 3 may overlap only in the faulty replica), so we never use it there.
+    """
+    return (n + max_faulty(n) + 2) // 2
+
+
+def prepare_quorum(n: int) -> int:
+    """Matching PREPAREs (besides the PRE-PREPARE, which counts as one) for prepared:
+    2f when n = 3f+1, in general one less than the commit quorum."""
+    return commit_quorum(n) - 1
 
 
 def reply_quorum(n: int) -> int:

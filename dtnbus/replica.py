@@ -234,7 +234,9 @@ class Replica:
     def next_wakeup(self) -> float | None:
         """The earliest `now` at which `tick` has something to do (None: only on input)."""
         times = []
-        if self.is_primary and self.pending:
+        can_order = (self.next_seq <= self.high
+                     and self.next_seq - 1 - self.last_executed < self.config.pipeline)
+        if self.is_primary and self.pending and can_order:
             oldest = self.pool[next(iter(self.pending))].arrived
             times.append(oldest + self.config.batch_delay)
         for slot in self.slots.values():

@@ -113,14 +113,14 @@ class Cluster:
                 self._apply(i, replica.tick(self.now))
 
     def run(self, rounds: int = 50, dt: float = 0.01) -> None:
-        """Deliver everything, let time pass, repeat: until quiet or out of rounds."""
+        """Deliver everything, let time pass, repeat: until nothing is queued and no
+        replica has a timer pending, or out of rounds."""
         for _ in range(rounds):
             self.deliver_all()
             self.tick(dt)
-            if not self.queue:
-                self.deliver_all()
-                if not self.queue:
-                    return
+            if not self.queue and all(r.next_wakeup() is None
+                                      for i, r in enumerate(self.replicas) if i not in self.down):
+                return
 
     def heads(self) -> list[bytes]:
         return [r.head for i, r in enumerate(self.replicas) if i not in self.down]

@@ -1,0 +1,78 @@
+"""The wire codec: everything malformed, oversized or forged is refused with a reason."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from dtnbus.crypto import Signer, Verifier, generate_key
+from dtnbus.errors import PeerError
+from dtnbus.messages import Commit, PrePrepare, Request, Status
+from dtnbus.wire import Codec
+
+
+@pytest.fixture(scope="module", params=["ed25519", "rsa2048"])
+def codecs(request: pytest.FixtureRequest) -> tuple[Codec, Codec]:
+    k0, k1, kc = (generate_key(request.param) for _ in range(3))
+    replicas = {0: Verifier(k0.public_key()), 1: Verifier(k1.public_key())}
+    clients = {"c": Verifier(kc.public_key())}
+    return (Codec(Signer(k0), replicas, clients, max_frame=4096),
+            Codec(Signer(kc), replicas, clients, max_frame=4096))
+
+
+def _reason(codec: Codec, frame: bytes) -> str:
+    with pytest.raises(PeerError) as info:
+        codec.decode(frame)
+    return info.value.reason
+
+
+def test_round_trip_of_every_shape(codecs: tuple[Codec, Codec]) -> None:
+    replica, client = codecs
+    for msg, codec in [
+        (PrePrepare(3, 7, 0, (b"a" * 32, b"b" * 32)), replica),
+        (Commit(0, 1, 0, b"d" * 32), replica),
+        (Request("c", 12, (b"tx1", b"")), client),
+        (Status(0, 1, 0, 5, b"h" * 32, 0, True, 0, 10, (("p", 2, 0.5),)), replica),
+    ]:
+        assert replica.decode(codec.encode(msg)).msg == msg
+
+
+def test_garbage_is_malformed(codecs: tuple[Codec, Codec]) -> None:
+    replica, _ = codecs
+    for frame in [b"", b"\xc1", b"\x92\xc4\x01", msgpack.packb([1, 2]), msgpack.packb({"a": 1}),
+                  msgpack.packb([b"x", b"y", b"z"])]:
+        assert _reason(replica, frame) == "malformed"
+
+
+def test_wrong_field_types_are_malformed(codecs: tuple[Codec, Codec]) -> None:
+    replica, _ = codecs
+    sig = b"\x00" * 64
+    for payload in [[3, "0", 1, 0, b"d"], [3, 0, 1, 0], [3, 0, -1, 0, b"d"], [99, 1],
+                    [2, 0, 1, 0, [b"a", 5]], [3, True, 1, 0, b"d"], [3, 0, 2**64 - 1, 0, b"d"]]:
+        frame = msgpack.packb([msgpack.packb(payload), sig])
+        assert _reason(replica, frame) == "malformed", payload
+
+
+def test_oversized_frame_is_refused_before_parsing(codecs: tuple[Codec, Codec]) -> None:
+    replica, client = codecs
+    frame = client.encode(Request("c", 1, (b"x" * 5000,)))
+    assert _reason(replica, frame) == "oversized"
+
+
+def test_forged_signature_is_refused(codecs: tuple[Codec, Codec]) -> None:
+    replica, client = codecs
+    frame = client.encode(Request("c", 1, (b"pay me",)))
+    payload, sig = msgpack.unpackb(frame)
+    tampered = msgpack.packb([payload.replace(b"pay me", b"pay us"), sig])
+    assert _reason(replica, tampered) == "bad_signature"
+    flipped = msgpack.packb([payload, bytes([sig[0] ^ 1]) + sig[1:]])
+    assert _reason(replica, flipped) == "bad_signature"
+    assert _reason(replica, msgpack.packb([payload, sig[:10]])) == "bad_signature"
+
+
+def test_sender_must_be_a_member_of_the_right_kind(codecs: tuple[Codec, Codec]) -> None:
+    replica, client = codecs
+    assert _reason(replica, replica.encode(Commit(0, 1, 7, b"d" * 32))) == "unknown_sender"
+    assert _reason(replica, client.encode(Request("eve", 1, ()))) == "unknown_sender"
+    # a client cannot vote: a Commit claiming replica 1, signed with the client's key
+    assert _reason(replica, client.encode(Commit(0, 1, 1, b"d" * 32))) == "bad_signature"
