@@ -51,8 +51,7 @@ class SubmitResult:
 class Client:
     """One client identity with a DEALER connection to every replica."""
 
-    def __init__(self, config: ClusterConfig, client_id: str | None = None,
-                 shaper: object | None = None) -> None:
+    def __init__(self, config: ClusterConfig, client_id: str | None = None) -> None:
         spec = config.client(client_id)
         self.config = config
         self.id = spec.id
@@ -70,7 +69,7 @@ class Client:
             sock.connect(node.router)
             self.sockets[node.id] = sock
             self.poller.register(sock, zmq.POLLIN)
-        self.shaper = shaper
+        self.shaper = config.shaper(spec.id)  # a client's links are shaped like a node's
         self.metrics = ClientMetrics()
         self._clock = time.time_ns() // 1000  # µs since the epoch: grows across restarts
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import tomllib
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,12 @@ from dtnbus.crypto import (
 from dtnbus.errors import LocalError
 from dtnbus.messages import max_faulty
 from dtnbus.replica import ReplicaConfig
+from dtnbus.shaping import LinkProfile, Shaper, links_from_config
 
 PROTOCOL_FIELDS = {f.name for f in dataclasses.fields(ReplicaConfig)} - {"replica_id", "n"}
 SHAPING_FIELDS = {"bandwidth_mbps", "latency_ms", "mode", "latency_dist", "jitter_ms",
                   "mbps_base", "burst_bytes", "seed"}
+DEFAULT_CLIENT = "client"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,7 @@ class ClusterConfig:
     protocol: dict[str, Any] = field(default_factory=dict)
     shaping: dict[str, Any] = field(default_factory=dict)
     links: tuple[dict[str, Any], ...] = ()
+    regions: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -109,6 +113,27 @@ class ClusterConfig:
             return ReplicaConfig(node_id, self.n, **self.protocol)
         except (TypeError, ValueError) as exc:
             raise LocalError(f"{self.path}: [protocol]: {exc}") from None
+
+    @property
+    def shaped(self) -> bool:
+        return bool(self.links) or any(self.shaping.get(k) for k in
+                                       ("bandwidth_mbps", "latency_ms", "jitter_ms"))
+
+    def shaper(self, sender: int | str) -> Shaper | None:
+        """The outgoing shaper of a node or client, or None when nothing is shaped."""
+        if not self.shaped:
+            return None
+        table = dict(self.shaping)
+        mode = table.pop("mode", "link")
+        seed = table.pop("seed", 0)
+        try:
+            default = LinkProfile(**table)
+            ends = [s.id for s in self.nodes] + [c.id for c in self.clients]
+            links = links_from_config(self.links, ends, regions=self.regions, default=default)
+            return Shaper.from_links(links, sender, mode=mode, default=default, uplink=default,
+                                     seed=seed * 1_000_003 + zlib.crc32(str(sender).encode()))
+        except (TypeError, ValueError) as exc:
+            raise LocalError(f"{self.path}: shaping: {exc}") from None
 
     def replica_verifiers(self) -> dict[int, Verifier]:
         return {s.id: Verifier(load_public_key_text(s.public_key)) for s in self.nodes}
@@ -185,11 +210,15 @@ def load_cluster(path: Path) -> ClusterConfig:
     if unknown:
         raise LocalError(f"{path}: [shaping] has unknown keys {sorted(unknown)}; "
                          f"known: {sorted(SHAPING_FIELDS)}")
+    regions = raw.get("regions", {})
+    if not isinstance(regions, dict):
+        raise LocalError(f"{path}: [regions] must map a region name to a list of node ids")
     config = ClusterConfig(path, scheme, tuple(nodes), tuple(clients), dict(protocol),
-                           dict(shaping), tuple(raw.get("links", [])))
+                           dict(shaping), tuple(raw.get("links", [])), dict(regions))
     for spec in nodes:
         load_public_key_text(spec.public_key)
     config.replica_config(0)  # validates [protocol]
+    config.shaper(0)  # validates [shaping], [regions] and [[links]]
     return config
 
 
@@ -211,7 +240,8 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str = "127.0.0.1",
                      base_port: int | None = None, protocol: dict[str, Any] | None = None,
                      shaping: dict[str, Any] | None = None,
-                     links: list[dict[str, Any]] | None = None) -> Path:
+                     links: list[dict[str, Any]] | None = None,
+                     regions: dict[str, list[int]] | None = None) -> Path:
     """Create keys (mode 0600) for N nodes and one client, and write `out/cluster.toml`."""
     check_scheme(scheme)
     if nodes < 1:
@@ -244,6 +274,8 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
     doc["nodes"] = node_tables
     doc["clients"] = [{"id": "client", "public_key": public_key_text(client_key.public_key()),
                        "key_file": "keys/client.key"}]
+    if regions:
+        doc["regions"] = regions
     if links:
         doc["links"] = links
     path = out / "cluster.toml"

@@ -68,7 +68,7 @@ class Node:
             self.metrics.serve(host, int(port))
         peers = {s.id: Endpoints(s.pub, s.router) for s in config.nodes if s.id != node_id}
         self.transport = Transport(Endpoints(spec.pub, spec.router), peers)
-        self.shaper = shaper_for(config, node_id)
+        self.shaper = config.shaper(node_id)
         self.routes: dict[str, bytes] = {}  # client id -> ROUTER identity of its connection
         self.heard: set[int] = set()
         self.next_hello = 0.0
@@ -248,10 +248,3 @@ def run_node(config: ClusterConfig, node_id: int, log_level: str = "INFO") -> No
                         format=f"%(asctime)s node-{node_id} %(levelname)s %(message)s")
     Node(config, node_id).run()
 
-
-def shaper_for(config: ClusterConfig, sender: int | str) -> Any:
-    """The sender's outgoing shaper, or None when the cluster file asks for no shaping."""
-    if not any(config.shaping.get(k) for k in ("bandwidth_mbps", "latency_ms")) \
-            and not config.links:
-        return None
-    raise LocalError("shaping is configured but not wired in yet")

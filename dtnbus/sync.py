@@ -97,9 +97,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         config = cluster_up(directory, nodes, scheme, protocol=protocol,
                             shaping=shaping_table or None)
         try:
-            from dtnbus.node import shaper_for
-
-            with Client(config, shaper=shaper_for(config, config.client().id)) as client:
+            with Client(config) as client:
                 result = client.submit(chunk(txs, request_txs), timeout=timeout,
                                        wait_all=wait_all, on_progress=on_progress)
                 statuses = client.status(timeout=5.0)
