@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-python test-contracts lint bench clean
+.PHONY: setup run test test-python test-contracts lint bench bench-matrix clean
 
 setup:
 	@bash tools/setup.sh
@@ -31,3 +31,7 @@ bench: setup
 
 clean:
 	rm -rf .dtnbus results build reports
+
+## bench-matrix: the reference's sync matrix, ours beside it (long: about 20 minutes).
+bench-matrix: setup
+	$(PY) -m benchmarks.matrix

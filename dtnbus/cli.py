@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -155,41 +156,119 @@ def submit(directory: Path | None, config_file: Path | None, count: int | None, 
                f"last seq {last[0]}, head {last[1].hex()[:16]}")
 
 
+class ListOf(click.ParamType):
+    """A comma-separated list of numbers: `--nodes 10,30,50` makes a grid."""
+
+    def __init__(self, kind: type, minimum: float, what: str) -> None:
+        self.kind, self.minimum, self.what = kind, minimum, what
+        self.name = f"{kind.__name__}[,{kind.__name__}...]"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> list:
+        if isinstance(value, list):
+            return value
+        out = []
+        for part in str(value).split(","):
+            try:
+                number = self.kind(part.strip())
+            except ValueError:
+                self.fail(f"{part.strip()!r} is not a number ({self.what})", param, ctx)
+            if number != number or number < self.minimum:  # NaN or too small
+                self.fail(f"{part.strip()} is below {self.minimum:g} ({self.what})", param, ctx)
+            out.append(number)
+        return out
+
+
 @cli.command()
-@click.option("--nodes", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--tx", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Transactions to synchronize.")
+@click.option("--nodes", type=ListOf(int, 4, "n >= 3f+1 needs at least 4 nodes"), default="4",
+              show_default=True, help="Nodes; a comma list makes a grid.")
+@click.option("--tx", type=ListOf(int, 1, "at least one transaction"), default="100",
+              show_default=True, help="Transactions to synchronize; a comma list makes a grid.")
 @click.option("--tx-bytes", type=click.IntRange(min=12), default=300, show_default=True)
-@click.option("--bandwidth", type=float, default=0.0, show_default=True,
-              help="Per-link bandwidth in Mbps (0: unlimited).")
-@click.option("--latency", type=float, default=0.0, show_default=True,
-              help="Per-link one-way latency in ms (0: none).")
+@click.option("--bandwidth", type=ListOf(float, 0, "Mbps, 0 = unlimited"), default="0",
+              show_default=True, help="Per-link bandwidth in Mbps (0: unlimited); list = grid.")
+@click.option("--latency", type=ListOf(float, 0, "ms, 0 = none"), default="0",
+              show_default=True, help="Per-link one-way latency in ms (0: none); list = grid.")
+@click.option("--shaping", "mode", type=click.Choice(["link", "uplink"]), default="link",
+              show_default=True, help="A bucket per directed link, or one per node uplink.")
+@click.option("--latency-dist", default="constant", show_default=True,
+              help="'constant' or 'uniform-F' (uniform in [F*L, L]; the reference: uniform-0.1).")
+@click.option("--jitter", type=click.FloatRange(min=0), default=0.0, help="Extra uniform ms.")
+@click.option("--mbps-base", type=click.Choice(["1e6", "2^20"]), default="1e6",
+              show_default=True, help="Bits per Mbps; 2^20 is the reference's unit.")
+@click.option("--burst", type=click.IntRange(min=0), default=None,
+              help="Token bucket depth in bytes (default: max(1 frame, 5 ms of the rate)).")
 @click.option("--request-txs", type=click.IntRange(min=1), default=256, show_default=True,
               help="Transactions per signed client request.")
 @SCHEME_OPTION
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Keep the cluster directory here (default: a temporary one).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write CSV, markdown and PNG here (default for a grid: results/).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
-def sync(nodes: int, tx: int, tx_bytes: int, bandwidth: float, latency: float,
-         request_txs: int, scheme: str, directory: Path | None, as_json: bool) -> None:
-    """Synchronize TX transactions across NODES nodes and report how long it took."""
+def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
+         latency: list[float], mode: str, latency_dist: str, jitter: float, mbps_base: str,
+         burst: int | None, request_txs: int, scheme: str, directory: Path | None,
+         out: Path | None, as_json: bool) -> None:
+    """Synchronize TX transactions across NODES nodes and report how long it took.
+
+    Start-up is not timed. Prints the time to f+1 matching replies, to a commit quorum
+    (2f+1) of nodes and to all nodes having executed everything, the per-phase means,
+    the analytic lower bound and every node's ledger head.
+    """
+    import itertools
+
+    from dtnbus.report import result_row, write_results
+    from dtnbus.shaping import LinkProfile
     from dtnbus.sync import synchronize
 
-    if nodes < 4:
-        raise LocalError(f"--nodes must be at least 4 (n >= 3f+1 with f >= 1), got {nodes}")
-    if bandwidth < 0 or latency < 0:
-        raise LocalError("--bandwidth and --latency must be >= 0 (0 means unshaped)")
+    shaping: dict = {"mode": mode, "latency_dist": latency_dist, "jitter_ms": jitter,
+                     "mbps_base": 2**20 if mbps_base == "2^20" else 1e6}
+    if burst is not None:
+        shaping["burst_bytes"] = burst
+    try:
+        LinkProfile(**{k: v for k, v in shaping.items() if k != "mode"})
+    except ValueError as exc:
+        raise LocalError(f"bad shaping option: {exc}") from None
+    cells = list(itertools.product(nodes, tx, bandwidth, latency))
+    grid = len(cells) > 1
     if directory is not None:
         from dtnbus.cluster import stop_nodes
 
         stop_nodes(directory)
-    result = synchronize(nodes, tx, bandwidth, latency, tx_bytes=tx_bytes,
-                         request_txs=request_txs, scheme=scheme, directory=directory)
-    _print_sync(result)
+    rows, results = [], []
+    for i, (n, t, bw, lat) in enumerate(cells, 1):
+        if grid:
+            click.echo(f"[{i}/{len(cells)}] n={n} tx={t} {bw:g} Mbps {lat:g} ms", err=True)
+        result = synchronize(n, t, bw, lat, tx_bytes=tx_bytes, request_txs=request_txs,
+                             scheme=scheme, directory=directory, shaping=shaping,
+                             on_progress=_progress_printer(t, request_txs))
+        _print_sync(result)
+        results.append(result)
+        rows.append(result_row(result))
+        if not result.ledgers_identical:
+            raise LocalError(f"ledgers differ: {result.ledger_error}")
+    if grid or out is not None:
+        for path in write_results(rows, out or Path("results")):
+            click.echo(f"wrote {path}")
     if as_json:
-        click.echo(json.dumps(result.to_json(), separators=(",", ":")))
-    if not result.ledgers_identical:
-        raise LocalError(f"ledgers differ: {result.ledger_error}")
+        payload = results[0].to_json() if not grid else [r.to_json() for r in results]
+        click.echo(json.dumps(payload, separators=(",", ":")))
+
+
+def _progress_printer(tx: int, request_txs: int) -> Callable[[int, int], None] | None:
+    """A one-line progress indicator on stderr for long runs (many requests, a terminal)."""
+    if tx < 20 * request_txs or not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 50) == 0:
+            end = "\n" if done == total else ""
+            click.echo(f"\r  committed {done}/{total} requests", err=True, nl=False)
+            if end:
+                click.echo("", err=True)
+
+    return show
 
 
 def _fmt(seconds: float | None) -> str:
@@ -207,6 +286,9 @@ def _print_sync(r: SyncResult) -> None:
     click.echo(f"  f+1={f + 1} matching replies (client commit): {_fmt(r.seconds_f1)}")
     click.echo(f"  2f+1={2 * f + 1} nodes executed all:            {_fmt(r.seconds_2f1)}")
     click.echo(f"  all {r.nodes} nodes executed all:              {_fmt(r.seconds_all)}")
+    if r.bound_seconds is not None:
+        click.echo(f"  analytic lower bound:                {_fmt(r.bound_seconds)} "
+                   f"({r.bound_dominant} dominates)")
     click.echo("  per-phase means (per batch, over nodes):")
     for name, secs in r.phases.items():
         click.echo(f"    {name:<24} {secs * 1000:9.3f} ms")

@@ -182,14 +182,47 @@ class Status:
     phases: tuple[tuple[str, int, float], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ViewChange:
+    """A replica's vote to move to `new_view`, with its proofs as signed frames: q
+    CHECKPOINTs for `stable_seq` (none at 0), and for every sequence above it that it
+    prepared, the PRE-PREPARE and q-1 matching PREPAREs. The wire layer verifies every
+    nested frame before the replica sees the message."""
+
+    KIND: ClassVar[int] = 11
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("new_view", INT), ("replica", INT), ("stable_seq", INT), ("proofs", BYTES_LIST),
+    )
+    NESTED: ClassVar[str] = "proofs"
+    new_view: int
+    replica: int
+    stable_seq: int
+    proofs: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NewView:
+    """The new primary's proof that q replicas moved to `view`: their signed VIEW-CHANGEs.
+    Every replica recomputes the view's PRE-PREPAREs from them, so none are sent."""
+
+    KIND: ClassVar[int] = 12
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("view", INT), ("replica", INT), ("view_changes", BYTES_LIST),
+    )
+    NESTED: ClassVar[str] = "view_changes"
+    view: int
+    replica: int
+    view_changes: tuple[bytes, ...]
+
+
 Message = (
     Request | PrePrepare | Prepare | Commit | Reply | Checkpoint | Fetch | Hello | StatusQuery
-    | Status
+    | Status | ViewChange | NewView
 )
 MESSAGE_TYPES: dict[int, type] = {
     cls.KIND: cls
     for cls in (Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, Fetch, Hello,
-                StatusQuery, Status)
+                StatusQuery, Status, ViewChange, NewView)
 }
 CLIENT_KINDS = frozenset({Request.KIND, StatusQuery.KIND})
 

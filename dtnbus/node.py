@@ -39,6 +39,7 @@ from dtnbus.replica import (
     Replica,
     Send,
     SendClient,
+    ViewEntered,
 )
 from dtnbus.storage import Ledger
 from dtnbus.transport import FROM_ROUTER, Endpoints, Transport
@@ -158,7 +159,7 @@ class Node:
             if isinstance(eff, Broadcast):
                 self._broadcast(eff.msg, now)
             elif isinstance(eff, Send):
-                self._send_replica(eff.to, self._encode(eff.msg), now)
+                self._send_replica(eff.to, self._encode_own(eff.msg, now), now)
             elif isinstance(eff, Forward):
                 self._send_replica(eff.to, eff.frame, now)
             elif isinstance(eff, SendClient):
@@ -176,14 +177,24 @@ class Node:
                 self.metrics.dropped(eff.reason)
             elif isinstance(eff, CheckpointStable):
                 self.metrics.checkpoint_stable(eff.seq)
+            elif isinstance(eff, ViewEntered):
+                self.metrics.view_changed(eff.view)
+                log.info("node %d entered view %d (primary %d)", self.id, eff.view,
+                         self.replica.primary)
 
     def _encode(self, msg: Message) -> bytes:
         frame = self.codec.encode(msg)
         self.metrics.message_sent(kind_name(msg.KIND), len(frame))
         return frame
 
-    def _broadcast(self, msg: Message, now: float) -> None:
+    def _encode_own(self, msg: Message, now: float) -> bytes:
+        """Sign a replica message and hand the frame back: it may later prove what we said."""
         frame = self._encode(msg)
+        self._apply(self.replica.note_signed(msg, frame, now), now)
+        return frame
+
+    def _broadcast(self, msg: Message, now: float) -> None:
+        frame = self._encode_own(msg, now)
         if self.shaper is None:
             if not self.transport.publish(frame):
                 self.metrics.dropped("send_queue_full")

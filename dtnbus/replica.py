@@ -27,10 +27,12 @@ from dtnbus.messages import (
     Commit,
     Fetch,
     Message,
+    NewView,
     Prepare,
     PrePrepare,
     Reply,
     Request,
+    ViewChange,
     batch_digest,
     block_hash,
     commit_quorum,
@@ -115,8 +117,16 @@ class CheckpointStable:
     seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class ViewEntered:
+    """This replica now works in `view` (a NEW-VIEW was accepted)."""
+
+    view: int
+
+
 Effect = (
     Broadcast | Send | Forward | SendClient | Execute | Observe | Drop | CheckpointStable
+    | ViewEntered
 )
 
 # ---------------------------------------------------------------- configuration
@@ -139,6 +149,8 @@ class ReplicaConfig:
     max_requests: int = 200_000  # bound on request bodies held (the pool)
     reply_cache: int = 100_000
     client_horizon: int = 1_000_000  # timestamps older than a client's newest minus this are stale
+    view_change_timeout: float = 5.0  # no execution for this long with work pending: suspect
+    # the primary (doubles with each view change that does not bring progress)
 
     def __post_init__(self) -> None:
         if self.n < 1 or not 0 <= self.replica_id < self.n:
@@ -181,6 +193,29 @@ class _Slot:
     t_committed: float = 0.0
     last_progress: float = 0.0
     helped: dict[int, float] = field(default_factory=dict)
+    pp_frame: bytes = b""  # signed frames: the proof of prepared in a VIEW-CHANGE
+    prepare_frames: dict[int, bytes] = field(default_factory=dict)
+    cert: _Cert | None = None  # the newest prepared certificate, kept across views
+
+
+@dataclass(frozen=True, slots=True)
+class _Cert:
+    """Proof that a batch was prepared: the PRE-PREPARE and q-1 matching PREPAREs."""
+
+    view: int
+    digests: tuple[bytes, ...]
+    frames: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _ViewChangeVote:
+    """A verified VIEW-CHANGE: what it proves, and its frame for a NEW-VIEW."""
+
+    replica: int
+    stable_seq: int
+    stable_state: bytes
+    certs: dict[int, tuple[int, tuple[bytes, ...]]]  # seq -> (view, digests)
+    frame: bytes
 
 
 class Replica:
@@ -208,6 +243,15 @@ class Replica:
         self.client_newest: dict[str, int] = {}
         self.client_done: dict[str, set[int]] = {}
         self.replies: OrderedDict[tuple[str, int], Reply] = OrderedDict()
+        # view change
+        self.active = True  # False between sending VIEW-CHANGE and accepting NEW-VIEW
+        self.vc_deadline: float | None = None
+        self.vc_timeout = config.view_change_timeout
+        self.view_changes: dict[int, dict[int, _ViewChangeVote]] = {}
+        self.new_view_sent: set[int] = set()
+        self.expected: dict[int, tuple[bytes, ...]] = {}  # seq -> digests a NEW-VIEW fixed
+        self.checkpoint_frames: dict[int, dict[int, bytes]] = {}
+        self.stable_proof: tuple[bytes, ...] = ()
 
     # ------------------------------------------------------------ queries
 
@@ -236,7 +280,11 @@ class Replica:
         times = []
         can_order = (self.next_seq <= self.high
                      and self.next_seq - 1 - self.last_executed < self.config.pipeline)
-        if self.is_primary and self.pending and can_order:
+        if self.vc_deadline is not None:
+            times.append(self.vc_deadline)
+        elif self.active and self._has_work():
+            return 0.0  # arm the view-change timer now
+        if self.is_primary and self.active and self.pending and can_order:
             oldest = self.pool[next(iter(self.pending))].arrived
             times.append(oldest + self.config.batch_delay)
         for slot in self.slots.values():
@@ -258,13 +306,17 @@ class Replica:
             if self.is_primary:
                 self._cut_batches(now, out)
         elif isinstance(msg, PrePrepare):
-            self._on_preprepare(msg, now, out)
+            self._on_preprepare(msg, env.frame, now, out)
         elif isinstance(msg, Prepare):
-            self._on_vote(msg, now, out, is_commit=False)
+            self._on_vote(msg, env.frame, now, out, is_commit=False)
         elif isinstance(msg, Commit):
-            self._on_vote(msg, now, out, is_commit=True)
+            self._on_vote(msg, b"", now, out, is_commit=True)
         elif isinstance(msg, Checkpoint):
-            self._on_checkpoint(msg, out)
+            self._on_checkpoint(msg, env.frame, out)
+        elif isinstance(msg, ViewChange):
+            self._on_view_change(env, now, out)
+        elif isinstance(msg, NewView):
+            self._on_new_view(env, now, out)
         elif isinstance(msg, Fetch):
             self._on_fetch(msg, out)
         else:
@@ -274,6 +326,7 @@ class Replica:
     def tick(self, now: float) -> list[Effect]:
         """Let time pass: cut due batches, fetch missing bodies, retransmit stalled votes."""
         out: list[Effect] = []
+        self._view_change_timer(now, out)
         if self.is_primary:
             self._cut_batches(now, out)
         for slot in list(self.slots.values()):
@@ -333,7 +386,7 @@ class Replica:
         """Natural batching: order at once when idle, else when a batch is full or due,
         never more than `pipeline` batches in flight or beyond the high watermark."""
         cfg = self.config
-        while self.pending and self.next_seq <= self.high:
+        while self.active and self.pending and self.next_seq <= self.high:
             inflight = self.next_seq - 1 - self.last_executed
             if inflight >= cfg.pipeline:
                 return
@@ -369,7 +422,7 @@ class Replica:
         return slot
 
     def _admissible(self, view: int, seq: int, out: list[Effect]) -> bool:
-        if view != self.view:
+        if view != self.view or not self.active:
             out.append(Drop("stale_view"))
             return False
         if not self.low < seq <= self.high:
@@ -377,11 +430,16 @@ class Replica:
             return False
         return True
 
-    def _on_preprepare(self, pp: PrePrepare, now: float, out: list[Effect]) -> None:
+    def _on_preprepare(self, pp: PrePrepare, frame: bytes, now: float,
+                       out: list[Effect]) -> None:
         if not self._admissible(pp.view, pp.seq, out):
             return
         if pp.replica != primary_of(pp.view, self.n) or pp.replica == self.id:
             out.append(Drop("unknown_sender"))  # only the view's primary may order
+            return
+        expected = self.expected.get(pp.seq)
+        if expected is not None and expected != pp.digests:
+            out.append(Drop("malformed"))  # the NEW-VIEW fixed this sequence otherwise
             return
         slot = self._slot(pp.seq, now)
         if slot.preprepare is not None:
@@ -393,6 +451,7 @@ class Replica:
         if len(set(pp.digests)) != len(pp.digests):
             out.append(Drop("malformed"))
             return
+        slot.pp_frame = frame
         self._accept_preprepare(slot, pp, now, out)
 
     def _accept_preprepare(self, slot: _Slot, pp: PrePrepare, now: float,
@@ -420,7 +479,7 @@ class Replica:
         out.append(Observe("request_to_preprepare", now - first))
         self._progress(slot, now, out)
 
-    def _on_vote(self, vote: Prepare | Commit, now: float, out: list[Effect],
+    def _on_vote(self, vote: Prepare | Commit, frame: bytes, now: float, out: list[Effect],
                  is_commit: bool) -> None:
         if not self._admissible(vote.view, vote.seq, out):
             return
@@ -434,6 +493,8 @@ class Replica:
             self._help_peer(slot, vote.replica, now, out)
             return
         votes[vote.replica] = vote.digest
+        if not is_commit:
+            slot.prepare_frames[vote.replica] = frame
         if not slot.executed:
             self._progress(slot, now, out)
 
@@ -484,6 +545,8 @@ class Replica:
         self.last_executed = slot.seq
         self.next_seq = max(self.next_seq, slot.seq + 1)
         slot.executed = True
+        self.vc_deadline = None  # progress: the primary is doing its job
+        self.vc_timeout = self.config.view_change_timeout
         self.executed_txs += sum(r.txs for r in executed)
         out.append(Execute(slot.seq, slot.view, slot.digest, prev, self.head,
                            slot.preprepare.digests, tuple(executed), slot.t_committed))
@@ -513,7 +576,7 @@ class Replica:
 
     # ------------------------------------------------------------ checkpoints
 
-    def _on_checkpoint(self, cp: Checkpoint, out: list[Effect]) -> None:
+    def _on_checkpoint(self, cp: Checkpoint, frame: bytes, out: list[Effect]) -> None:
         if cp.seq <= self.stable_checkpoint or cp.seq > self.high:
             out.append(Drop("out_of_window"))
             return
@@ -522,14 +585,22 @@ class Replica:
             out.append(Drop("duplicate"))
             return
         votes[cp.replica] = cp.state
+        self.checkpoint_frames.setdefault(cp.seq, {})[cp.replica] = frame
         self._try_stabilize(cp.seq, out)
 
     def _try_stabilize(self, seq: int, out: list[Effect]) -> None:
         mine = self.own_checkpoints.get(seq)
         if mine is None or seq <= self.stable_checkpoint:
             return
-        if _matching(self.checkpoints.get(seq, {}), mine) < commit_quorum(self.n):
+        votes = self.checkpoints.get(seq, {})
+        if _matching(votes, mine) < commit_quorum(self.n):
             return
+        frames = self.checkpoint_frames.get(seq, {})
+        proof = tuple(frames[r] for r, state in sorted(votes.items())
+                      if state == mine and frames.get(r))[:commit_quorum(self.n)]
+        if len(proof) < commit_quorum(self.n):
+            return  # our own signed CHECKPOINT is not back yet (note_signed): next time
+        self.stable_proof = proof
         self.stable_checkpoint = seq
         for old in [s for s in self.slots if s <= seq]:
             slot = self.slots.pop(old)
@@ -538,6 +609,7 @@ class Replica:
                     self.pool.pop(digest, None)
         for old in [s for s in self.checkpoints if s <= seq]:
             del self.checkpoints[old]
+            self.checkpoint_frames.pop(old, None)
         for old in [s for s in self.own_checkpoints if s < seq]:
             del self.own_checkpoints[old]
         out.append(CheckpointStable(seq))
@@ -572,6 +644,245 @@ class Replica:
             out.append(Send(peer, Prepare(slot.view, slot.seq, self.id, slot.digest)))
         if slot.prepared:
             out.append(Send(peer, Commit(slot.view, slot.seq, self.id, slot.digest)))
+
+
+    # ------------------------------------------------------------ own signed frames
+
+    def note_signed(self, msg: Message, frame: bytes, now: float) -> list[Effect]:
+        """The caller signed one of our messages: keep the frame, to prove later what we
+        said (prepared certificates, checkpoint proofs, our VIEW-CHANGE in a NEW-VIEW)."""
+        out: list[Effect] = []
+        if isinstance(msg, PrePrepare | Prepare):
+            slot = self.slots.get(msg.seq)
+            if slot is not None and msg.view == slot.view:
+                if isinstance(msg, PrePrepare):
+                    slot.pp_frame = frame
+                else:
+                    slot.prepare_frames[msg.replica] = frame
+        elif isinstance(msg, Checkpoint):
+            self.checkpoint_frames.setdefault(msg.seq, {})[msg.replica] = frame
+            self._try_stabilize(msg.seq, out)
+        elif isinstance(msg, ViewChange):
+            vote = self.view_changes.get(msg.new_view, {}).get(self.id)
+            if vote is not None:
+                self.view_changes[msg.new_view][self.id] = _ViewChangeVote(
+                    vote.replica, vote.stable_seq, vote.stable_state, vote.certs, frame)
+                self._maybe_new_view(now, out)
+        return out
+
+    # ------------------------------------------------------------ view change
+
+    def _has_work(self) -> bool:
+        return bool(self.pending) or any(
+            s.preprepare is not None and not s.executed for s in self.slots.values())
+
+    def _view_change_timer(self, now: float, out: list[Effect]) -> None:
+        if self.active and not self._has_work():
+            self.vc_deadline = None
+            return
+        if self.vc_deadline is None:
+            self.vc_deadline = now + self.vc_timeout
+        elif now >= self.vc_deadline:
+            self._start_view_change(self.view + 1, now, out)
+        if not self.active:
+            self._maybe_new_view(now, out)
+
+    def _certificate(self, slot: _Slot) -> _Cert | None:
+        """The slot's newest prepared certificate, as signed frames."""
+        if slot.prepared and slot.preprepare is not None and slot.pp_frame:
+            frames = [f for r, f in sorted(slot.prepare_frames.items())
+                      if slot.prepares.get(r) == slot.digest and f]
+            need = prepare_quorum(self.n)
+            if len(frames) >= need:
+                return _Cert(slot.view, slot.preprepare.digests,
+                             (slot.pp_frame, *frames[:need]))
+        return slot.cert
+
+    def _start_view_change(self, new_view: int, now: float, out: list[Effect]) -> None:
+        """Stop working in this view and vote for `new_view`, with our proofs."""
+        if new_view <= self.view:
+            return
+        self.view = new_view
+        self.active = False
+        self.vc_timeout *= 2  # if this view does not bring progress either, wait longer
+        self.vc_deadline = now + self.vc_timeout
+        proofs: list[bytes] = list(self.stable_proof)
+        certs: dict[int, tuple[int, tuple[bytes, ...]]] = {}
+        for seq, slot in sorted(self.slots.items()):
+            cert = self._certificate(slot) if seq > self.stable_checkpoint else None
+            if cert is not None:
+                certs[seq] = (cert.view, cert.digests)
+                proofs.extend(cert.frames)
+        state = self.own_checkpoints.get(self.stable_checkpoint, GENESIS)
+        self.view_changes.setdefault(new_view, {})[self.id] = _ViewChangeVote(
+            self.id, self.stable_checkpoint, state, certs, b"")
+        out.append(Broadcast(ViewChange(new_view, self.id, self.stable_checkpoint,
+                                        tuple(proofs))))
+
+    def _parse_view_change(self, env: Envelope) -> _ViewChangeVote | None:
+        """Check a VIEW-CHANGE's proofs (already authenticated by the wire layer)."""
+        vc = env.msg
+        assert isinstance(vc, ViewChange)
+        q = commit_quorum(self.n)
+        checkpoints: dict[int, bytes] = {}
+        preprepares: dict[int, PrePrepare] = {}
+        prepares: dict[int, dict[int, Prepare]] = {}
+        for inner in env.nested:
+            m = inner.msg
+            if isinstance(m, Checkpoint) and m.seq == vc.stable_seq:
+                checkpoints[m.replica] = m.state
+            elif isinstance(m, PrePrepare) and vc.stable_seq < m.seq and m.view < vc.new_view:
+                if m.replica != primary_of(m.view, self.n) or m.seq in preprepares:
+                    return None
+                preprepares[m.seq] = m
+            elif isinstance(m, Prepare) and m.view < vc.new_view:
+                prepares.setdefault(m.seq, {})[m.replica] = m
+            else:
+                return None
+        state = GENESIS
+        if vc.stable_seq > 0:
+            states = set(checkpoints.values())
+            if len(checkpoints) < q or len(states) != 1:
+                return None
+            state = states.pop()
+        certs: dict[int, tuple[int, tuple[bytes, ...]]] = {}
+        for seq, pp in preprepares.items():
+            digest = batch_digest(pp.digests)
+            votes = [p for r, p in prepares.get(seq, {}).items()
+                     if p.view == pp.view and p.digest == digest
+                     and r != primary_of(pp.view, self.n)]
+            if len(votes) < prepare_quorum(self.n):
+                return None
+            certs[seq] = (pp.view, pp.digests)
+        if any(seq not in preprepares for seq in prepares):
+            return None
+        return _ViewChangeVote(vc.replica, vc.stable_seq, state, certs, env.frame)
+
+    def _on_view_change(self, env: Envelope, now: float, out: list[Effect]) -> None:
+        vc = env.msg
+        assert isinstance(vc, ViewChange)
+        if vc.new_view < self.view or (vc.new_view == self.view and self.active):
+            out.append(Drop("stale_view"))
+            return
+        vote = self._parse_view_change(env)
+        if vote is None:
+            out.append(Drop("malformed"))
+            return
+        votes = self.view_changes.setdefault(vc.new_view, {})
+        if vc.replica in votes:
+            out.append(Drop("duplicate"))
+            return
+        votes[vc.replica] = vote
+        # f+1 others want a later view: at least one correct replica suspects the
+        # primary, so join the smallest such view rather than wait for our own timer
+        later = {v: set(vs) - {self.id} for v, vs in self.view_changes.items() if v > self.view}
+        if len(set().union(*later.values())) > self.f:
+            self._start_view_change(min(v for v, rs in later.items() if rs), now, out)
+        self._maybe_new_view(now, out)
+
+    def _maybe_new_view(self, now: float, out: list[Effect]) -> None:
+        """As the primary of a view being changed to: announce it once q votes are in."""
+        view = self.view
+        if self.active or primary_of(view, self.n) != self.id or view in self.new_view_sent:
+            return
+        votes = self.view_changes.get(view, {})
+        own = votes.get(self.id)
+        if own is None or not own.frame:
+            return
+        chosen = [own] + [v for r, v in sorted(votes.items()) if r != self.id]
+        chosen = chosen[:commit_quorum(self.n)]
+        if len(chosen) < commit_quorum(self.n):
+            return
+        self.new_view_sent.add(view)
+        out.append(Broadcast(NewView(view, self.id, tuple(v.frame for v in chosen))))
+        self._enter_view(view, chosen, now, out)
+
+    def _on_new_view(self, env: Envelope, now: float, out: list[Effect]) -> None:
+        nv = env.msg
+        assert isinstance(nv, NewView)
+        if nv.view < self.view or (nv.view == self.view and self.active) or nv.view == 0:
+            out.append(Drop("stale_view"))
+            return
+        if nv.replica != primary_of(nv.view, self.n):
+            out.append(Drop("unknown_sender"))
+            return
+        chosen: dict[int, _ViewChangeVote] = {}
+        for inner in env.nested:
+            if not isinstance(inner.msg, ViewChange) or inner.msg.new_view != nv.view:
+                out.append(Drop("malformed"))
+                return
+            vote = self._parse_view_change(inner)
+            if vote is None or vote.replica in chosen:
+                out.append(Drop("malformed"))
+                return
+            chosen[vote.replica] = vote
+        if len(chosen) < commit_quorum(self.n):
+            out.append(Drop("malformed"))
+            return
+        self._enter_view(nv.view, list(chosen.values()), now, out)
+
+    def _enter_view(self, view: int, votes: list[_ViewChangeVote], now: float,
+                    out: list[Effect]) -> None:
+        """Start working in `view`: every sequence a quorum may have prepared is ordered
+        again with the same batch (the newest certificate wins); gaps get empty batches."""
+        min_s = max(v.stable_seq for v in votes)
+        chosen: dict[int, tuple[int, tuple[bytes, ...]]] = {}
+        for vote in votes:
+            for seq, (cert_view, digests) in vote.certs.items():
+                if seq > min_s and (seq not in chosen or cert_view > chosen[seq][0]):
+                    chosen[seq] = (cert_view, digests)
+        max_s = max(chosen, default=min_s)
+        self.view = view
+        self.active = True
+        self.vc_deadline = None
+        out.append(ViewEntered(view))
+        if min_s > self.stable_checkpoint:
+            state = next(v.stable_state for v in votes if v.stable_seq == min_s)
+            if self.own_checkpoints.get(min_s) == state:
+                self.checkpoints.setdefault(min_s, {})
+                self._adopt_stable(min_s)
+        for old in [v for v in self.view_changes if v <= view]:
+            del self.view_changes[old]
+        start = max(min_s, self.stable_checkpoint)
+        self.expected = {seq: (chosen[seq][1] if seq in chosen else ())
+                         for seq in range(start + 1, max_s + 1)}
+        ordered: set[bytes] = set()
+        for seq in list(self.slots):
+            slot = self.slots[seq]
+            if seq > max_s and not slot.executed:
+                del self.slots[seq]  # never prepared by a quorum: its requests go back
+                continue
+            cert = self._certificate(slot)
+            fresh = _Slot(seq, view, last_progress=now, executed=slot.executed, cert=cert)
+            self.slots[seq] = fresh
+        self.waiting.clear()
+        for digests in self.expected.values():
+            ordered.update(digests)
+        self.pending.clear()
+        self.pending_txs = 0
+        for digest, pooled in self.pool.items():
+            req = pooled.msg
+            if digest in ordered or self._client_has_executed(req.client, req.timestamp):
+                continue
+            pooled.seq = 0
+            self.pending[digest] = None
+            self.pending_txs += len(req.txs)
+        self.next_seq = max(max_s, self.last_executed) + 1
+        if primary_of(view, self.n) == self.id:
+            for seq, digests in sorted(self.expected.items()):
+                pp = PrePrepare(view, seq, self.id, digests)
+                self._accept_preprepare(self._slot(seq, now), pp, now, out)
+                out.append(Broadcast(pp))
+            self._cut_batches(now, out)
+
+    def _adopt_stable(self, seq: int) -> None:
+        """A NEW-VIEW proved a checkpoint we hold ourselves: collect the log below it."""
+        self.stable_checkpoint = seq
+        for old in [s for s in self.slots if s <= seq]:
+            slot = self.slots.pop(old)
+            if slot.preprepare is not None:
+                for digest in slot.preprepare.digests:
+                    self.pool.pop(digest, None)
 
 
 def _matching(votes: dict[int, bytes], digest: bytes) -> int:

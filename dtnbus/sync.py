@@ -19,9 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dtnbus.bound import BoundBreakdown, sync_lower_bound
 from dtnbus.client import Client
 from dtnbus.cluster import cluster_up, stop_nodes
 from dtnbus.errors import LocalError
+from dtnbus.messages import commit_quorum
+from dtnbus.shaping import AUTO_BURST
 from dtnbus.storage import compare_ledgers
 
 PHASE_ORDER = ("request_to_preprepare", "preprepare_to_prepared", "prepared_to_committed",
@@ -47,6 +50,9 @@ class SyncResult:
     ledger_heads: dict[int, str] = field(default_factory=dict)
     ledgers_identical: bool = False
     ledger_error: str | None = None
+    bound_seconds: float | None = None  # the analytic lower bound (docs/emulation.md)
+    bound_dominant: str | None = None  # its largest term
+    bound_terms: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +123,8 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         if means:
             phases[name] = sum(means) / len(means)
     client_phase = client.metrics.phase_summary().get("request_to_reply_quorum")
+    bound = analytic_bound(nodes, len(txs), payload // len(txs), bandwidth_mbps, latency_ms,
+                           request_txs, scheme, shaping_table)
     return SyncResult(
         nodes=nodes, tx=len(txs), tx_bytes=tx_bytes, bandwidth_mbps=bandwidth_mbps,
         latency_ms=latency_ms, seconds_f1=result.seconds_f1, seconds_2f1=result.seconds_2f1,
@@ -129,4 +137,28 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         ledger_heads={i: r.head.hex() for i, r in enumerate(reports)},
         ledgers_identical=error is None and len({r.head for r in reports}) == 1,
         ledger_error=error,
+        bound_seconds=bound.total_s if bound else None,
+        bound_dominant=bound.dominant if bound else None,
+        bound_terms=({k: getattr(bound, k) for k in ("latency_s", "payload_s",
+                                                      "small_messages_s", "crypto_s")}
+                     if bound else {}),
+        extra={"latency_dist": shaping_table.get("latency_dist", "constant"),
+               "mode": shaping_table.get("mode", "link"),
+               "mbps_base": shaping_table.get("mbps_base", 1e6), "scheme": scheme},
     )
+
+
+def analytic_bound(nodes: int, tx: int, tx_bytes: int, bandwidth_mbps: float,
+                   latency_ms: float, request_txs: int, scheme: str,
+                   shaping: dict[str, Any]) -> BoundBreakdown | None:
+    """The emulated network's lower bound for this run (None where it is undefined)."""
+    try:
+        return sync_lower_bound(
+            nodes, tx, tx_bytes, bandwidth_mbps, latency_ms, request_txs=request_txs,
+            scheme=scheme, mode=shaping.get("mode", "link"),
+            mbps_base=shaping.get("mbps_base", 1e6),
+            latency_dist=shaping.get("latency_dist", "constant"),
+            burst_bytes=shaping.get("burst_bytes", AUTO_BURST),
+            reply_quorum=commit_quorum(nodes))
+    except ValueError:
+        return None

@@ -35,6 +35,7 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 MAX_LIST = 1_000_000
 MAX_STR = 256
 MAX_INT = 2**63 - 1
+MAX_NESTING = 2  # NEW-VIEW > VIEW-CHANGE > proofs
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,7 @@ class Envelope:
     msg: Message
     digest: bytes  # sha256 of the payload: a Request's identity
     frame: bytes  # the original signed bytes, to forward a client's request unchanged
+    nested: tuple[Envelope, ...] = ()  # authenticated proofs inside a VIEW-CHANGE/NEW-VIEW
 
 
 def payload_of(msg: Message) -> bytes:
@@ -74,7 +76,7 @@ class Codec:
         digest = hashlib.sha256(payload).digest()
         return msgpack.packb([payload, self.signer.sign(digest)], use_bin_type=True), digest
 
-    def decode(self, frame: bytes) -> Envelope:
+    def decode(self, frame: bytes, depth: int = 0) -> Envelope:
         if len(frame) > self.max_frame:
             raise PeerError("oversized", f"{len(frame)} bytes > {self.max_frame}")
         try:
@@ -97,7 +99,18 @@ class Codec:
         digest = hashlib.sha256(payload).digest()
         if not verifier.verify(signature, digest):
             raise PeerError("bad_signature", f"{type(msg).__name__} from {sender!r}")
-        return Envelope(msg, digest, frame)
+        nested_field = getattr(type(msg), "NESTED", None)
+        if nested_field is None:
+            return Envelope(msg, digest, frame)
+        if depth >= MAX_NESTING:
+            raise PeerError("malformed", f"{type(msg).__name__} nested too deep")
+        inner = []
+        for part in getattr(msg, nested_field):
+            env = self.decode(part, depth + 1)  # a bad proof makes the whole message bad
+            if env.msg.KIND in CLIENT_KINDS:
+                raise PeerError("malformed", "a client message cannot be a proof")
+            inner.append(env)
+        return Envelope(msg, digest, frame, tuple(inner))
 
 
 def _parse_payload(payload: bytes, max_frame: int) -> Message:

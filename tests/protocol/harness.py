@@ -21,6 +21,7 @@ from dtnbus.replica import (
     ReplicaConfig,
     Send,
     SendClient,
+    ViewEntered,
 )
 from dtnbus.wire import Codec
 
@@ -54,6 +55,7 @@ class Cluster:
         self.replies: list[tuple[str, object]] = []
         self.blocks: dict[int, list[Execute]] = {i: [] for i in range(self.n)}
         self.drops: dict[int, list[str]] = {i: [] for i in range(self.n)}
+        self.views: dict[int, list[int]] = {i: [] for i in range(self.n)}
         self.down: set[int] = set()
         self.now = 0.0
         self._ts = 0
@@ -83,12 +85,16 @@ class Cluster:
 
     def _apply(self, i: int, effects: list) -> None:
         codec = self.codecs[i]
+        replica = self.replicas[i]
         for eff in effects:
-            if isinstance(eff, Broadcast):
-                frame = codec.encode(eff.msg)
-                self.queue.extend((j, frame) for j in range(self.n) if j != i)
-            elif isinstance(eff, Send):
-                self.queue.append((eff.to, codec.encode(eff.msg)))
+            if isinstance(eff, Broadcast | Send):
+                frame = self.tamper(i, eff.msg, codec.encode(eff.msg))
+                if frame is None:
+                    continue
+                targets = [j for j in range(self.n) if j != i] if isinstance(eff, Broadcast) \
+                    else [eff.to]
+                self.queue.extend((j, frame) for j in targets)
+                self._apply(i, replica.note_signed(eff.msg, frame, self.now))
             elif isinstance(eff, Forward):
                 self.queue.append((eff.to, eff.frame))
             elif isinstance(eff, SendClient):
@@ -97,6 +103,12 @@ class Cluster:
                 self.blocks[i].append(eff)
             elif isinstance(eff, Drop):
                 self.drops[i].append(eff.reason)
+            elif isinstance(eff, ViewEntered):
+                self.views[i].append(eff.view)
+
+    def tamper(self, sender: int, msg: object, frame: bytes) -> bytes | None:
+        """What the network does to a frame on its way out: tests override (None = lost)."""
+        return frame
 
     def deliver_all(self, limit: int = 100_000) -> int:
         count = 0
