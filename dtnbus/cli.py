@@ -36,13 +36,19 @@ def cli() -> None:
               help="Directory for keys/ and cluster.toml.")
 @SCHEME_OPTION
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address nodes bind to.")
+@click.option("--hosts", default=None,
+              help="Comma list: one address per node (separate machines or namespaces).")
 @click.option("--base-port", type=click.IntRange(1, 65000), default=None,
-              help="First of 3 consecutive ports per node (default: free ports).")
-def keygen(nodes: int, out: Path, scheme: str, host: str, base_port: int | None) -> None:
+              help="First of 3 consecutive ports per node (default: free ports; 7000 with "
+                   "--hosts).")
+def keygen(nodes: int, out: Path, scheme: str, host: str, hosts: str | None,
+           base_port: int | None) -> None:
     """Create one key pair per node (and a client key) and a cluster file."""
     from dtnbus.config import generate_cluster
 
-    path = generate_cluster(out, nodes, scheme, host=host, base_port=base_port)
+    host_list = [h.strip() for h in hosts.split(",")] if hosts else None
+    path = generate_cluster(out, nodes, scheme, host=host, base_port=base_port,
+                            hosts=host_list)
     click.echo(f"wrote {path} ({nodes} nodes, {scheme}); private keys in {out / 'keys'} (0600)")
 
 

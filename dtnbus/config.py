@@ -238,22 +238,33 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str = "127.0.0.1",
-                     base_port: int | None = None, protocol: dict[str, Any] | None = None,
+                     base_port: int | None = None, hosts: list[str] | None = None,
+                     protocol: dict[str, Any] | None = None,
                      shaping: dict[str, Any] | None = None,
                      links: list[dict[str, Any]] | None = None,
                      regions: dict[str, list[int]] | None = None) -> Path:
-    """Create keys (mode 0600) for N nodes and one client, and write `out/cluster.toml`."""
+    """Create keys (mode 0600) for N nodes and one client, and write `out/cluster.toml`.
+
+    `hosts` gives each node its own address (one machine or network namespace each);
+    they then all use the same ports, `base_port` (default 7000) onwards."""
     check_scheme(scheme)
     if nodes < 1:
         raise LocalError(f"--nodes must be at least 1 (4 or more to tolerate a fault), got {nodes}")
+    if hosts is not None and len(hosts) != nodes:
+        raise LocalError(f"--hosts lists {len(hosts)} addresses for {nodes} nodes; give one each")
     out.mkdir(parents=True, exist_ok=True)
-    ports = (list(range(base_port, base_port + 3 * nodes)) if base_port
-             else free_ports(3 * nodes, host))
+    if hosts is not None:
+        first = base_port or 7000
+        ports = [first, first + 1, first + 2] * nodes
+    else:
+        ports = (list(range(base_port, base_port + 3 * nodes)) if base_port
+                 else free_ports(3 * nodes, host))
     node_tables = []
     for i in range(nodes):
         key = generate_key(scheme)
         write_private_key(out / "keys" / f"node-{i}.key", key)
         p_pub, p_router, p_metrics = ports[3 * i: 3 * i + 3]
+        host = hosts[i] if hosts is not None else host
         node_tables.append({
             "id": i,
             "pub": f"tcp://{host}:{p_pub}",
