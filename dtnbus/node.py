@@ -16,6 +16,8 @@ import signal
 import time
 from typing import Any
 
+import zmq
+
 from dtnbus.config import ClusterConfig
 from dtnbus.errors import LocalError, PeerError
 from dtnbus.messages import (
@@ -47,8 +49,8 @@ from dtnbus.wire import Codec
 
 log = logging.getLogger("dtnbus.node")
 
-HELLO_EVERY = 0.1  # until every peer is heard; then a slow heartbeat
-HEARTBEAT_EVERY = 1.0
+HELLO_EVERY = 0.1  # per 10 nodes: n Hellos cost n(n-1) verifications per round
+HELLO_CHECK = 1.0
 MAX_POLL = 0.05  # also bounds how long a stop signal waits
 
 
@@ -64,14 +66,21 @@ class Node:
         if self.ledger.height:
             raise_if_unrecoverable(self.ledger, node_id)
         self.metrics = NodeMetrics(node_id)
-        if serve_metrics and spec.metrics:
-            host, _, port = spec.metrics.rpartition(":")
-            self.metrics.serve(host, int(port))
         peers = {s.id: Endpoints(s.pub, s.router) for s in config.nodes if s.id != node_id}
-        self.transport = Transport(Endpoints(spec.pub, spec.router), peers)
+        try:
+            if serve_metrics and spec.metrics:
+                host, _, port = spec.metrics.rpartition(":")
+                self.metrics.serve(host, int(port))
+            self.transport = Transport(Endpoints(spec.pub, spec.router), peers)
+        except (OSError, ValueError, zmq.ZMQError) as exc:
+            self.ledger.close()
+            raise LocalError(f"node {node_id}: cannot listen on {spec.pub} / {spec.router} / "
+                             f"{spec.metrics}: {exc}; is another node running there?") from None
         self.shaper = config.shaper(node_id)
         self.routes: dict[str, bytes] = {}  # client id -> ROUTER identity of its connection
         self.heard: set[int] = set()
+        self.peer_heard: dict[int, int] = {}  # how many peers each peer has heard
+        self.hello_every = HELLO_EVERY * max(1.0, config.n / 10)
         self.next_hello = 0.0
         self.stopping = False
 
@@ -132,6 +141,9 @@ class Node:
             self.routes[msg.client] = identity
         if isinstance(msg, Hello):
             self.heard.add(msg.replica)
+            self.peer_heard[msg.replica] = msg.heard
+            if msg.heard < self.config.n - 1:
+                self.next_hello = min(self.next_hello, now + 0.01)  # a (re)joining peer
             return
         if isinstance(msg, StatusQuery):
             self._send_client(msg.client, self._status(msg.nonce), now)
@@ -229,9 +241,14 @@ class Node:
                 self.metrics.dropped("send_queue_full")
 
     def _hello(self, now: float) -> None:
-        frame = self._encode(Hello(self.id, len(self.heard)))
-        self.transport.publish(frame)
-        self.next_hello = now + (HEARTBEAT_EVERY if self.ready else HELLO_EVERY)
+        """Publish Hello until we have heard every peer and every peer has heard all:
+        PUB/SUB silently loses what is sent before a subscription is up (slow joiner)."""
+        full = self.config.n - 1
+        if self.ready and len(self.peer_heard) == full and min(self.peer_heard.values()) == full:
+            self.next_hello = now + HELLO_CHECK
+            return
+        self.transport.publish(self._encode(Hello(self.id, len(self.heard))))
+        self.next_hello = now + self.hello_every
 
     def _update_gauges(self) -> None:
         r = self.replica
