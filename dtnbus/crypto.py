@@ -3,6 +3,11 @@
 We sign the SHA-256 digest of a message's payload, not the payload: a 150 kB
 request would otherwise cost far more to sign, and the digest is computed anyway.
 Private keys are written with mode 0600 and are never printed.
+
+Ed25519 signs and verifies through libsodium (PyNaCl) when it is installed: on this
+machine it verifies in 53 us against OpenSSL's 101 us (machine-limits.md), and
+verification is what a PBFT node spends its CPU on. The signatures are the same
+bytes either way (Ed25519 is deterministic); key files stay in PKCS#8 PEM.
 """
 
 from __future__ import annotations
@@ -16,6 +21,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
 from dtnbus.errors import LocalError
+
+try:  # libsodium: about twice as fast as OpenSSL for Ed25519 here
+    import nacl.exceptions
+    import nacl.signing
+except ImportError:  # pragma: no cover - PyNaCl is a pinned dependency
+    nacl = None  # type: ignore[assignment]
 
 SCHEMES = ("ed25519", "rsa2048")
 SIGNATURE_BYTES = {"ed25519": 64, "rsa2048": 256}
@@ -49,8 +60,16 @@ class Signer:
     def __init__(self, key: PrivateKey) -> None:
         self._key = key
         self.scheme = scheme_of(key)
+        self._sodium = None
+        if nacl is not None and self.scheme == "ed25519":
+            seed = key.private_bytes(serialization.Encoding.Raw,
+                                     serialization.PrivateFormat.Raw,
+                                     serialization.NoEncryption())
+            self._sodium = nacl.signing.SigningKey(seed)
 
     def sign(self, digest: bytes) -> bytes:
+        if self._sodium is not None:
+            return self._sodium.sign(digest).signature
         if self.scheme == "ed25519":
             return self._key.sign(digest)  # type: ignore[call-arg]
         return self._key.sign(digest, _PSS, _PREHASHED)  # type: ignore[call-arg]
@@ -67,10 +86,20 @@ class Verifier:
         self._key = key
         self.scheme = scheme_of(key)
         self.signature_bytes = SIGNATURE_BYTES[self.scheme]
+        self._sodium = None
+        if nacl is not None and self.scheme == "ed25519":
+            self._sodium = nacl.signing.VerifyKey(key.public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
     def verify(self, signature: bytes, digest: bytes) -> bool:
         if len(signature) != self.signature_bytes:
             return False
+        if self._sodium is not None:
+            try:
+                self._sodium.verify(digest, signature)
+            except nacl.exceptions.BadSignatureError:
+                return False
+            return True
         try:
             if self.scheme == "ed25519":
                 self._key.verify(signature, digest)  # type: ignore[call-arg]

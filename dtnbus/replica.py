@@ -295,6 +295,22 @@ class Replica:
             times.append(slot.last_progress + self.config.retransmit_after)
         return min(times) if times else None
 
+    def wants(self, msg: Message) -> bool:
+        """Would `step` use this message? False for votes a slot no longer needs, so the
+        caller can skip verifying their signatures (about 1/3 of all votes at large n).
+        A vote repeated by the same sender is wanted: it signals a peer that lost ours."""
+        if isinstance(msg, Prepare | Commit):
+            slot = self.slots.get(msg.seq)
+            if slot is None or msg.view != slot.view:
+                return True
+            votes = slot.commits if isinstance(msg, Commit) else slot.prepares
+            if msg.replica in votes:
+                return True
+            return not (slot.committed if isinstance(msg, Commit) else slot.prepared)
+        if isinstance(msg, Checkpoint):
+            return msg.seq > self.stable_checkpoint
+        return True
+
     # ------------------------------------------------------------ input
 
     def step(self, env: Envelope, now: float) -> list[Effect]:

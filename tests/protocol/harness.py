@@ -56,6 +56,7 @@ class Cluster:
         self.blocks: dict[int, list[Execute]] = {i: [] for i in range(self.n)}
         self.drops: dict[int, list[str]] = {i: [] for i in range(self.n)}
         self.views: dict[int, list[int]] = {i: [] for i in range(self.n)}
+        self.skipped: dict[int, int] = dict.fromkeys(range(self.n), 0)
         self.down: set[int] = set()
         self.now = 0.0
         self._ts = 0
@@ -76,12 +77,17 @@ class Cluster:
     def deliver(self, dest: int, frame: bytes) -> None:
         if dest in self.down:
             return
+        codec, replica = self.codecs[dest], self.replicas[dest]
         try:
-            env = self.codecs[dest].decode(frame)
+            raw = codec.parse(frame)
+            if not replica.wants(raw.msg):  # as the node does: skip what is not needed
+                self.skipped[dest] += 1
+                return
+            env = codec.authenticate(raw)
         except PeerError as exc:
             self.drops[dest].append(exc.reason)
             return
-        self._apply(dest, self.replicas[dest].step(env, self.now))
+        self._apply(dest, replica.step(env, self.now))
 
     def _apply(self, i: int, effects: list) -> None:
         codec = self.codecs[i]

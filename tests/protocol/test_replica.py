@@ -304,3 +304,26 @@ def test_primary_broadcasts_only_digests_never_payload() -> None:
     out = r.step(Envelope(big, request_digest(big), b"frame"), 0.0)
     pps = [e.msg for e in out if isinstance(e, Broadcast)]
     assert len(pps) == 1 and pps[0].digests == (request_digest(big),)
+
+
+def test_votes_a_slot_no_longer_needs_are_not_wanted_but_repeats_are() -> None:
+    c = Cluster(7)
+    pp, _ = _votes_for_seq1(c)
+    r = c.replicas[6]
+    digest = batch_digest(pp.digests)
+    r.step(c.codecs[6].decode(c.codecs[0].encode(pp)), 0.0)
+    for i in (1, 2, 3):
+        assert r.wants(Prepare(0, 1, i, digest))
+        r.step(Envelope(Prepare(0, 1, i, digest), b"", b""), 0.0)
+    assert r.slots[1].prepared
+    assert not r.wants(Prepare(0, 1, 4, digest))  # prepared: a fifth prepare adds nothing
+    assert r.wants(Prepare(0, 1, 2, digest))  # a repeat: that peer may have lost our votes
+    assert r.wants(Commit(0, 1, 4, digest))  # commits are still needed
+
+
+def test_large_cluster_skips_verifying_surplus_votes() -> None:
+    c = Cluster(10)
+    c.request((b"x",))
+    c.run()
+    assert [r.executed_txs for r in c.replicas] == [1] * 10
+    assert sum(c.skipped.values()) > 0
