@@ -209,13 +209,13 @@ class ListOf(click.ParamType):
 @SCHEME_OPTION
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Keep the cluster directory here (default: a temporary one).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Write CSV, markdown and PNG here (default for a grid: results/).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"),
+              show_default=True, help="Where the CSV, markdown and PNG charts go.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
          latency: list[float], mode: str, latency_dist: str, jitter: float, mbps_base: str,
          burst: int | None, request_txs: int, scheme: str, directory: Path | None,
-         out: Path | None, as_json: bool) -> None:
+         out: Path, as_json: bool) -> None:
     """Synchronize TX transactions across NODES nodes and report how long it took.
 
     Start-up is not timed. Prints the time to f+1 matching replies, to a commit quorum
@@ -254,9 +254,8 @@ def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
         rows.append(result_row(result))
         if not result.ledgers_identical:
             raise LocalError(f"ledgers differ: {result.ledger_error}")
-    if grid or out is not None:
-        for path in write_results(rows, out or Path("results")):
-            click.echo(f"wrote {path}")
+    for path in write_results(rows, out):
+        click.echo(f"wrote {path}")
     if as_json:
         payload = results[0].to_json() if not grid else [r.to_json() for r in results]
         click.echo(json.dumps(payload, separators=(",", ":")))
