@@ -345,7 +345,7 @@ _add_optional_commands()
 def main() -> None:
     """Run the CLI; a usage or local error is one line on stderr and exit status 2."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="dtnbus", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:

@@ -9,6 +9,7 @@ until all n have. A reply is sent only after its block is durable in the ledger.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,12 +61,14 @@ class Client:
         self.ctx = zmq.Context()
         self.sockets: dict[int, zmq.Socket] = {}
         self.poller = zmq.Poller()
+        token = secrets.token_hex(4)  # a fresh identity per Client: a ROUTER refuses a
+        # second connection under an identity it still holds (even from this process)
         for node in config.nodes:
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 1_000_000)
             sock.setsockopt(zmq.RCVHWM, 1_000_000)
-            sock.setsockopt(zmq.IDENTITY, f"{spec.id}-{os.getpid()}-{node.id}".encode())
+            sock.setsockopt(zmq.IDENTITY, f"{spec.id}-{os.getpid()}-{token}-{node.id}".encode())
             sock.connect(node.router)
             self.sockets[node.id] = sock
             self.poller.register(sock, zmq.POLLIN)

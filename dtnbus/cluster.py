@@ -135,11 +135,30 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
     timeout = ready_timeout if ready_timeout is not None else 20 + 0.3 * nodes
     try:
         with Client(config) as client:
-            client.wait_ready(timeout)
+            deadline = time.monotonic() + timeout
+            while True:  # readiness, but fail fast (with the reason) if a node died
+                dead = [i for i in range(nodes) if i not in running_pids(directory)]
+                if dead:
+                    raise LocalError(f"node {dead[0]} exited during start-up: "
+                                     f"{last_log_line(directory, dead[0])}")
+                try:
+                    client.wait_ready(min(2.0, max(0.1, deadline - time.monotonic())))
+                    break
+                except LocalError:
+                    if time.monotonic() >= deadline:
+                        raise
     except BaseException:
         stop_nodes(directory)
         raise
     return config
+
+
+def last_log_line(directory: Path, node_id: int) -> str:
+    try:
+        lines = (directory / "logs" / f"node-{node_id}.log").read_text().strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "empty log"
 
 
 def cluster_status(config: ClusterConfig, timeout: float = 2.0) -> dict[int, Status]:

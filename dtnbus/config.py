@@ -156,6 +156,37 @@ def _need(table: dict, key: str, kind: type | tuple[type, ...], where: str) -> A
     return value
 
 
+def _optional(table: dict, key: str, kind: type, where: str, default: Any) -> Any:
+    return _need(table, key, kind, where) if key in table else default
+
+
+def _tables(raw: dict, key: str, where: str) -> list[dict]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise LocalError(f"{where}: '{key}' must be an array of tables ([[{key}]])")
+    return value
+
+
+def _table(raw: dict, key: str, where: str) -> dict:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise LocalError(f"{where}: '{key}' must be a table ([{key}])")
+    return value
+
+
+_PROTOCOL_TYPES = {f.name: f.type for f in dataclasses.fields(ReplicaConfig)}
+
+
+def _check_protocol(protocol: dict, where: str) -> None:
+    for key, value in protocol.items():
+        want = _PROTOCOL_TYPES.get(key)
+        ok = (isinstance(value, int) and not isinstance(value, bool)) if want == "int" else (
+            isinstance(value, int | float) and not isinstance(value, bool))
+        if not ok:
+            raise LocalError(f"{where}: [protocol] '{key}' must be {want}, "
+                             f"got {type(value).__name__}")
+
+
 def _endpoint(value: str, where: str) -> str:
     if not value.startswith(("tcp://", "ipc://")):
         raise LocalError(f"{where}: endpoint {value!r} must start with tcp:// or ipc://")
@@ -176,14 +207,14 @@ def load_cluster(path: Path) -> ClusterConfig:
     base = path.parent
     scheme = check_scheme(raw.get("scheme", "ed25519"))
     nodes = []
-    for i, table in enumerate(raw.get("nodes", [])):
+    for i, table in enumerate(_tables(raw, "nodes", str(path))):
         where = f"{path}: nodes[{i}]"
-        key_file = table.get("key_file")
+        key_file = _optional(table, "key_file", str, where, None)
         nodes.append(NodeSpec(
             id=_need(table, "id", int, where),
             pub=_endpoint(_need(table, "pub", str, where), where),
             router=_endpoint(_need(table, "router", str, where), where),
-            metrics=table.get("metrics", ""),
+            metrics=_optional(table, "metrics", str, where, ""),
             public_key=_need(table, "public_key", str, where),
             key_file=base / key_file if key_file else None,
             ledger=base / _need(table, "ledger", str, where),
@@ -194,18 +225,19 @@ def load_cluster(path: Path) -> ClusterConfig:
         raise LocalError(f"{path}: node ids must be 0..{len(nodes) - 1}, each once")
     nodes.sort(key=lambda s: s.id)
     clients = []
-    for i, table in enumerate(raw.get("clients", [])):
+    for i, table in enumerate(_tables(raw, "clients", str(path))):
         where = f"{path}: clients[{i}]"
-        key_file = table.get("key_file")
+        key_file = _optional(table, "key_file", str, where, None)
         clients.append(ClientSpec(_need(table, "id", str, where),
                                   _need(table, "public_key", str, where),
                                   base / key_file if key_file else None))
-    protocol = raw.get("protocol", {})
+    protocol = _table(raw, "protocol", str(path))
+    _check_protocol(protocol, str(path))
     unknown = set(protocol) - PROTOCOL_FIELDS
     if unknown:
         raise LocalError(f"{path}: [protocol] has unknown keys {sorted(unknown)}; "
                          f"known: {sorted(PROTOCOL_FIELDS)}")
-    shaping = raw.get("shaping", {})
+    shaping = _table(raw, "shaping", str(path))
     unknown = set(shaping) - SHAPING_FIELDS
     if unknown:
         raise LocalError(f"{path}: [shaping] has unknown keys {sorted(unknown)}; "
@@ -214,7 +246,7 @@ def load_cluster(path: Path) -> ClusterConfig:
     if not isinstance(regions, dict):
         raise LocalError(f"{path}: [regions] must map a region name to a list of node ids")
     config = ClusterConfig(path, scheme, tuple(nodes), tuple(clients), dict(protocol),
-                           dict(shaping), tuple(raw.get("links", [])), dict(regions))
+                           dict(shaping), tuple(_tables(raw, "links", str(path))), dict(regions))
     for spec in nodes:
         load_public_key_text(spec.public_key)
     config.replica_config(0)  # validates [protocol]

@@ -215,14 +215,43 @@ class NewView:
     view_changes: tuple[bytes, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class StateRequest:
+    """A replica that fell behind (restarted, or lost messages) asks a peer for the
+    ledger from `from_seq` up to the peer's stable checkpoint, and its current view."""
+
+    KIND: ClassVar[int] = 13
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (("replica", INT), ("from_seq", INT))
+    replica: int
+    from_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateReply:
+    """Blocks anchored by a proof: q signed CHECKPOINTs for the last block's hash (so
+    the blocks need no other trust), plus the NEW-VIEW of the sender's view, if any."""
+
+    KIND: ClassVar[int] = 14
+    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("replica", INT), ("from_seq", INT), ("proof", BYTES_LIST), ("blocks", BYTES_LIST),
+        ("new_view", BYTES_LIST),
+    )
+    NESTED: ClassVar[str] = "proof"
+    replica: int
+    from_seq: int
+    proof: tuple[bytes, ...]
+    blocks: tuple[bytes, ...]
+    new_view: tuple[bytes, ...]
+
+
 Message = (
     Request | PrePrepare | Prepare | Commit | Reply | Checkpoint | Fetch | Hello | StatusQuery
-    | Status | ViewChange | NewView
+    | Status | ViewChange | NewView | StateRequest | StateReply
 )
 MESSAGE_TYPES: dict[int, type] = {
     cls.KIND: cls
     for cls in (Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, Fetch, Hello,
-                StatusQuery, Status, ViewChange, NewView)
+                StatusQuery, Status, ViewChange, NewView, StateRequest, StateReply)
 }
 CLIENT_KINDS = frozenset({Request.KIND, StatusQuery.KIND})
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections import OrderedDict
 from typing import Any
 
 import zmq
@@ -21,12 +22,17 @@ import zmq
 from dtnbus.config import ClusterConfig
 from dtnbus.errors import LocalError, PeerError
 from dtnbus.messages import (
+    Checkpoint,
     Hello,
     Message,
+    NewView,
     Reply,
     Request,
+    StateReply,
+    StateRequest,
     Status,
     StatusQuery,
+    commit_quorum,
     kind_name,
 )
 from dtnbus.metrics import NodeMetrics
@@ -43,15 +49,18 @@ from dtnbus.replica import (
     SendClient,
     ViewEntered,
 )
+from dtnbus.state_transfer import MAX_BLOCKS, encode_blocks, verify_blocks
 from dtnbus.storage import Ledger
-from dtnbus.transport import FROM_ROUTER, Endpoints, Transport
-from dtnbus.wire import Codec
+from dtnbus.transport import FROM_ROUTER, Endpoints, Transport, from_replica
+from dtnbus.wire import Codec, Envelope
 
 log = logging.getLogger("dtnbus.node")
 
 HELLO_EVERY = 0.1  # per 10 nodes: n Hellos cost n(n-1) verifications per round
 HELLO_CHECK = 1.0
 MAX_POLL = 0.05  # also bounds how long a stop signal waits
+MAX_ROUTES = 200_000  # requests awaiting a reply whose connection we remember
+MAX_SHAPED_BYTES = 256 * 1024 * 1024  # per emulated link: beyond this, sends are drops
 
 
 class Node:
@@ -63,21 +72,24 @@ class Node:
                            config.replica_verifiers(), config.client_verifiers())
         self.replica = Replica(config.replica_config(node_id))
         self.ledger = Ledger(spec.ledger)
-        if self.ledger.height:
-            raise_if_unrecoverable(self.ledger, node_id)
+        if self.ledger.height:  # a restart: resume from our ledger, then catch up
+            self.replica.restore(self.ledger.height, self.ledger.head,
+                                 self.ledger.recent_requests(self.replica.config.reply_cache))
         self.metrics = NodeMetrics(node_id)
         peers = {s.id: Endpoints(s.pub, s.router) for s in config.nodes if s.id != node_id}
         try:
             if serve_metrics and spec.metrics:
                 host, _, port = spec.metrics.rpartition(":")
                 self.metrics.serve(host, int(port))
-            self.transport = Transport(Endpoints(spec.pub, spec.router), peers)
+            self.transport = Transport(Endpoints(spec.pub, spec.router, node_id), peers)
         except (OSError, ValueError, zmq.ZMQError) as exc:
             self.ledger.close()
             raise LocalError(f"node {node_id}: cannot listen on {spec.pub} / {spec.router} / "
                              f"{spec.metrics}: {exc}; is another node running there?") from None
         self.shaper = config.shaper(node_id)
-        self.routes: dict[str, bytes] = {}  # client id -> ROUTER identity of its connection
+        # where replies go: the connection a request came in on (a replayed frame from
+        # elsewhere must not redirect another request's reply), per (client, timestamp)
+        self.routes: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self.heard: set[int] = set()
         self.peer_heard: dict[int, int] = {}  # how many peers each peer has heard
         self.hello_every = HELLO_EVERY * max(1.0, config.n / 10)
@@ -141,8 +153,12 @@ class Node:
         msg = env.msg
         self.metrics.message_received(kind_name(msg.KIND), len(frame))
         now = time.monotonic()
-        if isinstance(msg, Request | StatusQuery) and source == FROM_ROUTER and identity:
-            self.routes[msg.client] = identity
+        if isinstance(msg, Request) and source == FROM_ROUTER and identity \
+                and not from_replica(identity):  # a forwarded copy is no route to the client
+            self.routes[(msg.client, msg.timestamp)] = identity
+            self.routes.move_to_end((msg.client, msg.timestamp))
+            while len(self.routes) > MAX_ROUTES:
+                self.routes.popitem(last=False)
         if isinstance(msg, Hello):
             self.heard.add(msg.replica)
             self.peer_heard[msg.replica] = msg.heard
@@ -150,12 +166,64 @@ class Node:
                 self.next_hello = min(self.next_hello, now + 0.01)  # a (re)joining peer
             return
         if isinstance(msg, StatusQuery):
-            self._send_client(msg.client, self._status(msg.nonce), now)
+            if identity:  # control traffic: answered at once, on its own connection
+                self.transport.send_routed(identity, self._encode(self._status(msg.nonce)))
             return
         if isinstance(msg, Reply | Status):
             self.metrics.dropped("unknown_sender")  # only clients receive these
             return
+        if isinstance(msg, StateRequest):
+            self._serve_state(msg, now)
+            return
+        if isinstance(msg, StateReply):
+            self._adopt_state(env, now)
+            return
         self._apply(self.replica.step(env, now), now)
+
+    # ------------------------------------------------------------ state transfer
+
+    def _serve_state(self, req: StateRequest, now: float) -> None:
+        offer = self.replica.state_for(req.from_seq)
+        blocks: list[bytes] = []
+        if req.from_seq <= offer.end_seq < req.from_seq + MAX_BLOCKS:
+            blocks = encode_blocks(self.ledger, req.from_seq, offer.end_seq)
+        elif offer.end_seq >= req.from_seq:
+            log.warning("node %d is %d blocks behind: more than one reply carries",
+                        req.replica, offer.end_seq - req.from_seq + 1)
+        reply = StateReply(self.id, req.from_seq, offer.stable_proof + offer.commit_certs,
+                           tuple(blocks), (offer.new_view,) if offer.new_view else ())
+        self._send_replica(req.replica, self._encode(reply), now)
+
+    def _adopt_state(self, env: Envelope, now: float) -> None:
+        """Blocks a peer proved (CHECKPOINTs, then COMMITs): verify, make durable, jump."""
+        reply = env.msg
+        assert isinstance(reply, StateReply)
+        start = self.ledger.height + 1
+        if reply.from_seq != start:
+            return  # an answer to an older request
+        stable = [e for e in env.nested if isinstance(e.msg, Checkpoint)]
+        try:
+            blocks = verify_blocks(reply.blocks, start, self.ledger.head,
+                                   [e.msg for e in env.nested], commit_quorum(self.config.n))
+        except PeerError as exc:
+            self.metrics.dropped(exc.reason)
+            log.warning("state from node %d refused: %s", reply.replica, exc)
+            return
+        if blocks:
+            log.info("catching up from node %d: blocks %d..%d", reply.replica, start,
+                     blocks[-1].seq)
+        stable_seq = max((e.msg.seq for e in stable), default=0)  # type: ignore[union-attr]
+        proof = tuple(e for e in stable if e.msg.seq == stable_seq)  # type: ignore[union-attr]
+        # Execute effects go to the ledger, durable, exactly as for committed batches
+        self._apply(self.replica.adopt_state(stable_seq, proof, blocks, now), now)
+        for frame in reply.new_view:  # the view the cluster is in, with its proof
+            try:
+                view_env = self.codec.decode(frame)
+            except PeerError as exc:
+                self.metrics.dropped(exc.reason)
+                continue
+            if isinstance(view_env.msg, NewView):
+                self._apply(self.replica.step(view_env, now), now)
 
     def _status(self, nonce: int) -> Status:
         r = self.replica
@@ -184,9 +252,10 @@ class Node:
                 self.ledger.append(eff)  # durable before any reply that follows
                 txs = sum(r.txs for r in eff.requests)
                 self.metrics.executed(1, txs)
-                self.metrics.batch_cut(len(eff.digests))
-                self.metrics.observe_phase("committed_to_executed",
-                                           time.monotonic() - eff.committed_at)
+                self.metrics.batch_cut(txs)
+                if eff.committed_at:  # 0 for blocks taken by state transfer
+                    self.metrics.observe_phase("committed_to_executed",
+                                               time.monotonic() - eff.committed_at)
             elif isinstance(eff, Observe):
                 self.metrics.observe_phase(eff.phase, max(0.0, eff.seconds))
             elif isinstance(eff, Drop):
@@ -220,14 +289,17 @@ class Node:
 
     def _send_replica(self, peer: int, frame: bytes, now: float) -> None:
         if self.shaper is not None and not self.shaper.is_unshaped(peer):
+            if self.shaper.queued_bytes(peer) + len(frame) > MAX_SHAPED_BYTES:
+                self.metrics.dropped("send_queue_full")  # the emulated link is that slow
+                return
             self.shaper.submit(now, peer, len(frame), frame)
         elif not self.transport.send_to(peer, frame):
             self.metrics.dropped("send_queue_full")
 
-    def _send_client(self, client: str, msg: Message, now: float) -> None:
-        identity = self.routes.get(client)
+    def _send_client(self, client: str, msg: Reply, now: float) -> None:
+        identity = self.routes.pop((client, msg.timestamp), None)
         if identity is None:
-            return  # never heard from this client on this node: nowhere to send
+            return  # the request did not come to us directly: nowhere to send
         frame = self._encode(msg)
         if self.shaper is not None and not self.shaper.is_unshaped(client):
             self.shaper.submit(now, client, len(frame), (identity, frame))
@@ -264,14 +336,6 @@ class Node:
         if self.shaper is not None:
             for dst, nbytes in self.shaper.queue_depth().items():
                 m.set_shaper_queue(f"to-{dst}", nbytes)
-
-
-def raise_if_unrecoverable(ledger: Ledger, node_id: int) -> None:
-    """A restarted node resumes from its ledger only once state transfer exists."""
-    raise LocalError(
-        f"node {node_id}: ledger {ledger.path} already holds {ledger.height} blocks; restarting "
-        "a node over an existing ledger needs state transfer (not built yet): "
-        "move the ledger away or start a fresh cluster directory")
 
 
 def run_node(config: ClusterConfig, node_id: int, log_level: str = "INFO") -> None:

@@ -32,6 +32,7 @@ from dtnbus.messages import (
     PrePrepare,
     Reply,
     Request,
+    StateRequest,
     ViewChange,
     batch_digest,
     block_hash,
@@ -95,6 +96,7 @@ class Execute:
     digests: tuple[bytes, ...]  # everything the PRE-PREPARE ordered (`digest` hashes these)
     requests: tuple[ExecutedRequest, ...]  # what was executed (replays skipped)
     committed_at: float
+    skipped: tuple[ExecutedRequest, ...] = ()  # ordered, but replays: kept, not executed
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,7 @@ class _Slot:
     helped: dict[int, float] = field(default_factory=dict)
     pp_frame: bytes = b""  # signed frames: the proof of prepared in a VIEW-CHANGE
     prepare_frames: dict[int, bytes] = field(default_factory=dict)
+    commit_frames: dict[int, bytes] = field(default_factory=dict)  # proof for state transfer
     cert: _Cert | None = None  # the newest prepared certificate, kept across views
 
 
@@ -205,6 +208,27 @@ class _Cert:
     view: int
     digests: tuple[bytes, ...]
     frames: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TransferredBlock:
+    """A block proven by state transfer, with the bodies of everything it ordered."""
+
+    seq: int
+    view: int
+    digests: tuple[bytes, ...]
+    bodies: dict[bytes, tuple[Request, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class StateOffer:
+    """What a replica can hand a lagging peer (see `Replica.state_for`)."""
+
+    stable_seq: int
+    stable_proof: tuple[bytes, ...]  # q CHECKPOINT frames for stable_seq
+    end_seq: int  # blocks up to here can be proven
+    commit_certs: tuple[bytes, ...]  # q COMMIT frames per block after stable_seq
+    new_view: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +276,16 @@ class Replica:
         self.expected: dict[int, tuple[bytes, ...]] = {}  # seq -> digests a NEW-VIEW fixed
         self.checkpoint_frames: dict[int, dict[int, bytes]] = {}
         self.stable_proof: tuple[bytes, ...] = ()
+        self.proof_seq = 0  # the checkpoint `stable_proof` proves (<= stable_checkpoint)
+        self.new_view_frame = b""  # the NEW-VIEW that started this view, for lagging peers
+        # state transfer: evidence that others are ahead, and our requests for state
+        self.ahead: dict[int, int] = {}  # replica -> newest checkpoint seq beyond our window
+        self.view_ahead: dict[int, int] = {}  # replica -> a view above ours it voted in
+        self.behind_since: float | None = None
+        self.state_requests_left = 0
+        self.next_state_request = 0.0
+        self.state_peer = self.id
+        self.recovering = False  # restarted and not yet seen the cluster work: never accuse
 
     # ------------------------------------------------------------ queries
 
@@ -280,9 +314,13 @@ class Replica:
         times = []
         can_order = (self.next_seq <= self.high
                      and self.next_seq - 1 - self.last_executed < self.config.pipeline)
+        if self.state_requests_left or self.behind_since is not None:
+            times.append(max(self.next_state_request,
+                             (self.behind_since or 0.0) + self.config.retransmit_after))
         if self.vc_deadline is not None:
             times.append(self.vc_deadline)
-        elif self.active and self._has_work():
+        elif self.active and self._has_work() and self.behind_since is None \
+                and not self.state_requests_left and not self.recovering:
             return 0.0  # arm the view-change timer now
         if self.is_primary and self.active and self.pending and can_order:
             oldest = self.pool[next(iter(self.pending))].arrived
@@ -326,9 +364,9 @@ class Replica:
         elif isinstance(msg, Prepare):
             self._on_vote(msg, env.frame, now, out, is_commit=False)
         elif isinstance(msg, Commit):
-            self._on_vote(msg, b"", now, out, is_commit=True)
+            self._on_vote(msg, env.frame, now, out, is_commit=True)
         elif isinstance(msg, Checkpoint):
-            self._on_checkpoint(msg, env.frame, out)
+            self._on_checkpoint(msg, env.frame, now, out)
         elif isinstance(msg, ViewChange):
             self._on_view_change(env, now, out)
         elif isinstance(msg, NewView):
@@ -342,6 +380,7 @@ class Replica:
     def tick(self, now: float) -> list[Effect]:
         """Let time pass: cut due batches, fetch missing bodies, retransmit stalled votes."""
         out: list[Effect] = []
+        self._state_transfer_timer(now, out)
         self._view_change_timer(now, out)
         if self.is_primary:
             self._cut_batches(now, out)
@@ -437,7 +476,12 @@ class Replica:
             slot = self.slots[seq] = _Slot(seq, self.view, last_progress=now)
         return slot
 
-    def _admissible(self, view: int, seq: int, out: list[Effect]) -> bool:
+    def _admissible(self, view: int, seq: int, out: list[Effect], sender: int = -1,
+                    now: float = 0.0) -> bool:
+        if view > self.view and sender >= 0:
+            self.view_ahead[sender] = view
+            if len(self.view_ahead) > self.f:  # f+1 replicas work in a view we never entered
+                self._behind(now)
         if view != self.view or not self.active:
             out.append(Drop("stale_view"))
             return False
@@ -448,7 +492,7 @@ class Replica:
 
     def _on_preprepare(self, pp: PrePrepare, frame: bytes, now: float,
                        out: list[Effect]) -> None:
-        if not self._admissible(pp.view, pp.seq, out):
+        if not self._admissible(pp.view, pp.seq, out, pp.replica, now):
             return
         if pp.replica != primary_of(pp.view, self.n) or pp.replica == self.id:
             out.append(Drop("unknown_sender"))  # only the view's primary may order
@@ -497,7 +541,7 @@ class Replica:
 
     def _on_vote(self, vote: Prepare | Commit, frame: bytes, now: float, out: list[Effect],
                  is_commit: bool) -> None:
-        if not self._admissible(vote.view, vote.seq, out):
+        if not self._admissible(vote.view, vote.seq, out, vote.replica, now):
             return
         if not is_commit and vote.replica == primary_of(vote.view, self.n):
             out.append(Drop("unknown_sender"))  # the primary's PRE-PREPARE is its prepare
@@ -509,8 +553,7 @@ class Replica:
             self._help_peer(slot, vote.replica, now, out)
             return
         votes[vote.replica] = vote.digest
-        if not is_commit:
-            slot.prepare_frames[vote.replica] = frame
+        (slot.commit_frames if is_commit else slot.prepare_frames)[vote.replica] = frame
         if not slot.executed:
             self._progress(slot, now, out)
 
@@ -547,34 +590,46 @@ class Replica:
 
     def _execute(self, slot: _Slot, out: list[Effect]) -> None:
         assert slot.preprepare is not None
-        executed: list[ExecutedRequest] = []
-        for digest in slot.preprepare.digests:
-            pooled = self.pool[digest]
-            req = pooled.msg
-            if self._client_has_executed(req.client, req.timestamp):
-                continue  # the same request ordered twice: execute once, deterministically
-            self._mark_done(req.client, req.timestamp)
-            executed.append(ExecutedRequest(req.client, req.timestamp, digest, pooled.frame,
-                                            len(req.txs)))
-        prev = self.head
-        self.head = block_hash(prev, slot.seq, slot.digest)
-        self.last_executed = slot.seq
-        self.next_seq = max(self.next_seq, slot.seq + 1)
+        bodies = {d: (self.pool[d].msg, self.pool[d].frame) for d in slot.preprepare.digests}
         slot.executed = True
+        self.recovering = False  # we saw the cluster work: from now on, we may accuse
         self.vc_deadline = None  # progress: the primary is doing its job
         self.vc_timeout = self.config.view_change_timeout
+        self._apply_block(slot.seq, slot.view, slot.preprepare.digests, bodies,
+                          slot.t_committed, out, reply=True)
+
+    def _apply_block(self, seq: int, view: int, digests: tuple[bytes, ...],
+                     bodies: dict[bytes, tuple[Request, bytes]], committed_at: float,
+                     out: list[Effect], reply: bool) -> None:
+        """Execute one ordered batch: the same code for a committed slot and for a block
+        taken by state transfer, so both make the same replay decisions and hashes."""
+        executed: list[ExecutedRequest] = []
+        skipped: list[ExecutedRequest] = []
+        for digest in digests:
+            req, frame = bodies[digest]
+            record = ExecutedRequest(req.client, req.timestamp, digest, frame, len(req.txs))
+            if self._client_has_executed(req.client, req.timestamp):
+                skipped.append(record)  # ordered twice: execute once, deterministically
+                continue
+            self._mark_done(req.client, req.timestamp)
+            executed.append(record)
+        prev = self.head
+        self.head = block_hash(prev, seq, batch_digest(digests))
+        self.last_executed = seq
+        self.next_seq = max(self.next_seq, seq + 1)
         self.executed_txs += sum(r.txs for r in executed)
-        out.append(Execute(slot.seq, slot.view, slot.digest, prev, self.head,
-                           slot.preprepare.digests, tuple(executed), slot.t_committed))
-        for req in executed:
-            reply = Reply(slot.view, self.id, req.client, req.timestamp, slot.seq, self.head)
-            self._cache_reply(reply)
-            out.append(SendClient(req.client, reply))
-        if slot.seq % self.config.checkpoint_interval == 0:
-            self.own_checkpoints[slot.seq] = self.head
-            self.checkpoints.setdefault(slot.seq, {})[self.id] = self.head
-            out.append(Broadcast(Checkpoint(self.id, slot.seq, self.head)))
-            self._try_stabilize(slot.seq, out)
+        out.append(Execute(seq, view, batch_digest(digests), prev, self.head, digests,
+                           tuple(executed), committed_at, tuple(skipped)))
+        if reply:
+            for req in executed:
+                answer = Reply(view, self.id, req.client, req.timestamp, seq, self.head)
+                self._cache_reply(answer)
+                out.append(SendClient(req.client, answer))
+        if seq % self.config.checkpoint_interval == 0:
+            self.own_checkpoints[seq] = self.head
+            self.checkpoints.setdefault(seq, {})[self.id] = self.head
+            out.append(Broadcast(Checkpoint(self.id, seq, self.head)))
+            self._try_stabilize(seq, out)
 
     def _mark_done(self, client: str, timestamp: int) -> None:
         done = self.client_done.setdefault(client, set())
@@ -592,8 +647,15 @@ class Replica:
 
     # ------------------------------------------------------------ checkpoints
 
-    def _on_checkpoint(self, cp: Checkpoint, frame: bytes, out: list[Effect]) -> None:
-        if cp.seq <= self.stable_checkpoint or cp.seq > self.high:
+    def _on_checkpoint(self, cp: Checkpoint, frame: bytes, now: float,
+                       out: list[Effect]) -> None:
+        if cp.seq > self.high:
+            self.ahead[cp.replica] = max(cp.seq, self.ahead.get(cp.replica, 0))
+            if len(self.ahead) > self.f:  # a correct replica is a window ahead of us
+                self._behind(now)
+            out.append(Drop("out_of_window"))
+            return
+        if cp.seq <= self.stable_checkpoint:
             out.append(Drop("out_of_window"))
             return
         votes = self.checkpoints.setdefault(cp.seq, {})
@@ -603,6 +665,8 @@ class Replica:
         votes[cp.replica] = cp.state
         self.checkpoint_frames.setdefault(cp.seq, {})[cp.replica] = frame
         self._try_stabilize(cp.seq, out)
+        if cp.seq > self.last_executed and _matching(votes, cp.state) >= commit_quorum(self.n):
+            self._behind(now)  # a quorum executed past us; if we do not catch up, fetch
 
     def _try_stabilize(self, seq: int, out: list[Effect]) -> None:
         mine = self.own_checkpoints.get(seq)
@@ -617,6 +681,7 @@ class Replica:
         if len(proof) < commit_quorum(self.n):
             return  # our own signed CHECKPOINT is not back yet (note_signed): next time
         self.stable_proof = proof
+        self.proof_seq = seq
         self.stable_checkpoint = seq
         for old in [s for s in self.slots if s <= seq]:
             slot = self.slots.pop(old)
@@ -668,16 +733,21 @@ class Replica:
         """The caller signed one of our messages: keep the frame, to prove later what we
         said (prepared certificates, checkpoint proofs, our VIEW-CHANGE in a NEW-VIEW)."""
         out: list[Effect] = []
-        if isinstance(msg, PrePrepare | Prepare):
+        if isinstance(msg, PrePrepare | Prepare | Commit):
             slot = self.slots.get(msg.seq)
             if slot is not None and msg.view == slot.view:
                 if isinstance(msg, PrePrepare):
                     slot.pp_frame = frame
-                else:
+                elif isinstance(msg, Prepare):
                     slot.prepare_frames[msg.replica] = frame
+                else:
+                    slot.commit_frames[msg.replica] = frame
         elif isinstance(msg, Checkpoint):
             self.checkpoint_frames.setdefault(msg.seq, {})[msg.replica] = frame
             self._try_stabilize(msg.seq, out)
+        elif isinstance(msg, NewView):
+            if msg.view == self.view:
+                self.new_view_frame = frame
         elif isinstance(msg, ViewChange):
             vote = self.view_changes.get(msg.new_view, {}).get(self.id)
             if vote is not None:
@@ -693,7 +763,11 @@ class Replica:
             s.preprepare is not None and not s.executed for s in self.slots.values())
 
     def _view_change_timer(self, now: float, out: list[Effect]) -> None:
-        if self.active and not self._has_work():
+        catching_up = (self.behind_since is not None or self.state_requests_left > 0
+                       or self.recovering)
+        if self.active and (catching_up or not self._has_work()):
+            # nothing to wait for; or we cannot execute because *we* are behind, which
+            # says nothing about the primary: do not accuse it
             self.vc_deadline = None
             return
         if self.vc_deadline is None:
@@ -729,11 +803,10 @@ class Replica:
             if cert is not None:
                 certs[seq] = (cert.view, cert.digests)
                 proofs.extend(cert.frames)
-        state = self.own_checkpoints.get(self.stable_checkpoint, GENESIS)
+        state = self.own_checkpoints.get(self.proof_seq, GENESIS)
         self.view_changes.setdefault(new_view, {})[self.id] = _ViewChangeVote(
-            self.id, self.stable_checkpoint, state, certs, b"")
-        out.append(Broadcast(ViewChange(new_view, self.id, self.stable_checkpoint,
-                                        tuple(proofs))))
+            self.id, self.proof_seq, state, certs, b"")
+        out.append(Broadcast(ViewChange(new_view, self.id, self.proof_seq, tuple(proofs))))
 
     def _parse_view_change(self, env: Envelope) -> _ViewChangeVote | None:
         """Check a VIEW-CHANGE's proofs (already authenticated by the wire layer)."""
@@ -835,6 +908,7 @@ class Replica:
         if len(chosen) < commit_quorum(self.n):
             out.append(Drop("malformed"))
             return
+        self.new_view_frame = env.frame
         self._enter_view(nv.view, list(chosen.values()), now, out)
 
     def _enter_view(self, view: int, votes: list[_ViewChangeVote], now: float,
@@ -851,12 +925,15 @@ class Replica:
         self.view = view
         self.active = True
         self.vc_deadline = None
+        self.view_ahead = {r: v for r, v in self.view_ahead.items() if v > view}
         out.append(ViewEntered(view))
         if min_s > self.stable_checkpoint:
             state = next(v.stable_state for v in votes if v.stable_seq == min_s)
             if self.own_checkpoints.get(min_s) == state:
                 self.checkpoints.setdefault(min_s, {})
                 self._adopt_stable(min_s)
+            elif self.last_executed < min_s:
+                self._behind(now)  # the new view starts above what we hold
         for old in [v for v in self.view_changes if v <= view]:
             del self.view_changes[old]
         start = max(min_s, self.stable_checkpoint)
@@ -891,9 +968,101 @@ class Replica:
                 out.append(Broadcast(pp))
             self._cut_batches(now, out)
 
+    # ------------------------------------------------------------ state transfer
+
+    def restore(self, height: int, head: bytes, executed: list[tuple[str, int]]) -> None:
+        """Resume from our own durable ledger after a restart, then ask peers what we
+        missed. Nothing is executed twice: replays of `executed` are refused."""
+        self.last_executed = self.stable_checkpoint = height
+        self.next_seq = height + 1
+        self.head = head
+        for client, timestamp in executed:
+            self._mark_done(client, timestamp)
+        self.state_requests_left = 3
+        self.recovering = True  # until we execute a batch with the others again
+
+    def _behind(self, now: float) -> None:
+        if self.behind_since is None:
+            self.behind_since = now
+
+    def _state_transfer_timer(self, now: float, out: list[Effect]) -> None:
+        if self.behind_since is not None and now >= self.behind_since + \
+                self.config.retransmit_after and self.state_requests_left == 0:
+            self.state_requests_left = 1  # still behind after a grace period: fetch
+        if self.state_requests_left and now >= self.next_state_request:
+            self.state_requests_left -= 1
+            self.next_state_request = now + 2 * self.config.retransmit_after
+            self.state_peer = (self.state_peer + 1) % self.n
+            if self.state_peer == self.id:
+                self.state_peer = (self.state_peer + 1) % self.n
+            out.append(Send(self.state_peer, StateRequest(self.id, self.last_executed + 1)))
+
+    def state_for(self, from_seq: int) -> StateOffer:
+        """What we can prove to a lagging peer: our stable checkpoint with its proof, and
+        after it every executed batch for which we hold q signed COMMITs (blocks come from
+        the ledger), plus the NEW-VIEW of our view."""
+        certs: list[bytes] = []
+        end = self.proof_seq
+        q = commit_quorum(self.n)
+        for seq in range(max(self.proof_seq, from_seq - 1) + 1, self.last_executed + 1):
+            slot = self.slots.get(seq)
+            if slot is None or not slot.executed:
+                break
+            frames = [f for r, f in sorted(slot.commit_frames.items())
+                      if f and slot.commits.get(r) == slot.digest][:q]
+            if len(frames) < q:
+                break
+            certs.extend(frames)
+            end = seq
+        return StateOffer(self.proof_seq, self.stable_proof, end, tuple(certs),
+                          self.new_view_frame)
+
+    def adopt_state(self, stable_seq: int, stable_proof: tuple[Envelope, ...],
+                    blocks: list[TransferredBlock], now: float) -> list[Effect]:
+        """Execute blocks a peer proved (the caller checked them against `stable_proof`
+        and commit certificates) as if we had committed them: same replay decisions,
+        same hashes, Execute effects to persist, no replies. Nothing newer: stop asking."""
+        out: list[Effect] = []
+        blocks = [b for b in blocks if b.seq > self.last_executed]
+        if not blocks or blocks[0].seq != self.last_executed + 1:
+            self.state_requests_left = 0  # the peer has nothing newer than us
+            if self.behind_since is not None and not self.ahead and not self.view_ahead:
+                self.behind_since = None
+            return out
+        for block in blocks:
+            slot = self.slots.get(block.seq)
+            if slot is not None:
+                slot.executed = True
+            self._apply_block(block.seq, block.view, block.digests, block.bodies, 0.0, out,
+                              reply=False)  # committed_at 0: no phase to observe
+        signers = {e.msg.replica for e in stable_proof
+                   if isinstance(e.msg, Checkpoint) and e.msg.seq == stable_seq
+                   and self.own_checkpoints.get(stable_seq) == e.msg.state}
+        if stable_seq > self.stable_checkpoint and len(signers) >= commit_quorum(self.n):
+            self.stable_proof = tuple(e.frame for e in stable_proof)
+            self.proof_seq = stable_seq
+            self._adopt_stable(stable_seq)
+            out.append(CheckpointStable(stable_seq))
+        for digest in [d for d in self.pending if self.pool.get(d) is None
+                       or self._client_has_executed(self.pool[d].msg.client,
+                                                     self.pool[d].msg.timestamp)]:
+            pooled = self.pool.pop(digest, None)
+            del self.pending[digest]
+            if pooled is not None:
+                self.pending_txs -= len(pooled.msg.txs)
+        self.ahead = {r: s for r, s in self.ahead.items() if s > self.high}
+        self.behind_since = None
+        self.state_requests_left = 0
+        self.vc_deadline = None
+        self._execute_in_order(now, out)
+        return out
+
     def _adopt_stable(self, seq: int) -> None:
-        """A NEW-VIEW proved a checkpoint we hold ourselves: collect the log below it."""
+        """A checkpoint proved to us: collect the log below it, move the window."""
         self.stable_checkpoint = seq
+        for old in [s for s in self.checkpoints if s <= seq]:
+            del self.checkpoints[old]
+            self.checkpoint_frames.pop(old, None)
         for old in [s for s in self.slots if s <= seq]:
             slot = self.slots.pop(old)
             if slot.preprepare is not None:

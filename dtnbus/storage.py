@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS requests (
     digest BLOB NOT NULL,
     frame BLOB NOT NULL,
     tx_count INTEGER NOT NULL,
+    executed INTEGER NOT NULL,  -- 0: ordered again after it was executed (a replay)
     PRIMARY KEY (seq, position)
 );
 """
@@ -84,9 +85,10 @@ class Ledger:
             db.execute("INSERT INTO blocks VALUES (?,?,?,?,?,?,?)",
                        (block.seq, block.view, block.digest, block.prev_hash, block.hash,
                         b"".join(block.digests), sum(r.txs for r in block.requests)))
-            db.executemany("INSERT INTO requests VALUES (?,?,?,?,?,?,?)",
-                           [(block.seq, i, r.client, r.timestamp, r.digest, r.frame, r.txs)
-                            for i, r in enumerate(block.requests)])
+            rows = [(r, 1) for r in block.requests] + [(r, 0) for r in block.skipped]
+            db.executemany("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?)",
+                           [(block.seq, i, r.client, r.timestamp, r.digest, r.frame, r.txs,
+                             flag) for i, (r, flag) in enumerate(rows)])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -102,10 +104,15 @@ class Ledger:
             yield Block(row[0], row[1], bytes(row[2]), bytes(row[3]), bytes(row[4]), digests,
                         row[6])
 
-    def requests(self, seq: int) -> list[tuple[str, int, bytes, bytes]]:
-        return [(r[0], r[1], bytes(r[2]), bytes(r[3])) for r in self._db.execute(
-            "SELECT client, timestamp, digest, frame FROM requests WHERE seq = ? "
+    def requests(self, seq: int) -> list[tuple[str, int, bytes, bytes, bool]]:
+        """Every request block `seq` ordered: (client, timestamp, digest, frame, executed)."""
+        return [(r[0], r[1], bytes(r[2]), bytes(r[3]), bool(r[4])) for r in self._db.execute(
+            "SELECT client, timestamp, digest, frame, executed FROM requests WHERE seq = ? "
             "ORDER BY position", (seq,))]
+
+    def hash_at(self, seq: int) -> bytes | None:
+        row = self._db.execute("SELECT hash FROM blocks WHERE seq = ?", (seq,)).fetchone()
+        return bytes(row[0]) if row else None
 
     def transaction_count(self) -> int:
         return self._db.execute("SELECT COALESCE(SUM(tx_count), 0) FROM blocks").fetchone()[0]
@@ -113,8 +120,8 @@ class Ledger:
     def recent_requests(self, limit: int) -> list[tuple[str, int]]:
         """The newest executed (client, timestamp) pairs, to rebuild replay protection."""
         return [(r[0], r[1]) for r in self._db.execute(
-            "SELECT client, timestamp FROM requests ORDER BY seq DESC, position DESC LIMIT ?",
-            (limit,))]
+            "SELECT client, timestamp FROM requests WHERE executed = 1 "
+            "ORDER BY seq DESC, position DESC LIMIT ?", (limit,))]
 
     def close(self) -> None:
         self._db.close()
@@ -146,11 +153,15 @@ def verify_chain(path: Path) -> ChainReport:
                 return ChainReport(path, height, prev, txs, f"{where}: digest mismatch")
             if block_hash(prev, block.seq, block.digest) != block.hash:
                 return ChainReport(path, height, prev, txs, f"{where}: hash mismatch")
-            ordered = set(block.digests)
-            for _client, _ts, digest, frame in ledger.requests(block.seq):
+            held = set()
+            for _client, _ts, digest, frame, _executed in ledger.requests(block.seq):
                 payload = msgpack.unpackb(frame, raw=False)[0]
-                if hashlib.sha256(payload).digest() != digest or digest not in ordered:
-                    return ChainReport(path, height, prev, txs, f"{where}: request not ordered")
+                if hashlib.sha256(payload).digest() != digest:
+                    return ChainReport(path, height, prev, txs, f"{where}: request changed")
+                held.add(digest)
+            if held != set(block.digests):
+                return ChainReport(path, height, prev, txs,
+                                   f"{where}: requests do not match what was ordered")
             prev, height, txs = block.hash, block.seq, txs + block.tx_count
     finally:
         ledger.close()
@@ -170,11 +181,9 @@ def compare_ledgers(paths: list[Path]) -> tuple[list[ChainReport], str | None]:
     for path in paths:
         ledger = Ledger(path, synchronous="NORMAL")
         try:
-            row = ledger._db.execute("SELECT hash FROM blocks WHERE seq = ?",
-                                     (shortest,)).fetchone()
+            hashes.add(ledger.hash_at(shortest))
         finally:
             ledger.close()
-        hashes.add(bytes(row[0]))
     if len(hashes) != 1:
         return reports, f"ledgers differ at block {shortest}"
     return reports, None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import zmq
 
 FROM_SUB, FROM_ROUTER = 0, 1
+REPLICA_IDENTITY = b"\xffreplica-"  # replicas' DEALERs: never a route for client replies
 DRAIN_LIMIT = 512  # frames taken from one socket per poll, so no socket starves another
 
 
@@ -24,6 +25,12 @@ DRAIN_LIMIT = 512  # frames taken from one socket per poll, so no socket starves
 class Endpoints:
     pub: str
     router: str
+    node_id: int = -1
+
+
+def from_replica(identity: bytes | None) -> bool:
+    """Did a ROUTER frame come over a replica's DEALER (not a client's connection)?"""
+    return bool(identity) and identity.startswith(REPLICA_IDENTITY)  # type: ignore[union-attr]
 
 
 class Transport:
@@ -35,6 +42,7 @@ class Transport:
         self.pub.bind(me.pub)
         self.router = self._socket(zmq.ROUTER)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_frame + 4096)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer takes over
         self.router.bind(me.router)
         self.sub = self._socket(zmq.SUB)
         self.sub.setsockopt(zmq.MAXMSGSIZE, max_frame + 4096)
@@ -43,6 +51,7 @@ class Transport:
         for peer, ends in peers.items():
             self.sub.connect(ends.pub)
             dealer = self._socket(zmq.DEALER)
+            dealer.setsockopt(zmq.IDENTITY, REPLICA_IDENTITY + str(me.node_id).encode())
             dealer.connect(ends.router)
             self.dealers[peer] = dealer
         self.poller = zmq.Poller()

@@ -28,6 +28,7 @@ from dtnbus.messages import (
     PHASE_LIST,
     STR,
     Message,
+    Request,
     sender_of,
 )
 
@@ -202,3 +203,19 @@ def _phase_list(v: object) -> tuple[tuple[str, int, float], ...] | None:
 
 _CHECKS = {INT: _int, STR: _str, BYTES: _bytes, BOOL: _bool, FLOAT: _float,
            BYTES_LIST: _bytes_list, PHASE_LIST: _phase_list}
+
+
+def parse_request_frame(frame: bytes) -> tuple[Request, bytes]:
+    """A client's request frame as stored in a ledger: its message and digest. The
+    signature is not checked here: a certified block hash vouches for the digest."""
+    try:
+        payload, _signature = msgpack.unpackb(frame, raw=False, use_list=True,
+                                              max_bin_len=DEFAULT_MAX_FRAME)
+    except Exception:
+        raise PeerError("malformed", "request frame is not [payload, signature]") from None
+    if type(payload) is not bytes:
+        raise PeerError("malformed", "request frame is not [payload, signature]")
+    msg = _parse_payload(payload, DEFAULT_MAX_FRAME)
+    if not isinstance(msg, Request):
+        raise PeerError("malformed", "frame is not a request")
+    return msg, hashlib.sha256(payload).digest()

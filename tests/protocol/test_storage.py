@@ -71,7 +71,16 @@ def test_tampered_request_is_found(tmp_path: Path) -> None:
                (frame.replace(b"tx-0", b"tx-X"),))
     db.commit()
     db.close()
-    assert "request" in (verify_chain(paths[2]).error or "")
+    assert "request changed" in (verify_chain(paths[2]).error or "")
+
+
+def test_a_withheld_request_is_found(tmp_path: Path) -> None:
+    _, paths = _ledgers(tmp_path)
+    db = sqlite3.connect(paths[3])
+    db.execute("DELETE FROM requests WHERE seq = 2")
+    db.commit()
+    db.close()
+    assert "do not match" in (verify_chain(paths[3]).error or "")
 
 
 def test_diverging_ledgers_are_reported(tmp_path: Path) -> None:

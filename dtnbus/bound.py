@@ -1,0 +1,257 @@
+"""The analytic lower bound of the sync time on the emulated network.
+
+Every result prints it so a reader can tell how far a figure is from what the network and
+this machine's CPU allow, and which term (latency hops, payload over bandwidth, small
+messages over bandwidth, crypto) sets it. The model is dtnbus's own critical path
+(Castro-Liskov style): the client sends each request to every replica, the PRE-PREPARE
+orders request digests, PREPARE and COMMIT are small broadcasts, REPLY carries a digest.
+docs/emulation.md derives the formula; the numbers below are the ones it uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from dtnbus.shaping import AUTO_BURST, LinkProfile
+
+__all__ = [
+    "DIGEST_BYTES",
+    "HOPS",
+    "PREPREPARE_ENVELOPE_BYTES",
+    "REPLY_BYTES",
+    "REQUEST_ENVELOPE_BYTES",
+    "SCHEMES",
+    "VOTE_BYTES",
+    "BoundBreakdown",
+    "sync_lower_bound",
+]
+
+HOPS = 5
+"""One-way latencies on the critical path: request, pre-prepare, prepare, commit, reply.
+
+With PBFT's tentative execution (reply once prepared) the commit hop leaves it: 4."""
+
+REQUEST_ENVELOPE_BYTES = 120
+"""Per request, besides its transactions: header, client id, timestamp, 64 B Ed25519 sig."""
+DIGEST_BYTES = 32
+"""A request digest (SHA-256) in a PRE-PREPARE."""
+PREPREPARE_ENVELOPE_BYTES = 150
+"""A PRE-PREPARE without its digests (type, view, seq, batch digest, node, signature)."""
+VOTE_BYTES = 150
+"""A PREPARE or COMMIT (about 153 B encoded, machine-limits 1b)."""
+REPLY_BYTES = 200
+"""A REPLY: a result digest, not the payload."""
+
+SCHEMES: dict[str, tuple[float, float, int]] = {
+    # scheme: (sign seconds, verify seconds, signature bytes), machine-limits.md 1a
+    "ed25519": (31.7e-6, 101.5e-6, 64),
+    "rsa2048": (249.8e-6, 22.4e-6, 256),
+}
+_ED25519_SIG = 64
+
+
+@dataclass(frozen=True, slots=True)
+class BoundBreakdown:
+    """The bound's terms in seconds; ``total_s`` is their sum."""
+
+    nodes: int
+    f: int
+    requests: int
+    hops: int
+    latency_s: float
+    """``hops`` one-way latencies (for uniform-F: the estimate in docs/emulation.md)."""
+    latency_floor_s: float
+    """``hops`` x the smallest possible latency (F*L): a strict floor even for uniform-F."""
+    payload_s: float
+    """The request bytes (every transaction plus envelopes) over the client's link."""
+    small_messages_s: float
+    """PRE-PREPARE, PREPARE, COMMIT and REPLY bytes over their links, after burst credit."""
+    crypto_s: float
+    """max(crypto_path_s, crypto_cpu_s)."""
+    crypto_path_s: float
+    """Signatures and verifications that must happen one after another."""
+    crypto_cpu_s: float
+    """All the round's signatures and quorum verifications spread over the cores."""
+
+    @property
+    def total_s(self) -> float:
+        """The bound: latency + payload + small messages + crypto."""
+        return self.latency_s + self.payload_s + self.small_messages_s + self.crypto_s
+
+    @property
+    def total_floor_s(self) -> float:
+        """The same with ``latency_floor_s``: equal to total_s for constant latency."""
+        return self.latency_floor_s + self.payload_s + self.small_messages_s + self.crypto_s
+
+    @property
+    def dominant(self) -> str:
+        """The name of the largest term, for the note beside a result."""
+        terms = {
+            "latency": self.latency_s,
+            "payload/bandwidth": self.payload_s,
+            "small messages/bandwidth": self.small_messages_s,
+            "crypto": self.crypto_s,
+        }
+        return max(terms, key=terms.__getitem__)
+
+
+def _order_stat(q: int, m: int, lo: float, hi: float) -> float:
+    """E[q-th smallest of m uniforms on [lo, hi]]: how long a node waits for a quorum of q."""
+    return lo + (hi - lo) * q / (m + 1)
+
+
+def _stream_last_arrival(count: int, spacing: float, lo: float, hi: float) -> float:
+    """E[delay of the last of ``count`` messages, ``spacing`` s apart, on one FIFO link].
+
+    With per-message uniform [lo, hi] latency and FIFO delivery the last message arrives at
+    max_i(X_i - i*spacing) after it left; a dense stream pushes that towards hi.
+    """
+    width = hi - lo
+    if width <= 0:
+        return hi
+    if spacing <= 0:
+        return _order_stat(count, count, lo, hi)
+    steps = 2000
+    acc = 0.0
+    for k in range(steps):
+        x = (k + 0.5) * width / steps  # the candidate max, minus lo
+        m = min(count, math.ceil((width - x) / spacing))  # terms with P(X_i <= .) < 1
+        z = x / spacing
+        # log prod_{i<m} (x + i*spacing)/width via lgamma, O(1) per point
+        log_p = m * math.log(spacing / width) + math.lgamma(z + m) - math.lgamma(z)
+        acc += 1.0 - math.exp(log_p)
+    return lo + acc * width / steps
+
+
+def sync_lower_bound(
+    nodes: int,
+    tx: int,
+    tx_bytes: int,
+    bandwidth_mbps: float,
+    latency_ms: float,
+    *,
+    mode: Literal["link", "uplink"] = "link",
+    mbps_base: float = 1e6,
+    scheme: str = "ed25519",
+    request_txs: int = 100,
+    sign_s: float | None = None,
+    verify_s: float | None = None,
+    latency_dist: str = "constant",
+    burst_bytes: int = AUTO_BURST,
+    reply_quorum: int | None = None,
+    cores: int = 2,
+    tentative: bool = False,
+) -> BoundBreakdown:
+    """Lower bound of the time for the client to hold ``reply_quorum`` (default 2f+1) replies
+    for ``tx`` transactions of ``tx_bytes``, sent in requests of up to ``request_txs``.
+
+    Bandwidth and latency are those of the shaper (``mode``, ``mbps_base``, ``burst_bytes``,
+    ``latency_dist`` as in :class:`~dtnbus.shaping.LinkProfile`). Sign/verify costs default to
+    the measured figures for ``scheme``. ``tentative``: replicas reply once prepared (PBFT's
+    tentative execution), which drops the commit phase from the path. Raises ValueError with
+    one line on bad input.
+    """
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 4:
+        raise ValueError(f"nodes must be an integer >= 4 (3f+1 with f >= 1), got {nodes!r}")
+    for name, value, least in (
+        ("tx", tx, 1),
+        ("tx_bytes", tx_bytes, 0),
+        ("request_txs", request_txs, 1),
+        ("cores", cores, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if mode not in ("link", "uplink"):
+        raise ValueError(f"shaping mode {mode!r} is unknown: use 'link' or 'uplink'")
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme {scheme!r} is unknown: use one of {', '.join(SCHEMES)}")
+    link = LinkProfile(
+        bandwidth_mbps=bandwidth_mbps,
+        latency_ms=latency_ms,
+        burst_bytes=burst_bytes,
+        latency_dist=latency_dist,
+        mbps_base=mbps_base,
+    )
+    f = (nodes - 1) // 3
+    quorum = 2 * f + 1 if reply_quorum is None else reply_quorum
+    if not 1 <= quorum <= nodes:
+        raise ValueError(f"reply_quorum must be in 1..{nodes}, got {reply_quorum!r}")
+    sign, verify, sig_len = SCHEMES[scheme]
+    sign = sign if sign_s is None else sign_s
+    verify = verify if verify_s is None else verify_s
+    extra = sig_len - _ED25519_SIG  # envelopes above assume a 64 B signature
+
+    requests = math.ceil(tx / request_txs)
+    request_bytes = tx * tx_bytes + requests * (REQUEST_ENVELOPE_BYTES + extra)
+    last_request = request_bytes - (requests - 1) * (
+        request_txs * tx_bytes + REQUEST_ENVELOPE_BYTES + extra
+    )
+    # The last PRE-PREPARE must follow the last request; it holds at least that one digest
+    # (earlier digests can overlap the request stream on other links, so they are not counted).
+    preprepare = DIGEST_BYTES + PREPREPARE_ENVELOPE_BYTES + extra
+    vote = VOTE_BYTES + extra
+    reply = REPLY_BYTES + extra
+
+    rate = link.bytes_per_second
+    burst = link.burst_bytes
+
+    def wire(nbytes: float) -> float:
+        # A fresh bucket lets `burst` bytes through at once; the rest go at the rate.
+        return 0.0 if math.isinf(rate) else max(0.0, nbytes - burst) / rate
+
+    if mode == "link":
+        copies_request, copies_pp, copies_prepare, copies_commit = 1, 1, 1, 1
+    else:
+        # One uplink per node: the client's carries a copy per replica. A broadcast's copies
+        # leave one after another; 2f+1 nodes each needing 2f votes from distinct senders
+        # (one copy per sender per slot) need at least this many slots (pigeonhole).
+        copies_request = nodes
+        copies_pp = 2 * f
+        copies_prepare = math.ceil((2 * f + 1) * 2 * f / (nodes - 1))
+        copies_commit = math.ceil((2 * f + 1) * 2 * f / nodes)
+    payload_s = wire(copies_request * request_bytes)
+    commit_s = 0.0 if tentative else wire(copies_commit * vote)
+    small_s = wire(copies_pp * preprepare) + wire(copies_prepare * vote) + commit_s + wire(reply)
+    hops = HOPS - 1 if tentative else HOPS
+
+    hop = latency_ms / 1000.0
+    lo = link.min_latency_fraction * hop
+    latency_floor = hops * lo
+    if lo == hop:
+        latency_s = hops * hop
+    else:
+        spacing = 0.0 if math.isinf(rate) else copies_request * last_request / rate
+        latency_s = (
+            _stream_last_arrival(requests, spacing, lo, hop)  # request: the stream's last
+            + _order_stat(2 * f, nodes - 1, lo, hop)  # pre-prepare at the 2f-th backup
+            + _order_stat(2 * f, nodes - 1, lo, hop)  # prepare quorum: 2f others
+            + (0.0 if tentative else _order_stat(2 * f, nodes - 1, lo, hop))  # commit: 2f+own
+            + _order_stat(quorum, nodes, lo, hop)  # the client's reply quorum
+        )
+
+    # In order: the client signs every request, a replica verifies the last, the primary
+    # signs the PRE-PREPARE, a backup verifies it and signs its PREPARE, verifies 2f,
+    # signs a COMMIT, verifies 2f, signs the REPLY; the client verifies `quorum` replies.
+    # Tentative execution drops one signature per node and 2f verifications per node.
+    phases = 3 if tentative else 4  # replica-side signatures on the path
+    votes = 2 * f if tentative else 4 * f
+    crypto_path = (requests + phases) * sign + (2 + votes + quorum) * verify
+    signatures = requests + 1 + (nodes - 1) + nodes + (0 if tentative else nodes)
+    verifications = nodes * requests + (nodes - 1) + votes * nodes + quorum
+    crypto_cpu = (signatures * sign + verifications * verify) / cores
+
+    return BoundBreakdown(
+        nodes=nodes,
+        f=f,
+        requests=requests,
+        hops=hops,
+        latency_s=latency_s,
+        latency_floor_s=latency_floor,
+        payload_s=payload_s,
+        small_messages_s=small_s,
+        crypto_s=max(crypto_path, crypto_cpu),
+        crypto_path_s=crypto_path,
+        crypto_cpu_s=crypto_cpu,
+    )

@@ -1,0 +1,382 @@
+"""Every Prometheus metric dtnbus exports, and the only module that creates them.
+
+A node process owns one `NodeMetrics`, a client one `ClientMetrics`. Each has its own
+`CollectorRegistry` (not the global default) so that many nodes and clients can coexist in
+one test process without name clashes. The node code calls the small methods below; nothing
+else in the code base touches `prometheus_client`, so the dashboard and the alert rules in
+`monitoring/` can be checked against the names registered here (tests/monitoring).
+
+Conventions: every name starts with `dtnbus_`; counters end in `_total`, byte counters in
+`_bytes_total`, durations are in seconds and end in `_seconds`. No label carries a
+per-transaction or per-request value: label values come from the fixed tuples below, from
+a capped set of message kinds, or from link names bounded by the cluster size. There is no
+`node` label on the samples: Prometheus adds `instance` (and `node` from the file-based
+service discovery that `dtnbus cluster up` writes); `dtnbus_node_info{node="3"} 1` maps an
+instance to its node id for dashboards that scrape without those target labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterable
+from typing import NoReturn
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
+
+from dtnbus.errors import LocalError
+
+# `_created` series (a timestamp per counter and histogram child) add a quarter more series
+# and nothing our dashboards or rules use; prometheus_client only offers a global switch.
+disable_created_metrics()
+
+# Normal-case PBFT phases as a replica sees them, in order. The four add up to the time from
+# a request reaching a replica to its batch being written to the ledger.
+PHASES: tuple[str, ...] = (
+    "request_to_preprepare",  # request received -> pre-prepare sent (primary) / accepted
+    "preprepare_to_prepared",  # pre-prepare -> prepared (pre-prepare + 2f matching prepares)
+    "prepared_to_committed",  # prepared -> committed-local (2f+1 matching commits)
+    "committed_to_executed",  # committed-local -> executed (block appended to the ledger)
+)
+# The client-visible phase: first send of a request -> f+1 matching replies.
+CLIENT_PHASE = "request_to_reply_quorum"
+
+# Why a frame was dropped instead of reaching the replica (PeerError.reason values), plus
+# our own back-pressure drop. Fixed, so the label's cardinality is fixed.
+DROP_REASONS: tuple[str, ...] = (
+    "malformed",
+    "oversized",
+    "bad_signature",
+    "unknown_sender",
+    "stale_view",
+    "out_of_window",
+    "duplicate",
+    "send_queue_full",
+    "pool_full",
+)
+
+# Latency buckets, in seconds: 0.5 ms to 100 s with mantissas 1, 2, 3, 5 in every decade
+# (four per decade, neighbours at most 2x apart). A 2 ms loopback phase and a 300 ms WAN
+# phase land nine buckets apart, and histogram_quantile's linear interpolation inside a
+# bucket is off by less than 2x at worst. Round boundaries keep heatmap rows and
+# `le` labels readable. 22 buckets + Inf per phase keeps a node at ~100 bucket series.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    # round(): 3 * 10.0**-3 is 0.0030000000000000005; exported `le` labels should read 0.003.
+    *(round(m * 10.0**e, 4) for e in range(-3, 2) for m in (1, 2, 3, 5)),
+    100.0,
+)
+# Transactions per pre-prepare batch: a 1-2-5 series up to the largest batch we expect.
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+# Message kinds are chosen by our code (the message class), but are not enumerated here so
+# that new message types need no change in this module. The cap keeps cardinality bounded
+# even if a caller passes something unexpected: further kinds are counted as "other".
+MAX_MESSAGE_KINDS = 32
+OTHER_KIND = "other"
+_MAX_CACHED_KINDS = 256
+_KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_LINK_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.:-]")
+# Shaper links are bounded by the cluster's members (nodes and configured clients).
+MAX_SHAPER_LINKS = 1024
+
+
+class MetricsUsageError(LocalError, ValueError):
+    """A metric was called with a label value outside its fixed set: a bug in our code."""
+
+
+def _reject(value: str, allowed: Iterable[str], what: str) -> NoReturn:
+    raise MetricsUsageError(f"unknown {what} {value!r}; expected one of {tuple(allowed)}")
+
+
+class NodeMetrics:
+    """The metrics of one replica process, registered in their own registry."""
+
+    def __init__(self, node_id: int, registry: CollectorRegistry | None = None) -> None:
+        self.node_id = node_id
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self._kinds: set[str] = set()
+        self._links: set[str] = set()
+        self._labels_lock = threading.Lock()
+
+        self._node_info = Gauge(
+            "dtnbus_node_info", "Constant 1; maps the scraped instance to its node id.",
+            ["node"], registry=r,
+        )
+        self._node_info.labels(node=str(node_id)).set(1)
+        # process_cpu_seconds_total, process_resident_memory_bytes, ...: consensus on this
+        # machine is CPU-bound, so each node's CPU belongs next to its phase times.
+        # A caller's registry may already have one (the default registry does).
+        with contextlib.suppress(ValueError):
+            ProcessCollector(registry=r)
+
+        self._phase = Histogram(
+            "dtnbus_phase_seconds",
+            "Time a batch spends in each normal-case PBFT phase at this replica.",
+            ["phase"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self._messages = Counter(
+            "dtnbus_messages_total", "Protocol messages sent (out) or received (in), by kind.",
+            ["direction", "kind"], registry=r,
+        )
+        self._bytes = Counter(
+            "dtnbus_message_bytes_total", "Encoded bytes of protocol messages, by direction/kind.",
+            ["direction", "kind"], registry=r,
+        )
+        self._dropped = Counter(
+            "dtnbus_dropped_messages_total", "Frames dropped before or by the replica, by reason.",
+            ["reason"], registry=r,
+        )
+        self._view_changes = Counter(
+            "dtnbus_view_changes_total", "Views this replica has moved to.", registry=r,
+        )
+        self._view = Gauge("dtnbus_view", "Current view number.", registry=r)
+        self._checkpoints = Counter(
+            "dtnbus_checkpoints_total", "Checkpoints that became stable.", registry=r,
+        )
+        self._stable_checkpoint = Gauge(
+            "dtnbus_stable_checkpoint", "Sequence number of the last stable checkpoint.",
+            registry=r,
+        )
+        self._last_executed = Gauge(
+            "dtnbus_last_executed_sequence", "Sequence number of the last executed batch.",
+            registry=r,
+        )
+        self._inflight = Gauge(
+            "dtnbus_inflight_sequences",
+            "Sequence numbers pre-prepared but not yet executed (within the window).",
+            registry=r,
+        )
+        self._batch_size = Gauge(
+            "dtnbus_batch_size", "Transactions in the last batch this replica cut or accepted.",
+            registry=r,
+        )
+        self._batch_tx = Histogram(
+            "dtnbus_batch_transactions", "Transactions per batch.",
+            buckets=BATCH_BUCKETS, registry=r,
+        )
+        self._executed_batches = Counter(
+            "dtnbus_executed_batches_total", "Batches executed (appended to the ledger).",
+            registry=r,
+        )
+        self._executed_tx = Counter(
+            "dtnbus_executed_transactions_total", "Transactions executed; rate() is throughput.",
+            registry=r,
+        )
+        self._pending = Gauge(
+            "dtnbus_pending_requests", "Client requests received and not yet executed.",
+            registry=r,
+        )
+        self._shaper_queue = Gauge(
+            "dtnbus_shaper_queue_bytes", "Bytes waiting in the outgoing shaper queue per link.",
+            ["link"], registry=r,
+        )
+        # Create every child with a fixed label value now, so that a phase or drop reason
+        # that has not happened yet exports 0 instead of being absent (rate() and alerts
+        # then see a series from the first scrape).
+        # They are also cached: `.labels()` costs several microseconds per call, and the node
+        # calls these on every message (see _message_children).
+        self._phase_children = {phase: self._phase.labels(phase=phase) for phase in PHASES}
+        self._drop_children = {r: self._dropped.labels(reason=r) for r in DROP_REASONS}
+        self._message_children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+
+    def serve(self, host: str, port: int) -> None:
+        """Expose /metrics on host:port from a daemon thread (port 0 picks a free one)."""
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def observe_phase(self, phase: str, seconds: float) -> None:
+        """Record one batch's time in one phase (call once per batch and phase)."""
+        child = self._phase_children.get(phase)
+        if child is None:
+            _reject(phase, PHASES, "phase")
+        child.observe(seconds)
+
+    def message_sent(self, kind: str, nbytes: int) -> None:
+        """Count an outgoing message and its encoded size."""
+        self._count_message("out", kind, nbytes)
+
+    def message_received(self, kind: str, nbytes: int) -> None:
+        """Count an incoming message (after decoding) and its encoded size."""
+        self._count_message("in", kind, nbytes)
+
+    def dropped(self, reason: str) -> None:
+        """Count a dropped frame; `reason` is one of DROP_REASONS."""
+        child = self._drop_children.get(reason)
+        if child is None:
+            _reject(reason, DROP_REASONS, "drop reason")
+        child.inc()
+
+    def view_changed(self, view: int) -> None:
+        """Record a move to a new view."""
+        self._view_changes.inc()
+        self._view.set(view)
+
+    def checkpoint_stable(self, seq: int) -> None:
+        """Record a checkpoint that became stable at `seq`."""
+        self._checkpoints.inc()
+        self._stable_checkpoint.set(seq)
+
+    def set_view(self, view: int) -> None:
+        """Set the current view without counting a view change (start-up, recovery)."""
+        self._view.set(view)
+
+    def set_last_executed(self, seq: int) -> None:
+        """Set the sequence number of the last executed batch (the progress signal)."""
+        self._last_executed.set(seq)
+
+    def set_inflight(self, count: int) -> None:
+        """Set how many sequence numbers are between pre-prepare and execution."""
+        self._inflight.set(count)
+
+    def batch_cut(self, size: int) -> None:
+        """Record the number of transactions in a batch just cut or accepted."""
+        self._batch_size.set(size)
+        self._batch_tx.observe(size)
+
+    def executed(self, batches: int, transactions: int) -> None:
+        """Count executed batches and transactions (throughput is their rate)."""
+        self._executed_batches.inc(batches)
+        self._executed_tx.inc(transactions)
+
+    def set_pending_requests(self, count: int) -> None:
+        """Set the number of requests waiting; with a flat sequence it means no progress."""
+        self._pending.set(count)
+
+    def set_shaper_queue(self, link: str, nbytes: int) -> None:
+        """Set the bytes queued in the shaper towards one peer (`link` like "to-3").
+
+        Set every link to 0 at start-up so the series exist before the first queueing.
+        """
+        # Never raise here: the name may embed a peer or client id from the cluster file.
+        # Odd characters are replaced and the number of links is capped instead.
+        link = _LINK_BAD_CHARS.sub("_", link)[:64] or "unnamed"
+        if link not in self._links:
+            with self._labels_lock:
+                if len(self._links) >= MAX_SHAPER_LINKS:
+                    link = OTHER_KIND
+                else:
+                    self._links.add(link)
+        self._shaper_queue.labels(link=link).set(nbytes)
+
+    def phase_summary(self) -> dict[str, tuple[int, float]]:
+        """Phase -> (count, total seconds), read from the exported histograms.
+
+        `dtnbus sync` prints these, so a researcher's numbers and Grafana's are the same.
+        """
+        return _histogram_summary(self._phase, "phase")
+
+    def _count_message(self, direction: str, kind: str, nbytes: int) -> None:
+        children = self._message_children.get((direction, kind))
+        if children is None:
+            label = self._bounded_kind(kind)
+            children = (
+                self._messages.labels(direction=direction, kind=label),
+                self._bytes.labels(direction=direction, kind=label),
+            )
+            if len(self._message_children) < _MAX_CACHED_KINDS:  # raw spellings: bound them
+                self._message_children[(direction, kind)] = children
+        children[0].inc()
+        children[1].inc(nbytes)
+
+    def _bounded_kind(self, kind: str) -> str:
+        # Accept a class name ("PrePrepare") or a wire tag ("pre-prepare") alike.
+        kind = kind.lower().replace("-", "_")
+        if not _KIND_RE.fullmatch(kind):
+            raise MetricsUsageError(
+                f"bad message kind {kind!r}; expected a lower-case name like 'prepare'"
+            )
+        if kind in self._kinds:
+            return kind
+        with self._labels_lock:
+            if len(self._kinds) >= MAX_MESSAGE_KINDS:
+                return OTHER_KIND
+            self._kinds.add(kind)
+        return kind
+
+
+class ClientMetrics:
+    """The metrics of one client: request latency to f+1 matching replies, and counts."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self._latency = Histogram(
+            "dtnbus_client_request_seconds",
+            "Client request: first send -> f+1 matching replies.",
+            ["phase"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self._latency.labels(phase=CLIENT_PHASE)
+        self._sent = Counter(
+            "dtnbus_client_requests_total", "Requests sent (first transmission only).",
+            registry=r,
+        )
+        self._accepted = Counter(
+            "dtnbus_client_requests_accepted_total", "Requests with f+1 matching replies.",
+            registry=r,
+        )
+        self._retransmitted = Counter(
+            "dtnbus_client_retransmissions_total", "Requests sent again after a timeout.",
+            registry=r,
+        )
+
+    def serve(self, host: str, port: int) -> None:
+        """Expose /metrics on host:port from a daemon thread (for long-running clients)."""
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def request_sent(self) -> None:
+        """Count the first transmission of a request."""
+        self._sent.inc()
+
+    def request_retransmitted(self) -> None:
+        """Count a retransmission (a request sent again after its reply timeout)."""
+        self._retransmitted.inc()
+
+    def request_accepted(self, seconds: float) -> None:
+        """Count a request with f+1 matching replies, `seconds` after its first send."""
+        self._accepted.inc()
+        self._latency.labels(phase=CLIENT_PHASE).observe(seconds)
+
+    def phase_summary(self) -> dict[str, tuple[int, float]]:
+        """{CLIENT_PHASE: (count, total seconds)}, read from the exported histogram."""
+        return _histogram_summary(self._latency, "phase")
+
+
+def _histogram_summary(histogram: Histogram, label: str) -> dict[str, tuple[int, float]]:
+    counts: dict[str, int] = {}
+    sums: dict[str, float] = {}
+    for family in histogram.collect():
+        for sample in family.samples:
+            key = sample.labels.get(label, "")
+            if sample.name.endswith("_count"):
+                counts[key] = int(sample.value)
+            elif sample.name.endswith("_sum"):
+                sums[key] = sample.value
+    return {key: (counts[key], sums.get(key, 0.0)) for key in counts}
+
+
+def registered_metric_names(registry: CollectorRegistry) -> set[str]:
+    """Every sample name a registry exports (`_bucket`, `_count`, `_sum`, `_total` included).
+
+    The monitoring tests check each PromQL expression in monitoring/ against this set.
+    """
+    # Derived from the family type, not from samples: a labelled counter exports no sample
+    # until its first label value is used, but its name is still part of the interface.
+    suffixes = {
+        "counter": ("_total",),
+        "histogram": ("_bucket", "_count", "_sum"),
+        "gauge": ("",),
+    }
+    names: set[str] = set()
+    for family in registry.collect():
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+    return names
