@@ -206,6 +206,9 @@ class ListOf(click.ParamType):
               help="Token bucket depth in bytes (default: max(1 frame, 5 ms of the rate)).")
 @click.option("--request-txs", type=click.IntRange(min=1), default=256, show_default=True,
               help="Transactions per signed client request.")
+@click.option("--tentative", is_flag=True,
+              help="PBFT tentative execution: reply once prepared; the client then needs a "
+                   "commit quorum of matching replies. Saves one latency hop.")
 @SCHEME_OPTION
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Keep the cluster directory here (default: a temporary one).")
@@ -214,7 +217,8 @@ class ListOf(click.ParamType):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
          latency: list[float], mode: str, latency_dist: str, jitter: float, mbps_base: str,
-         burst: int | None, request_txs: int, scheme: str, directory: Path | None,
+         burst: int | None, request_txs: int, tentative: bool, scheme: str,
+         directory: Path | None,
          out: Path, as_json: bool) -> None:
     """Synchronize TX transactions across NODES nodes and report how long it took.
 
@@ -248,6 +252,7 @@ def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
             click.echo(f"[{i}/{len(cells)}] n={n} tx={t} {bw:g} Mbps {lat:g} ms", err=True)
         result = synchronize(n, t, bw, lat, tx_bytes=tx_bytes, request_txs=request_txs,
                              scheme=scheme, directory=directory, shaping=shaping,
+                             tentative=tentative,
                              on_progress=_progress_printer(t, request_txs))
         _print_sync(result)
         results.append(result)
@@ -289,9 +294,18 @@ def _print_sync(r: SyncResult) -> None:
               if r.bandwidth_mbps or r.latency_ms else "unshaped")
     click.echo(f"synchronized {r.tx} tx x {r.tx_bytes} B across {r.nodes} nodes "
                f"(f={f}, {shaped}, {r.requests} requests)")
-    click.echo(f"  f+1={f + 1} matching replies (client commit):  {_fmt(r.seconds_f1)}")
-    click.echo(f"  q={q} nodes (commit quorum) executed all: {_fmt(r.seconds_2f1)}")
-    click.echo(f"  all {r.nodes} nodes executed all:               {_fmt(r.seconds_all)}")
+    if r.tentative:
+        click.echo(f"  client accepted all ({q} tentative replies): {_fmt(r.seconds_f1)}")
+        click.echo(f"  q={q} matching replies (tentative):    {_fmt(r.seconds_2f1)}")
+        click.echo(f"  all {r.nodes} replied (tentative):             {_fmt(r.seconds_all)}")
+        click.echo(f"  q={q} nodes executed all (durable):     "
+                   f"{_fmt(r.seconds_2f1_committed)}")
+        click.echo(f"  all {r.nodes} nodes executed all (durable):    "
+                   f"{_fmt(r.seconds_all_committed)}")
+    else:
+        click.echo(f"  f+1={f + 1} matching replies (client commit):  {_fmt(r.seconds_f1)}")
+        click.echo(f"  q={q} nodes (commit quorum) executed all: {_fmt(r.seconds_2f1)}")
+        click.echo(f"  all {r.nodes} nodes executed all:               {_fmt(r.seconds_all)}")
     if r.bound_seconds is not None:
         click.echo(f"  analytic lower bound:                   {_fmt(r.bound_seconds)} "
                    f"({r.bound_dominant} dominates)")

@@ -29,9 +29,20 @@ class _Pending:
     frame: bytes
     first_sent: float
     next_retry: float
-    replies: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+    replies: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # first, any kind
+    committed: set[int] = field(default_factory=set)  # replicas whose committed reply came
     accepted: tuple[int, bytes] | None = None
     accepted_at: float = 0.0
+
+
+def accepts(key: tuple[int, bytes], replies: dict[int, tuple[int, bytes]],
+            committed: set[int], n: int) -> bool:
+    """The client's rule: f+1 matching committed replies (one is from a correct replica
+    that executed it), or a commit quorum of matching replies of any kind (tentative ones
+    prove a quorum prepared it, so every later view keeps it)."""
+    durable = sum(1 for r in committed if replies.get(r) == key)
+    matching = sum(1 for r in replies.values() if r == key)
+    return durable >= reply_quorum(n) or matching >= commit_quorum(n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +51,15 @@ class SubmitResult:
 
     requests: int
     transactions: int
-    seconds_f1: float | None  # every request has f+1 matching replies
-    seconds_2f1: float | None  # 2f+1 replicas executed every request
-    seconds_all: float | None  # all n replicas did
-    replicas_done: int
+    seconds_f1: float | None  # every request accepted: f+1 matching (or q tentative) replies
+    seconds_2f1: float | None  # the client holds q matching replies for every request
+    seconds_all: float | None  # ... from all n replicas
+    replicas_done: int  # replicas that executed (committed) everything
     retransmissions: int
     mismatched_replies: int
     results: dict[int, tuple[int, bytes]]  # timestamp -> (seq, block hash) accepted
+    seconds_2f1_committed: float | None = None  # q replicas executed everything (durable)
+    seconds_all_committed: float | None = None  # all n did
 
 
 class Client:
@@ -138,7 +151,7 @@ class Client:
         """Send each request (a tuple of transactions) to every replica; return when all
         have f+1 matching replies, or also 2f+1 / all n executed them (within `wait_all`
         seconds more), or at `timeout`."""
-        n, f1, q2 = self.config.n, reply_quorum(self.config.n), commit_quorum(self.config.n)
+        n, q2 = self.config.n, commit_quorum(self.config.n)
         start = time.monotonic()
         pending: dict[int, _Pending] = {}
         for txs in requests:
@@ -149,8 +162,9 @@ class Client:
             for replica in self.sockets:
                 self._send(replica, p.frame, start)
             self.metrics.request_sent()
-        done_count = dict.fromkeys(self.sockets, 0)
-        t_f1 = t_2f1 = t_all = None
+        replied = dict.fromkeys(self.sockets, 0)  # requests each replica answered
+        executed = dict.fromkeys(self.sockets, 0)  # ... with a committed (durable) reply
+        t_f1 = t_2f1 = t_all = t_2f1_done = t_all_done = None
         accepted = retransmissions = mismatched = 0
         deadline = start + timeout
         all_deadline = deadline
@@ -162,29 +176,40 @@ class Client:
                 if not isinstance(msg, Reply) or msg.client != self.id:
                     continue
                 p = pending.get(msg.timestamp)
-                if p is None or replica in p.replies:
+                if p is None:
                     continue
-                p.replies[replica] = (msg.seq, msg.result)
-                done_count[replica] += 1
+                key = (msg.seq, msg.result)
+                fresh = replica not in p.replies
+                if fresh:
+                    p.replies[replica] = key
+                    replied[replica] += 1
+                if not msg.tentative and replica not in p.committed:
+                    p.committed.add(replica)
+                    executed[replica] += 1
+                elif not fresh:
+                    continue
                 now = time.monotonic()
-                if p.accepted is None:
-                    votes = sum(1 for r in p.replies.values() if r == (msg.seq, msg.result))
-                    if votes >= f1:
-                        p.accepted, p.accepted_at = (msg.seq, msg.result), now
-                        accepted += 1
-                        self.metrics.request_accepted(now - p.first_sent)
-                        if on_progress:
-                            on_progress(accepted, total)
-                        if accepted == total:
-                            t_f1 = now - start
-                            all_deadline = min(deadline, now + wait_all)
-                finished = sum(1 for c in done_count.values() if c == total)
-                if t_2f1 is None and finished >= q2:
+                if p.accepted is None and accepts(key, p.replies, p.committed, n):
+                    p.accepted, p.accepted_at = key, now
+                    accepted += 1
+                    self.metrics.request_accepted(now - p.first_sent)
+                    if on_progress:
+                        on_progress(accepted, total)
+                    if accepted == total:
+                        t_f1 = now - start
+                        all_deadline = min(deadline, now + wait_all)
+                answered = sum(1 for c in replied.values() if c == total)
+                done = sum(1 for c in executed.values() if c == total)
+                if t_2f1 is None and answered >= q2:
                     t_2f1 = now - start
-                if t_all is None and finished == n:
+                if t_all is None and answered == n:
                     t_all = now - start
+                if t_2f1_done is None and done >= q2:
+                    t_2f1_done = now - start
+                if t_all_done is None and done == n:
+                    t_all_done = now - start
             now = time.monotonic()
-            if t_f1 is not None and (t_all is not None or now >= all_deadline
+            if t_f1 is not None and (t_all_done is not None or now >= all_deadline
                                      or (wait_all == 0.0)):
                 break
             if now >= deadline:
@@ -201,8 +226,8 @@ class Client:
                 mismatched += sum(1 for r in p.replies.values() if r != p.accepted)
         results = {ts: p.accepted for ts, p in pending.items() if p.accepted is not None}
         return SubmitResult(total, sum(len(t) for t in requests), t_f1, t_2f1, t_all,
-                            sum(1 for c in done_count.values() if c == total),
-                            retransmissions, mismatched, results)
+                            sum(1 for c in executed.values() if c == total),
+                            retransmissions, mismatched, results, t_2f1_done, t_all_done)
 
     # ------------------------------------------------------------ status
 

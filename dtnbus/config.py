@@ -180,8 +180,12 @@ _PROTOCOL_TYPES = {f.name: f.type for f in dataclasses.fields(ReplicaConfig)}
 def _check_protocol(protocol: dict, where: str) -> None:
     for key, value in protocol.items():
         want = _PROTOCOL_TYPES.get(key)
-        ok = (isinstance(value, int) and not isinstance(value, bool)) if want == "int" else (
-            isinstance(value, int | float) and not isinstance(value, bool))
+        if want == "bool":
+            ok = isinstance(value, bool)
+        elif want == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
         if not ok:
             raise LocalError(f"{where}: [protocol] '{key}' must be {want}, "
                              f"got {type(value).__name__}")

@@ -104,12 +104,14 @@ class Commit:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A replica's answer: the sequence and the ledger block hash, not the payload."""
+    """A replica's answer: the sequence and the ledger block hash, not the payload.
+    `tentative`: sent once prepared, before commit (PBFT tentative execution); a client
+    then needs a commit quorum of matching replies instead of f+1."""
 
     KIND: ClassVar[int] = 5
     SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
         ("view", INT), ("replica", INT), ("client", STR), ("timestamp", INT),
-        ("seq", INT), ("result", BYTES),
+        ("seq", INT), ("result", BYTES), ("tentative", BOOL),
     )
     view: int
     replica: int
@@ -117,6 +119,7 @@ class Reply:
     timestamp: int
     seq: int
     result: bytes
+    tentative: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -297,7 +297,9 @@ class Node:
             self.metrics.dropped("send_queue_full")
 
     def _send_client(self, client: str, msg: Reply, now: float) -> None:
-        identity = self.routes.pop((client, msg.timestamp), None)
+        key = (client, msg.timestamp)
+        # a tentative reply is followed by the committed one: keep the route until then
+        identity = self.routes.get(key) if msg.tentative else self.routes.pop(key, None)
         if identity is None:
             return  # the request did not come to us directly: nowhere to send
         frame = self._encode(msg)

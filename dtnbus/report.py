@@ -17,7 +17,8 @@ from typing import Any
 from dtnbus.sync import PHASE_ORDER, SyncResult
 
 COLUMNS = ("nodes", "tx", "tx_bytes", "bandwidth_mbps", "latency_ms", "latency_dist",
-           "seconds_f1", "seconds_2f1", "seconds_all", "bound_seconds", "bound_dominant",
+           "tentative", "seconds_f1", "seconds_2f1", "seconds_all", "seconds_2f1_committed",
+           "bound_seconds", "bound_dominant",
            "ours_over_bound", "reference_seconds", "ours_over_reference",
            *(f"phase_{p}_ms" for p in PHASE_ORDER), "ledgers_identical")
 
@@ -30,8 +31,10 @@ def result_row(result: SyncResult, reference: float | None = None,
         "nodes": result.nodes, "tx": result.tx, "tx_bytes": result.tx_bytes,
         "bandwidth_mbps": result.bandwidth_mbps, "latency_ms": result.latency_ms,
         "latency_dist": result.extra.get("latency_dist", "constant"),
+        "tentative": result.tentative,
         "seconds_f1": result.seconds_f1, "seconds_2f1": ours,
         "seconds_all": result.seconds_all, "bound_seconds": result.bound_seconds,
+        "seconds_2f1_committed": result.seconds_2f1_committed,
         "bound_dominant": result.bound_dominant,
         "ours_over_bound": (ours / result.bound_seconds
                             if ours and result.bound_seconds else None),

@@ -4,8 +4,10 @@ The reference's `genPBFTSynchronize(numNodes, data, clientAddr, bandwidth, laten
 becomes `synchronize(nodes, data, bandwidth_mbps, latency_ms)`. Start-up and key
 generation are not timed. The clock starts at the client's first send and reports:
   seconds_f1  - every transaction has f+1 matching replies (client-visible commit)
-  seconds_2f1 - 2f+1 nodes have executed everything (comparable with the reference)
-  seconds_all - all n nodes have
+  seconds_2f1 - the client holds a commit quorum q (2f+1 when n = 3f+1) of matching
+                replies for everything: the reference's stopping rule; replies are sent
+                once a node executed (durably), or with `tentative` once it prepared
+  seconds_all - the client holds replies from all n nodes
 plus the per-phase means the nodes' own metrics recorded, and whether every node's
 ledger ends at the same head.
 """
@@ -38,9 +40,9 @@ class SyncResult:
     tx_bytes: int
     bandwidth_mbps: float
     latency_ms: float
-    seconds_f1: float | None
-    seconds_2f1: float | None
-    seconds_all: float | None
+    seconds_f1: float | None  # every transaction accepted by the client
+    seconds_2f1: float | None  # the client holds q (= 2f+1 at n = 3f+1) matching replies
+    seconds_all: float | None  # ... from all n nodes
     phases: dict[str, float]  # mean seconds per batch, averaged over the nodes
     client_request_seconds: float | None  # mean request -> f+1 replies
     requests: int
@@ -53,6 +55,9 @@ class SyncResult:
     bound_seconds: float | None = None  # the analytic lower bound (docs/emulation.md)
     bound_dominant: str | None = None  # its largest term
     bound_terms: dict[str, float] = field(default_factory=dict)
+    tentative: bool = False  # replies were sent once prepared (PBFT tentative execution)
+    seconds_2f1_committed: float | None = None  # q nodes executed everything (durable)
+    seconds_all_committed: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -76,7 +81,8 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
                 latency_ms: float = 0.0, *, tx_bytes: int = 300, request_txs: int = 256,
                 scheme: str = "ed25519", directory: Path | None = None,
                 protocol: dict[str, Any] | None = None,
-                shaping: dict[str, Any] | None = None, timeout: float | None = None,
+                shaping: dict[str, Any] | None = None, tentative: bool = False,
+                timeout: float | None = None,
                 wait_all: float = 30.0,
                 on_progress: Callable[[int, int], None] | None = None) -> SyncResult:
     """Start an n-node cluster (not timed), synchronize `data` (a count of generated
@@ -89,6 +95,9 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
     if not txs:
         raise LocalError("nothing to synchronize: give at least one transaction")
     shaping_table = dict(shaping or {})
+    protocol = dict(protocol or {})
+    if tentative:
+        protocol["tentative"] = True
     if bandwidth_mbps or latency_ms:
         shaping_table.update(bandwidth_mbps=bandwidth_mbps, latency_ms=latency_ms)
     tmp = None
@@ -124,7 +133,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
             phases[name] = sum(means) / len(means)
     client_phase = client.metrics.phase_summary().get("request_to_reply_quorum")
     bound = analytic_bound(nodes, len(txs), payload // len(txs), bandwidth_mbps, latency_ms,
-                           request_txs, scheme, shaping_table)
+                           request_txs, scheme, shaping_table, tentative)
     return SyncResult(
         nodes=nodes, tx=len(txs), tx_bytes=tx_bytes, bandwidth_mbps=bandwidth_mbps,
         latency_ms=latency_ms, seconds_f1=result.seconds_f1, seconds_2f1=result.seconds_2f1,
@@ -142,6 +151,9 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         bound_terms=({k: getattr(bound, k) for k in ("latency_s", "payload_s",
                                                       "small_messages_s", "crypto_s")}
                      if bound else {}),
+        tentative=tentative,
+        seconds_2f1_committed=result.seconds_2f1_committed,
+        seconds_all_committed=result.seconds_all_committed,
         extra={"latency_dist": shaping_table.get("latency_dist", "constant"),
                "mode": shaping_table.get("mode", "link"),
                "mbps_base": shaping_table.get("mbps_base", 1e6), "scheme": scheme},
@@ -150,7 +162,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
 
 def analytic_bound(nodes: int, tx: int, tx_bytes: int, bandwidth_mbps: float,
                    latency_ms: float, request_txs: int, scheme: str,
-                   shaping: dict[str, Any]) -> BoundBreakdown | None:
+                   shaping: dict[str, Any], tentative: bool = False) -> BoundBreakdown | None:
     """The emulated network's lower bound for this run (None where it is undefined)."""
     try:
         return sync_lower_bound(
@@ -159,6 +171,6 @@ def analytic_bound(nodes: int, tx: int, tx_bytes: int, bandwidth_mbps: float,
             mbps_base=shaping.get("mbps_base", 1e6),
             latency_dist=shaping.get("latency_dist", "constant"),
             burst_bytes=shaping.get("burst_bytes", AUTO_BURST),
-            reply_quorum=commit_quorum(nodes))
+            reply_quorum=commit_quorum(nodes), tentative=tentative)
     except ValueError:
         return None

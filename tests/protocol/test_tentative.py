@@ -1,0 +1,66 @@
+"""PBFT tentative execution (behind a flag): replies once prepared, and they are right."""
+
+from __future__ import annotations
+
+from harness import Cluster
+
+from dtnbus.client import accepts
+from dtnbus.messages import Commit, Reply
+
+TENTATIVE = {"tentative": True, "view_change_timeout": 0.5, "retransmit_after": 0.3}
+
+
+def _replies(c: Cluster, tentative: bool) -> list[Reply]:
+    return [m for _, m in c.replies if isinstance(m, Reply) and m.tentative == tentative]
+
+
+def test_replies_come_once_prepared_before_any_commit_counts() -> None:
+    c = Cluster(4, config_overrides=TENTATIVE)
+    c.tamper = lambda sender, msg, frame: None if isinstance(msg, Commit) else frame
+    c.request((b"t",))
+    c.deliver_all()
+    assert all(r.last_executed == 0 for r in c.replicas)  # nothing committed
+    tentative = _replies(c, True)
+    assert len(tentative) == 4 and len({(m.seq, m.result) for m in tentative}) == 1
+
+
+def test_tentative_result_is_the_block_that_commits() -> None:
+    c = Cluster(4, config_overrides=TENTATIVE)
+    for i in range(5):
+        c.request((b"t%d" % i,))
+    c.run()
+    tentative = {(m.replica, m.timestamp): (m.seq, m.result) for m in _replies(c, True)}
+    final = {(m.replica, m.timestamp): (m.seq, m.result) for m in _replies(c, False)}
+    assert final and all(tentative[k] == v for k, v in final.items() if k in tentative)
+    assert len(tentative) >= 4  # at least the first batch was answered tentatively
+
+
+def test_without_the_flag_no_reply_is_tentative() -> None:
+    c = Cluster(4)
+    c.request((b"x",))
+    c.run()
+    assert not _replies(c, True) and len(_replies(c, False)) == 4
+
+
+def test_prepared_and_tentatively_answered_batch_survives_a_view_change() -> None:
+    c = Cluster(4, config_overrides=TENTATIVE)
+    c.tamper = lambda sender, msg, frame: None if isinstance(msg, Commit) else frame
+    c.request((b"keep-me",))
+    c.deliver_all()
+    promised = {(m.seq, m.result) for m in _replies(c, True)}
+    assert len(promised) == 1
+    c.down = {0}
+    c.tamper = lambda sender, msg, frame: frame
+    c.run(rounds=100, dt=0.1)
+    final = {(m.seq, m.result) for m in _replies(c, False)}
+    assert final == promised  # what the client was promised is what was committed
+
+
+def test_client_rule_f_plus_1_committed_or_q_of_any_kind() -> None:
+    key = (1, b"h" * 32)
+    other = (1, b"x" * 32)
+    n = 4  # f = 1, q = 3
+    assert accepts(key, {0: key, 1: key}, {0, 1}, n)  # f+1 committed
+    assert not accepts(key, {0: key, 1: key}, set(), n)  # f+1 tentative: not enough
+    assert accepts(key, {0: key, 1: key, 2: key}, set(), n)  # q tentative
+    assert not accepts(key, {0: key, 1: key, 2: other}, {2}, n)
