@@ -1,13 +1,15 @@
 """Reproduce the reference system's sync matrix and set ours beside it.
 
-    python -m benchmarks.matrix [--only-reference-model] [--nodes 10 30] [--skip-slow]
+    python -m benchmarks.matrix [--models reference constant] [--nodes 10 30] [--skip-slow]
 
 Every cell of the published matrix (../shared/reference/seed.md: n = 10, 30, 50;
 100-10,000 transactions of 300 bytes; 0.1, 30 and 125 Mbps; L = 300 ms), plus n = 100,
-runs twice on our exact shaper:
+runs on our exact shaper:
 - with the reference's own latency model (uniform in [0.1L, L] per message, "Mbps" of
-  2^20 bit/s): this is the like-for-like figure the ratio to the reference uses;
-- with constant latency L (1 Mbps = 10^6 bit/s), shown beside it.
+  2^20 bit/s): the like-for-like figure the ratio to the reference uses;
+- the same with PBFT tentative execution (replies once prepared; the client still stops,
+  as the reference did, when it holds 2f+1 matching replies);
+- with constant latency L (1 Mbps = 10^6 bit/s), shown beside them.
 For each: ours (2f+1, the reference's stopping rule; plus f+1 and all n), the analytic
 bound, ours/reference and ours/bound. Output: a table, results/matrix.csv, .md, .png.
 """
@@ -38,6 +40,12 @@ REFERENCE: dict[tuple[int, int], dict[float, float | None]] = {
 }
 REFERENCE_MODEL = {"latency_dist": "uniform-0.1", "mbps_base": 2**20}
 CONSTANT_MODEL = {"latency_dist": "constant", "mbps_base": 1e6}
+# (name, shaping, tentative, compared with the reference's figure?)
+MODELS = [
+    ("reference", REFERENCE_MODEL, False, True),
+    ("reference+tentative", REFERENCE_MODEL, True, True),
+    ("constant", CONSTANT_MODEL, False, False),
+]
 
 
 def main() -> None:
@@ -45,15 +53,13 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, nargs="+", default=None,
                         help="only these n (default: every row)")
     parser.add_argument("--bandwidth", type=float, nargs="+", default=[0.1, 30, 125])
-    parser.add_argument("--only-reference-model", action="store_true",
-                        help="skip the constant-latency runs")
+    parser.add_argument("--models", nargs="+", default=[m[0] for m in MODELS],
+                        choices=[m[0] for m in MODELS], help="which runs per cell")
     parser.add_argument("--skip-slow", action="store_true",
                         help="skip cells whose payload alone takes over 60 s")
     parser.add_argument("--stem", default="matrix")
     args = parser.parse_args()
-    models = [("reference", REFERENCE_MODEL)]
-    if not args.only_reference_model:
-        models.append(("constant", CONSTANT_MODEL))
+    models = [m for m in MODELS if m[0] in args.models]
     cells = [(n, tx, bw, ref) for (n, tx), refs in REFERENCE.items() for bw, ref in refs.items()
              if (args.nodes is None or n in args.nodes) and bw in args.bandwidth]
     if args.skip_slow:
@@ -63,14 +69,14 @@ def main() -> None:
     total = len(cells) * len(models)
     done = 0
     for n, tx, bw, ref in cells:
-        for model_name, model in models:
+        for model_name, model, tentative, compared in models:
             done += 1
             print(f"[{done}/{total}] n={n} tx={tx} {bw:g} Mbps {LATENCY_MS:g} ms "
                   f"{model_name} ({time.monotonic() - started:.0f}s elapsed)",
                   file=sys.stderr, flush=True)
-            result = synchronize(n, tx, bw, LATENCY_MS, tx_bytes=300, shaping=dict(model))
-            rows.append(result_row(result, ref if model_name == "reference" else None,
-                                   model=model_name))
+            result = synchronize(n, tx, bw, LATENCY_MS, tx_bytes=300, shaping=dict(model),
+                                 tentative=tentative)
+            rows.append(result_row(result, ref if compared else None, model=model_name))
     print(f"dtnbus vs the reference's sync matrix, L = {LATENCY_MS:g} ms ({machine()})")
     print_table(rows, ["nodes", "tx", "bandwidth_mbps", "model", "reference_seconds",
                        "seconds_2f1", "seconds_f1", "seconds_all", "bound_seconds",
