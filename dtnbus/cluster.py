@@ -30,17 +30,23 @@ def _pid_file(directory: Path) -> Path:
     return directory / "pids.json"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True if `pid` is a live process. A zombie counts as gone (and is reaped if ours)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child of ours counts as gone
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return False
+    return True
 
 
 def running_pids(directory: Path) -> dict[int, int]:
@@ -48,7 +54,7 @@ def running_pids(directory: Path) -> dict[int, int]:
         pids = json.loads(_pid_file(directory).read_text())
     except (OSError, ValueError):
         return {}
-    return {int(k): v for k, v in pids.items() if _alive(v)}
+    return {int(k): v for k, v in pids.items() if process_alive(v)}
 
 
 def write_targets(config: ClusterConfig, directory: Path) -> Path:
@@ -92,10 +98,10 @@ def stop_nodes(directory: Path, ids: list[int] | None = None, timeout: float = 1
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in chosen.values()) and time.monotonic() < deadline:
+    while any(process_alive(p) for p in chosen.values()) and time.monotonic() < deadline:
         time.sleep(0.02)  # polling process exit: there is no event to wait on for non-children
     for pid in chosen.values():
-        if _alive(pid):
+        if process_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     left = {k: v for k, v in pids.items() if k not in chosen}
@@ -111,7 +117,7 @@ def kill_node(directory: Path, node_id: int) -> None:
         raise LocalError(f"node {node_id} is not running")
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 

@@ -79,8 +79,9 @@ class PrePrepare:
 
 
 @dataclass(frozen=True, slots=True)
-class Prepare:
-    KIND: ClassVar[int] = 3
+class _Vote:
+    """A replica's vote for a batch digest at (view, seq): PREPARE and COMMIT alike."""
+
     SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
         ("view", INT), ("seq", INT), ("replica", INT), ("digest", BYTES),
     )
@@ -91,15 +92,13 @@ class Prepare:
 
 
 @dataclass(frozen=True, slots=True)
-class Commit:
+class Prepare(_Vote):
+    KIND: ClassVar[int] = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Commit(_Vote):
     KIND: ClassVar[int] = 4
-    SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("view", INT), ("seq", INT), ("replica", INT), ("digest", BYTES),
-    )
-    view: int
-    seq: int
-    replica: int
-    digest: bytes
 
 
 @dataclass(frozen=True, slots=True)

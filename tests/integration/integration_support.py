@@ -5,7 +5,6 @@ Everything here waits on a condition with a deadline (`wait_until`), never on a 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import urllib.request
@@ -18,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dtnbus.client import Client, SubmitResult
+from dtnbus.cluster import process_alive as pid_alive
 from dtnbus.config import ClusterConfig
 from dtnbus.messages import Status
 from dtnbus.storage import Ledger
@@ -37,26 +37,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
         if time.monotonic() >= deadline:
             pytest.fail(f"timed out after {timeout:.1f}s waiting for {what}")
         time.sleep(interval)  # polling state of another process: there is nothing to block on
-
-
-def pid_alive(pid: int) -> bool:
-    """True if `pid` is a live process. A zombie counts as gone (and is reaped if ours)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    state = stat.rpartition(")")[2].split()[0]
-    if state in ("Z", "X"):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        return False
-    return True
 
 
 def processes_mentioning(text: str) -> list[int]:
