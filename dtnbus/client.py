@@ -254,7 +254,10 @@ class Client:
         deadline = time.monotonic() + timeout
         answers: dict[int, Status] = {}
         while time.monotonic() < deadline:
-            answers = self.status(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            # a node that said ready stays counted: with 100 busy nodes starting up, one
+            # round of status answers rarely holds them all
+            fresh = self.status(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            answers.update({r: s for r, s in fresh.items() if s.ready or r not in answers})
             if sum(1 for s in answers.values() if s.ready) >= want:
                 return answers
         ready = sorted(r for r, s in answers.items() if s.ready)

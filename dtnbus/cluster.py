@@ -138,21 +138,21 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
     config = load_cluster(path)
     write_targets(config, directory)
     start_nodes(config, directory, log_level=log_level)
-    timeout = ready_timeout if ready_timeout is not None else 20 + 0.3 * nodes
+    timeout = ready_timeout if ready_timeout is not None else 30 + 0.6 * nodes
     try:
         with Client(config) as client:
             deadline = time.monotonic() + timeout
-            while True:  # readiness, but fail fast (with the reason) if a node died
+            ready: set[int] = set()
+            while len(ready) < nodes:  # readiness; fail fast (with the reason) if a node died
                 dead = [i for i in range(nodes) if i not in running_pids(directory)]
                 if dead:
                     raise LocalError(f"node {dead[0]} exited during start-up: "
                                      f"{last_log_line(directory, dead[0])}")
-                try:
-                    client.wait_ready(min(2.0, max(0.1, deadline - time.monotonic())))
-                    break
-                except LocalError:
-                    if time.monotonic() >= deadline:
-                        raise
+                if time.monotonic() >= deadline:
+                    raise LocalError(f"cluster not ready after {timeout:.0f}s: ready nodes "
+                                     f"{sorted(ready)} of {nodes}; see {directory}/logs")
+                answers = client.status(min(1.0, max(0.1, deadline - time.monotonic())))
+                ready.update(r for r, s in answers.items() if s.ready)
     except BaseException:
         stop_nodes(directory)
         raise
