@@ -54,6 +54,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=None,
                         help="only these n (default: every row)")
+    parser.add_argument("--tx", type=int, nargs="+", default=None,
+                        help="only rows with these transaction counts")
     parser.add_argument("--bandwidth", type=float, nargs="+", default=[0.1, 30, 125])
     parser.add_argument("--models", nargs="+", default=[m[0] for m in MODELS],
                         choices=[m[0] for m in MODELS], help="which runs per cell")
@@ -63,7 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     models = [m for m in MODELS if m[0] in args.models]
     cells = [(n, tx, bw, ref) for (n, tx), refs in REFERENCE.items() for bw, ref in refs.items()
-             if (args.nodes is None or n in args.nodes) and bw in args.bandwidth]
+             if (args.nodes is None or n in args.nodes) and bw in args.bandwidth
+             and (args.tx is None or tx in args.tx)]
     if args.skip_slow:
         cells = [c for c in cells if c[1] * 300 * 8 / (c[2] * 2**20) <= 60]
     rows = []

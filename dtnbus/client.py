@@ -29,6 +29,7 @@ class _Pending:
     frame: bytes
     first_sent: float
     next_retry: float
+    retries: int = 0
     replies: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # first, any kind
     committed: set[int] = field(default_factory=set)  # replicas whose committed reply came
     accepted: tuple[int, bytes] | None = None
@@ -106,11 +107,12 @@ class Client:
         self._clock = max(self._clock + 1, time.time_ns() // 1000)
         return self._clock
 
-    def _send(self, replica: int, frame: bytes, now: float) -> None:
+    def _send(self, replica: int, frame: bytes, now: float) -> float:
+        """Send (or queue on the emulated link); return when it will have arrived."""
         if self.shaper is not None and not self.shaper.is_unshaped(replica):
-            self.shaper.submit(now, replica, len(frame), frame)
-        else:
-            self.sockets[replica].send(frame, copy=len(frame) < 65536)
+            return self.shaper.submit(now, replica, len(frame), frame)
+        self.sockets[replica].send(frame, copy=len(frame) < 65536)
+        return now
 
     def _release(self, now: float) -> None:
         if self.shaper is not None:
@@ -159,8 +161,10 @@ class Client:
             frame = self.codec.encode(Request(self.id, ts, tuple(txs)))
             pending[ts] = _Pending(ts, frame, start, start + retry_after)
         for p in pending.values():  # request-major: every replica gets request 1 first
-            for replica in self.sockets:
-                self._send(replica, p.frame, start)
+            arrived = max(self._send(replica, p.frame, start) for replica in self.sockets)
+            # the retransmission clock starts when the request is there, not when it was
+            # queued behind the others on a slow emulated link
+            p.next_retry = arrived + retry_after
             self.metrics.request_sent()
         replied = dict.fromkeys(self.sockets, 0)  # requests each replica answered
         executed = dict.fromkeys(self.sockets, 0)  # ... with a committed (durable) reply
@@ -216,11 +220,15 @@ class Client:
                 break
             for p in pending.values():
                 if p.accepted is None and now >= p.next_retry:
-                    p.next_retry = now + retry_after
                     retransmissions += 1
+                    p.retries += 1
                     self.metrics.request_retransmitted()
-                    for replica in self.sockets:
-                        self._send(replica, p.frame, now)
+                    # only replicas that have not answered it need it again
+                    arrived = max((self._send(replica, p.frame, now)
+                                   for replica in self.sockets if replica not in p.replies),
+                                  default=now)
+                    # back off: a loaded cluster must not be flooded with copies
+                    p.next_retry = arrived + min(60.0, retry_after * 2 ** p.retries)
         for p in pending.values():
             if p.accepted is not None:
                 mismatched += sum(1 for r in p.replies.values() if r != p.accepted)

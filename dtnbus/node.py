@@ -59,11 +59,14 @@ log = logging.getLogger("dtnbus.node")
 HELLO_EVERY = 0.1  # per 10 nodes: n Hellos cost n(n-1) verifications per round
 HELLO_CHECK = 1.0
 MAX_POLL = 0.05  # also bounds how long a stop signal waits
+GAUGE_EVERY = 0.25
 MAX_ROUTES = 200_000  # requests awaiting a reply whose connection we remember
 MAX_SHAPED_BYTES = 256 * 1024 * 1024  # per emulated link: beyond this, sends are drops
 
 
 class Node:
+    """One validator: its replica, ledger, sockets, shaper and metrics, and the loop."""
+
     def __init__(self, config: ClusterConfig, node_id: int, serve_metrics: bool = True) -> None:
         spec = config.node(node_id)
         self.config = config
@@ -94,6 +97,7 @@ class Node:
         self.peer_heard: dict[int, int] = {}  # how many peers each peer has heard
         self.hello_every = HELLO_EVERY * max(1.0, config.n / 10)
         self.next_hello = 0.0
+        self.next_gauges = 0.0
         self.stopping = False
 
     # ------------------------------------------------------------ loop
@@ -127,7 +131,9 @@ class Node:
             self._hello(now)
         if self.shaper is not None:
             self._release_shaped(now)
-        self._update_gauges()
+        if now >= self.next_gauges:  # a scrape every few seconds needs no fresher gauges
+            self.next_gauges = now + GAUGE_EVERY
+            self._update_gauges()
 
     def _stop(self, signum: int, frame: Any) -> None:
         self.stopping = True

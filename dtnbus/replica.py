@@ -147,7 +147,7 @@ class ReplicaConfig:
     window: int = 256  # high watermark = stable checkpoint + window
     checkpoint_interval: int = 64
     retransmit_after: float = 1.0
-    fetch_after: float = 0.25  # wait this long for a client's own copy before fetching
+    fetch_after: float = 1.0  # wait this long for a client's own copy before fetching
     max_requests: int = 200_000  # bound on request bodies held (the pool)
     reply_cache: int = 100_000
     client_horizon: int = 1_000_000  # timestamps older than a client's newest minus this are stale

@@ -41,6 +41,7 @@ def result_row(result: SyncResult, reference: float | None = None,
         "reference_seconds": reference,
         "ours_over_reference": ours / reference if ours and reference else None,
         "ledgers_identical": result.ledgers_identical,
+        "retransmissions": result.retransmissions,
     }
     for phase in PHASE_ORDER:
         secs = result.phases.get(phase)

@@ -108,13 +108,19 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
     if timeout is None:
         rate = bandwidth_mbps * 1e6 / 8 if bandwidth_mbps else 1e9
         timeout = 60 + 10 * payload / rate + 0.05 * len(txs) ** 0.5 * nodes
+    bound = analytic_bound(nodes, len(txs), payload // len(txs), bandwidth_mbps, latency_ms,
+                           request_txs, scheme, shaping_table, tentative)
+    # retransmit only when a reply is clearly overdue: on an emulated slow network a copy of
+    # every request to every replica is exactly the load that makes replies later still
+    retry_after = max(2.0, 3 * bound.total_s) if bound else 2.0
     try:
         config = cluster_up(directory, nodes, scheme, protocol=protocol,
                             shaping=shaping_table or None)
         try:
             with Client(config) as client:
                 result = client.submit(chunk(txs, request_txs), timeout=timeout,
-                                       wait_all=wait_all, on_progress=on_progress)
+                                       wait_all=wait_all, on_progress=on_progress,
+                                       retry_after=retry_after)
                 statuses = client.status(timeout=5.0)
             reports, error = compare_ledgers([s.ledger for s in config.nodes])
         finally:
@@ -132,8 +138,6 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         if means:
             phases[name] = sum(means) / len(means)
     client_phase = client.metrics.phase_summary().get("request_to_reply_quorum")
-    bound = analytic_bound(nodes, len(txs), payload // len(txs), bandwidth_mbps, latency_ms,
-                           request_txs, scheme, shaping_table, tentative)
     return SyncResult(
         nodes=nodes, tx=len(txs), tx_bytes=tx_bytes, bandwidth_mbps=bandwidth_mbps,
         latency_ms=latency_ms, seconds_f1=result.seconds_f1, seconds_2f1=result.seconds_2f1,
