@@ -4,7 +4,8 @@
 
 Every cell of the published matrix (../shared/reference/seed.md: n = 10, 30, 50;
 100-10,000 transactions of 300 bytes; 0.1, 30 and 125 Mbps; L = 300 ms), plus n = 100,
-runs on our exact shaper:
+runs on our exact shaper, the cell's data in one signed client request as the reference
+sent its `data` (--request-txs splits it):
 - with the reference's own latency model (uniform in [0.1L, L] per message, "Mbps" of
   2^20 bit/s): the like-for-like figure the ratio to the reference uses;
 - the same with PBFT tentative execution (replies once prepared; the client still stops,
@@ -61,6 +62,9 @@ def main() -> None:
                         choices=[m[0] for m in MODELS], help="which runs per cell")
     parser.add_argument("--skip-slow", action="store_true",
                         help="skip cells whose payload alone takes over 60 s")
+    parser.add_argument("--request-txs", type=int, default=0,
+                        help="transactions per signed request; 0 (default) = all of a cell's "
+                             "data in one request, as the reference sent its `data`")
     parser.add_argument("--stem", default="matrix")
     args = parser.parse_args()
     models = [m for m in MODELS if m[0] in args.models]
@@ -81,7 +85,8 @@ def main() -> None:
                   file=sys.stderr, flush=True)
             try:
                 result = synchronize(n, tx, bw, LATENCY_MS, tx_bytes=300, shaping=dict(model),
-                                     tentative=tentative)
+                                     tentative=tentative,
+                                     request_txs=args.request_txs or tx)
             except LocalError as exc:  # one failed cell must not lose the others
                 print(f"  cell failed: {exc}", file=sys.stderr, flush=True)
                 rows.append({"nodes": n, "tx": tx, "bandwidth_mbps": bw,

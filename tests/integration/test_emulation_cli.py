@@ -82,7 +82,7 @@ def test_heterogeneous_links_from_the_cluster_file_shape_the_run(tmp_path: Path)
     finally:
         stop_nodes(tmp_path)
     assert result.seconds_f1 is not None and result.seconds_all is not None
-    # the far node's reply needs the request (150 ms) and the reply (150 ms) links at least;
-    # a quorum of near nodes needs neither
-    assert result.seconds_all >= 0.3
+    # the far node cannot execute before the PRE-PREPARE crossed a 150 ms link (its votes
+    # from the near nodes cross such links in parallel); a quorum of near nodes needs none
+    assert result.seconds_all >= 0.15
     assert result.seconds_2f1 < result.seconds_all - 0.1
