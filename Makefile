@@ -32,6 +32,6 @@ bench: setup
 clean:
 	rm -rf .dtnbus results build reports
 
-## bench-matrix: the reference's sync matrix, ours beside it (long: about 20 minutes).
+## bench-matrix: the reference's sync matrix, ours beside it (long: about 30 minutes).
 bench-matrix: setup
 	$(PY) -m benchmarks.matrix

@@ -705,17 +705,7 @@ class Replica:
             return  # our own signed CHECKPOINT is not back yet (note_signed): next time
         self.stable_proof = proof
         self.proof_seq = seq
-        self.stable_checkpoint = seq
-        for old in [s for s in self.slots if s <= seq]:
-            slot = self.slots.pop(old)
-            if slot.preprepare is not None:
-                for digest in slot.preprepare.digests:
-                    self.pool.pop(digest, None)
-        for old in [s for s in self.checkpoints if s <= seq]:
-            del self.checkpoints[old]
-            self.checkpoint_frames.pop(old, None)
-        for old in [s for s in self.own_checkpoints if s < seq]:
-            del self.own_checkpoints[old]
+        self._adopt_stable(seq)
         out.append(CheckpointStable(seq))
 
     # ------------------------------------------------------------ recovery of lost messages
@@ -1086,6 +1076,8 @@ class Replica:
         for old in [s for s in self.checkpoints if s <= seq]:
             del self.checkpoints[old]
             self.checkpoint_frames.pop(old, None)
+        for old in [s for s in self.own_checkpoints if s < seq]:
+            del self.own_checkpoints[old]
         for old in [s for s in self.slots if s <= seq]:
             slot = self.slots.pop(old)
             if slot.preprepare is not None:
