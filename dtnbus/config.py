@@ -56,7 +56,6 @@ from dtnbus.shaping import LinkProfile, Shaper, links_from_config
 PROTOCOL_FIELDS = {f.name for f in dataclasses.fields(ReplicaConfig)} - {"replica_id", "n"}
 SHAPING_FIELDS = {"bandwidth_mbps", "latency_ms", "mode", "latency_dist", "jitter_ms",
                   "mbps_base", "burst_bytes", "seed"}
-DEFAULT_CLIENT = "client"
 
 
 @dataclass(frozen=True, slots=True)
