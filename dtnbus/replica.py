@@ -171,6 +171,9 @@ class Replica:
         self.budget = PeerBudget({
             "view_change": (4.0, 8.0), "new_view": (4.0, 8.0), "suspect": (4.0, 8.0),
             "status": (10.0, 10.0), "fetch": (50.0, 100.0), "state": (20.0, 20.0),
+            # signed proofs a peer may make us check, per second: a correct replica sends
+            # a full VIEW-CHANGE (q + window * q frames at most) once per timeout
+            "proofs": (1000.0, float(self.q * (1 + config.window) * 2)),
         })
 
     # ------------------------------------------------------------ queries
@@ -263,12 +266,16 @@ class Replica:
         if isinstance(msg, NewView):
             if msg.view < self.view or (msg.view == self.view and self.active) or msg.view == 0:
                 return "stale_view"
-            if msg.replica != primary_of(msg.view, self.n) or \
-                    not self.budget.allow(msg.replica, "new_view", now):
-                return "rate_limited" if msg.replica == primary_of(msg.view, self.n) \
-                    else "unknown_sender"
-            if not self.q <= len(raw.nested) <= self.n:
+            if msg.replica != primary_of(msg.view, self.n):
+                return "unknown_sender"
+            if not self.q <= len(msg.view_changes) <= self.n:
                 return "malformed"
+            if not self.budget.allow(msg.replica, "new_view", now):
+                return "rate_limited"
+            if not self.budget.allow(msg.replica, "proofs", now, cost=len(msg.view_changes)
+                                     + sum(len(vc.msg.proofs) for vc in raw.nested
+                                           if isinstance(vc.msg, ViewChange))):
+                return "rate_limited"
             for inner in raw.nested:
                 vc = inner.msg
                 if not isinstance(vc, ViewChange) or vc.new_view != msg.view:
@@ -304,7 +311,10 @@ class Replica:
         held = self.view_changes.get(vc.replica)
         if held is not None and held.new_view >= vc.new_view:
             return "duplicate"  # one VIEW-CHANGE per replica: its newest
-        if not self.budget.allow(vc.replica, "view_change", now):
+        if len(vc.proofs) > self.q * (1 + self.config.window):
+            return "malformed"
+        if not self.budget.allow(vc.replica, "view_change", now) or \
+                not self.budget.allow(vc.replica, "proofs", now, cost=len(vc.proofs)):
             return "rate_limited"
         checked = check_view_change(vc, [(p.msg, p.frame) for p in nested], self.n,
                                     self.config.window, self.config.batch_max_requests)
