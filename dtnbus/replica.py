@@ -82,6 +82,9 @@ from dtnbus.wire import Envelope, Unverified
 
 Signer = Callable[[Message], bytes]
 UNNEEDED = "unneeded"  # `admit`'s answer for a vote no slot needs: skip it, uncounted
+# outcomes this block decides on its own: answered at once (the others were decided
+# before, and the ledger holds their one true answer)
+DIRECT_ANSWERS = frozenset({Outcome.EXECUTED, Outcome.CONFLICT, Outcome.REFUSED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +130,11 @@ class Replica:
     """One PBFT replica's protocol state. Inspect it freely; change it only through
     `step`, `tick`, `adopt_state` and `restore`."""
 
-    def __init__(self, config: ReplicaConfig, sign: Signer) -> None:
+    def __init__(self, config: ReplicaConfig, sign: Signer,
+                 admitted: dict[str, str] | None = None, operators: frozenset[str] = frozenset(),
+                 open_admission: bool = False) -> None:
+        """`admitted`/`operators`/`open_admission`: the cluster file's client admission at
+        genesis (see `dtnbus.admission`); None admits whoever the wire authenticates."""
         self.config = config
         self.sign = sign
         self.id = config.replica_id
@@ -145,7 +152,7 @@ class Replica:
         self.slots: dict[int, Slot] = {}
         self.pool = RequestPool(config.max_requests, config.max_pool_bytes)
         self.clients = ClientTable(config.session_window, config.sessions_per_client,
-                                   config.max_sessions)
+                                   config.max_sessions, admitted, operators, open_admission)
         self.replies: OrderedDict[tuple[str, int, int], Reply] = OrderedDict()
         self.checkpoints = Checkpoints(self.q)
         # view change
@@ -595,12 +602,12 @@ class Replica:
             return
         slot.sent_tentative = True
         requests = [self._body(d) for d in slot.preprepare.digests]
-        outcomes = self.clients.preview([(r.client, r.session, r.number, d)
+        outcomes = self.clients.preview([(r.client, r.session, r.number, d, r.txs)
                                          for d, r in zip(slot.preprepare.digests, requests,
                                                          strict=True)])
         result = block_hash(self.head, slot.seq, slot.digest, outcomes)
         for pos, (digest, req) in enumerate(zip(slot.preprepare.digests, requests, strict=True)):
-            if outcomes[pos] in (Outcome.EXECUTED, Outcome.CONFLICT):
+            if outcomes[pos] in DIRECT_ANSWERS:
                 out.append(SendClient(req.client, Reply(
                     slot.view, self.id, req.client, req.session, req.number, digest, slot.seq,
                     pos, result, outcomes[pos], True)))
@@ -629,8 +636,8 @@ class Replica:
         taken by state transfer, so both make the same decisions and hashes."""
         requests = [bodies[d] for d in digests]
         outcomes = self.clients.execute_batch(
-            [(r.client, r.session, r.number, d) for d, (r, _f) in zip(digests, requests,
-                                                                        strict=True)])
+            [(r.client, r.session, r.number, d, r.txs) for d, (r, _f) in zip(digests, requests,
+                                                                               strict=True)])
         ordered = [OrderedRequest(r.client, r.session, r.number, d, frame, len(r.txs), oc)
                    for d, (r, frame), oc in zip(digests, requests, outcomes, strict=True)]
         for d in digests:
@@ -647,7 +654,7 @@ class Replica:
         out.append(block)
         if reply:
             for pos, r in enumerate(ordered):
-                if r.outcome in (Outcome.EXECUTED, Outcome.CONFLICT):
+                if r.outcome in DIRECT_ANSWERS:
                     answer = Reply(view, self.id, r.client, r.session, r.number, r.digest, seq,
                                    pos, self.head, r.outcome)
                     self._cache_reply(answer)
@@ -1026,7 +1033,7 @@ class Replica:
         self.head = saved.head
         self.executed_txs = saved.executed_txs
         self.executed_digests = dict(saved.executed_digests)
-        self.clients.restore(saved.sessions, saved.floors)
+        self.clients.restore(saved.sessions, saved.floors, saved.admitted)
         records: dict[str, list] = {}
         for rec in saved.records:
             records.setdefault(rec.kind, []).append(rec)

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 
 import msgpack
 
+from dtnbus import admission
 from dtnbus.crypto import Signer, Verifier
 from dtnbus.errors import PeerError
 from dtnbus.messages import (
@@ -49,6 +51,7 @@ MAX_STR = 256
 MAX_INT = 2**63 - 1
 MAX_NESTING = 2  # NEW-VIEW > VIEW-CHANGE > proofs
 MAX_NESTED = 200_000  # nested frames in one message, all levels together
+OPEN_CACHE = 10_000  # verifiers of open-admission clients kept ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +75,39 @@ def request_digest(msg: Message) -> bytes:
 
 
 class Codec:
-    """Encodes and signs as one member; decodes and authenticates frames from the others."""
+    """Encodes and signs as one member; decodes and authenticates frames from the others.
+
+    `clients` may change while the node runs (admission is ordered: the node adds and
+    removes verifiers as it executes admission commands). With `open_clients`, a client
+    id of the form "pk:<base64 Ed25519 key>" is its own verifier, unless the key is a
+    replica's: a replica's key never signs a request the bus accepts as a client's."""
 
     def __init__(self, signer: Signer, replicas: dict[int, Verifier],
-                 clients: dict[str, Verifier], max_frame: int = DEFAULT_MAX_FRAME) -> None:
+                 clients: dict[str, Verifier], max_frame: int = DEFAULT_MAX_FRAME,
+                 open_clients: bool = False) -> None:
         self.signer = signer
         self.replicas = replicas
         self.clients = clients
         self.max_frame = max_frame
+        self.open_clients = open_clients
+        self._replica_keys = {v.raw_key for v in replicas.values()}
+        self._open_cache: OrderedDict[str, Verifier] = OrderedDict()
+
+    def client_verifier(self, client: str) -> Verifier | None:
+        """The verifier of a client: listed, or (open admission) named by its key."""
+        verifier = self.clients.get(client)
+        if verifier is not None or not self.open_clients:
+            return verifier
+        verifier = self._open_cache.get(client)
+        if verifier is None:
+            raw = admission.open_key(client)
+            if raw is None or raw in self._replica_keys:
+                return None
+            verifier = Verifier.from_raw_ed25519(raw)
+            self._open_cache[client] = verifier
+            while len(self._open_cache) > OPEN_CACHE:
+                self._open_cache.popitem(last=False)
+        return verifier
 
     def encode(self, msg: Message) -> bytes:
         return self.encode_with_digest(msg)[0]
@@ -111,11 +139,12 @@ class Codec:
         msg = _parse_payload(payload, self.max_frame)
         sender = sender_of(msg)
         if msg.KIND in CLIENT_KINDS:
-            verifier = self.clients.get(sender) if isinstance(sender, str) else None
+            verifier = self.client_verifier(sender) if isinstance(sender, str) else None
         else:
             verifier = self.replicas.get(sender) if isinstance(sender, int) else None
-        if verifier is None:
-            raise PeerError("unknown_sender", f"{type(msg).__name__} from {sender!r}")
+        if verifier is None:  # (the message rides along: a client may be told why)
+            raise PeerError("unknown_sender", f"{type(msg).__name__} from {sender!r}", msg,
+                            hashlib.sha256(payload).digest())
         return Unverified(msg, payload, signature, verifier, frame, self, depth)
 
     def parse_nested(self, raw: Unverified) -> tuple[Unverified, ...]:
