@@ -11,7 +11,7 @@ setup:
 
 ## run: start a local 4-node cluster, synchronize 100 tx of 300 B, verify ledgers, stop.
 run: setup
-	$(BIN)/dtnbus sync --nodes 4 --tx 100 --tx-bytes 300 --dir .dtnbus/run
+	$(BIN)/dtnbus sync --nodes 4 --tx 100 --tx-bytes 300 --dir .dtnbus/run --fresh
 
 ## test: every test, Python and Solidity.
 test: setup lint test-python test-contracts

@@ -46,6 +46,23 @@ def accepts(key: tuple[int, bytes], replies: dict[int, tuple[int, bytes]],
     return durable >= reply_quorum(n) or matching >= commit_quorum(n)
 
 
+def check_frame_size(frame: bytes, index: int, txs: Sequence[bytes], limit: int) -> None:
+    """Refuse, before anything is sent, a request the nodes could never take: libzmq
+    drops a frame over its size cap unseen, so the client would only wait and time out."""
+    if len(frame) <= limit:
+        return
+    mib = f"{limit / 2**20:g} MiB"
+    biggest = max((len(t) for t in txs), default=0)
+    per_tx = len(frame) / max(1, len(txs))
+    fits = int(limit * 0.99 // per_tx)
+    if fits < 1:
+        raise LocalError(f"a transaction of {biggest:,} bytes does not fit in the {mib} "
+                         "frame limit of a request; split it into smaller transactions")
+    raise LocalError(f"request {index + 1} is {len(frame):,} bytes ({len(txs)} transactions), "
+                     f"over the {mib} frame limit; send at most {fits} transactions of this "
+                     f"size per request (--request-txs {fits})")
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
     """What one submission achieved; times are seconds from the first send (None: never)."""
@@ -70,8 +87,8 @@ class Client:
         spec = config.client(client_id)
         self.config = config
         self.id = spec.id
-        self.codec = Codec(config.signer(spec.key_file, f"client {spec.id}"),
-                           config.replica_verifiers(), config.client_verifiers())
+        self.codec = Codec(config.client_signer(spec.id), config.replica_verifiers(),
+                           config.client_verifiers())
         self.ctx = zmq.Context()
         self.sockets: dict[int, zmq.Socket] = {}
         self.poller = zmq.Poller()
@@ -149,16 +166,21 @@ class Client:
 
     def submit(self, requests: Sequence[tuple[bytes, ...]], timeout: float = 60.0,
                wait_all: float = 0.0, retry_after: float = 2.0,
-               on_progress: Callable[[int, int], None] | None = None) -> SubmitResult:
+               on_progress: Callable[[int, int], None] | None = None,
+               on_tick: Callable[[int, int, dict[int, int]], None] | None = None,
+               ) -> SubmitResult:
         """Send each request (a tuple of transactions) to every replica; return when all
         have f+1 matching replies, or also 2f+1 / all n executed them (within `wait_all`
-        seconds more), or at `timeout`."""
+        seconds more), or at `timeout`. A request over the frame limit is refused before
+        anything is sent. `on_tick(accepted, total, replies per replica)` is called each
+        turn of the wait loop (at least every 50 ms), for a progress display."""
         n, q2 = self.config.n, commit_quorum(self.config.n)
         start = time.monotonic()
         pending: dict[int, _Pending] = {}
-        for txs in requests:
+        for index, txs in enumerate(requests):
             ts = self._timestamp()
             frame = self.codec.encode(Request(self.id, ts, tuple(txs)))
+            check_frame_size(frame, index, txs, self.codec.max_frame)
             pending[ts] = _Pending(ts, frame, start, start + retry_after)
         for p in pending.values():  # request-major: every replica gets request 1 first
             arrived = max(self._send(replica, p.frame, start) for replica in self.sockets)
@@ -212,6 +234,8 @@ class Client:
                     t_2f1_done = now - start
                 if t_all_done is None and done == n:
                     t_all_done = now - start
+            if on_tick is not None:
+                on_tick(accepted, total, replied)
             now = time.monotonic()
             if t_f1 is not None and (t_all_done is not None or now >= all_deadline
                                      or (wait_all == 0.0)):
