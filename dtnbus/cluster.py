@@ -286,8 +286,8 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
                             links=links, fresh=fresh)
     config = load_cluster(path)
     write_targets(config, directory)
-    start_nodes(config, directory, log_level=log_level)
-    wait_ready(config, directory, list(range(nodes)), ready_timeout)
+    pids = start_nodes(config, directory, log_level=log_level)
+    wait_ready(config, directory, pids, ready_timeout)
     return config
 
 
@@ -305,15 +305,18 @@ def cluster_start(directory: Path, ids: list[int] | None = None,
     to_start = [i for i in wanted if i not in running]
     if to_start:
         write_targets(config, directory)
-        start_nodes(config, directory, to_start, log_level=log_level)
-    wait_ready(config, directory, to_start, ready_timeout, stop_on_failure=to_start)
+        pids = start_nodes(config, directory, to_start, log_level=log_level)
+        wait_ready(config, directory, {i: pids[i] for i in to_start}, ready_timeout,
+                   stop_on_failure=to_start)
     return config, to_start
 
 
-def wait_ready(config: ClusterConfig, directory: Path, ids: list[int],
+def wait_ready(config: ClusterConfig, directory: Path, pids: dict[int, int],
                timeout: float | None = None, stop_on_failure: list[int] | None = None) -> None:
-    """Return once each node in `ids` reports ready (it has heard every peer); on failure
-    stop the nodes this call started and say why, with the dead node's last log line."""
+    """Return once each node in `pids` (id -> the pid just started) reports ready (it has
+    heard every peer); on failure stop the nodes this call started and say why, with the
+    dead node's last log line."""
+    ids = sorted(pids)
     if not ids:
         return
     timeout = timeout if timeout is not None else 30 + 0.6 * config.n
@@ -322,8 +325,7 @@ def wait_ready(config: ClusterConfig, directory: Path, ids: list[int],
             deadline = time.monotonic() + timeout
             ready: set[int] = set()
             while not set(ids) <= ready:  # fail fast (with the reason) if a node died
-                alive = find_nodes(config, directory)
-                dead = [i for i in ids if i not in alive]
+                dead = [i for i in ids if not process_alive(pids[i])]
                 if dead:
                     raise LocalError(f"node {dead[0]} exited during start-up: "
                                      f"{last_log_line(directory, dead[0])}")
