@@ -28,6 +28,7 @@ from typing import Any
 from dtnbus.client import Client
 from dtnbus.config import (
     ClusterConfig,
+    NodeSpec,
     ensure_directory,
     existing_cluster_files,
     generate_cluster,
@@ -118,11 +119,22 @@ def _cwd_of(pid: int) -> Path | None:
         return None
 
 
-def write_targets(config: ClusterConfig, directory: Path) -> Path:
+def scrape_address(spec: NodeSpec) -> str:
+    """Where Prometheus reaches a node's /metrics: a wildcard listen address (0.0.0.0)
+    is reached at the node's advertised host."""
+    host, _, port = spec.metrics.rpartition(":")
+    if host in ("0.0.0.0", "*", "::", "[::]") and spec.pub.startswith("tcp://"):
+        host = spec.pub.removeprefix("tcp://").rpartition(":")[0]
+    return f"{host}:{port}"
+
+
+def write_targets(config: ClusterConfig, directory: Path, cluster_name: str | None = None,
+                  ) -> Path:
     """Prometheus file_sd targets: one entry per node, labelled with its id."""
     path = directory / "prometheus" / "targets.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    targets = [{"targets": [s.metrics], "labels": {"node": str(s.id), "cluster": directory.name}}
+    name = cluster_name or directory.name
+    targets = [{"targets": [scrape_address(s)], "labels": {"node": str(s.id), "cluster": name}}
                for s in config.nodes if s.metrics]
     write_text_atomic(path, json.dumps(targets, indent=1))  # Prometheus re-reads it
     return path
