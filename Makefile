@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-python test-contracts lint bench bench-matrix clean
+.PHONY: setup run test test-python test-contracts lint bench bench-matrix clean chain
 
 setup:
 	@bash tools/setup.sh
@@ -25,6 +25,10 @@ test-python:
 test-contracts:
 	@if [ -d tests/contracts ] && ls tests/contracts/test_*.py >/dev/null 2>&1; then \
 	  bash tools/contracts_test.sh; else echo "no contract tests yet"; fi
+
+## chain: a persistent local chain (anvil, brownie network dtnbus-local) for docs/contracts.md.
+chain: setup
+	@bash tools/chain.sh
 
 bench: setup
 	$(PY) -m benchmarks.throughput
