@@ -167,3 +167,41 @@ def test_ledger_verify_of_a_healthy_cluster_and_a_missing_ledger(
     assert "node 3: missing-ledger" in gone.stdout
     assert run_cli("ledger", "verify", "--dir", cluster.directory, "--node", "0",
                    "--node", "1").returncode == 0
+
+
+def test_submit_shows_progress_while_it_waits(
+        run_cli: RunCli, start_cluster: Callable[..., RunningCluster]) -> None:
+    """On a slow network a submission takes seconds: a progress line every 2 s says how
+    many requests are committed and how many nodes have replied (stderr, not a terminal)."""
+    c = start_cluster(4, shaping={"latency_ms": 1500.0})
+    out = run_cli("submit", "--dir", c.directory, "--count", "20", "--request-txs", "10",
+                  "--timeout", "60")
+    assert out.returncode == 0, out.stderr
+    progress = [line for line in out.stderr.splitlines() if line.startswith("waiting: ")]
+    assert progress, out.stderr
+    assert re.fullmatch(r"waiting: \d/2 requests committed, replies from \d/4 nodes, "
+                        r"\d+ s of 60 s", progress[0]), progress[0]
+    assert out.stdout.startswith("20 transactions in 2 requests committed")
+
+
+def test_submit_notes_silent_nodes_and_still_commits(
+        run_cli: RunCli, cluster: RunningCluster) -> None:
+    stop_nodes(cluster.directory, ids=[3])
+    out = run_cli("submit", "--dir", cluster.directory, "--count", "5")
+    assert out.returncode == 0, out.stderr
+    assert "note: node(s) 3 did not answer; 3 of 4 did (a quorum is 3)" in out.stderr
+    stop_nodes(cluster.directory, ids=[2])
+    started = time.monotonic()
+    out = run_cli("submit", "--dir", cluster.directory, "--count", "5")
+    assert out.returncode == 1 and time.monotonic() - started < 15
+    assert_one_line_error_1(out, "2 of 4 nodes answered within 3 s (node 0,1)",
+                            "committing needs 3")
+
+
+def assert_one_line_error_1(out: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Exit 1 (a problem found, not the user's mistake), one line on stderr."""
+    assert out.returncode == 1, out
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
