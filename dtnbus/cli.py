@@ -321,7 +321,6 @@ def submit(directory: Path | None, config_file: Path | None, count: int | None, 
     says so within seconds (exit 1) instead of waiting out --timeout."""
     from dtnbus.client import Client
     from dtnbus.cluster import resolve_config
-    from dtnbus.errors import ProblemFound
     from dtnbus.messages import commit_quorum
     from dtnbus.sync import chunk, make_transactions
 
@@ -608,18 +607,13 @@ def ledger_verify(directory: Path | None, config_file: Path | None,
     (against the cluster file's keys), digest and transaction count, each block's
     transaction count, requests without their block, and the chains against each other.
     One line per problem (node, block, kind); exit status 1 if there is any."""
-    from dataclasses import replace
-
     from dtnbus.cluster import resolve_config
-    from dtnbus.errors import ProblemFound
     from dtnbus.ledger_check import check_cluster
 
     config = resolve_config(directory, config_file)
-    if node_ids:
-        for node_id in node_ids:
-            config.node(node_id)
-        config = replace(config, nodes=tuple(s for s in config.nodes if s.id in node_ids))
-    reports, findings = check_cluster(config)
+    for node_id in node_ids:
+        config.node(node_id)
+    reports, findings = check_cluster(config, set(node_ids) or None)
     per_node: dict[int, int] = {}
     for f in findings:
         per_node[f.node] = per_node.get(f.node, 0) + 1

@@ -2,11 +2,13 @@
 
 The command exists to find corruption, so nothing here stops at the first problem or
 trusts what it reads: each block's links (sequence, previous hash, batch digest, block
-hash), each stored request (a well-formed signed frame, signed by a client the cluster
-file admits, its digest, identity and transaction count), each block's transaction
-count, requests whose block is gone, and then the ledgers against each other (the first
-block where a node's chain leaves the others'). Findings are returned, not printed; the
-CLI prints one line per finding. The ledger is read only through `storage.Ledger`.
+hash over the outcomes), its commit certificate (q COMMITs signed by distinct members of
+the cluster file, on the block's view and batch digest), each stored request (a
+well-formed signed frame, signed by a client the cluster file lists, its digest, identity,
+transaction count and outcome as ordered), each block's transaction count, requests
+whose block is gone, and then the ledgers against each other (the first block where a
+node's chain leaves the others'). Findings are returned, not printed; the CLI prints one
+line per finding. The ledger is read only through `storage.Ledger`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,16 @@ from pathlib import Path
 
 from dtnbus.config import ClusterConfig
 from dtnbus.errors import LocalError, PeerError
-from dtnbus.messages import GENESIS, Request, batch_digest, block_hash
-from dtnbus.storage import Ledger
+from dtnbus.messages import (
+    GENESIS,
+    Commit,
+    Outcome,
+    Request,
+    batch_digest,
+    block_hash,
+    commit_quorum,
+)
+from dtnbus.storage import Block, Ledger, StoredRequest
 from dtnbus.wire import Codec
 
 
@@ -44,14 +54,18 @@ KINDS = {
     "gap": "block numbers skip (blocks missing in the middle)",
     "prev-hash": "a block does not point at the previous block's hash",
     "digest": "the batch digest is not the digest of the ordered request digests",
-    "hash": "the block hash is not sha256(prev, seq, digest)",
+    "hash": "the block hash is not sha256(prev, seq, digest, outcomes)",
+    "certificate": "the block's commit certificate does not prove it (q signed COMMITs on "
+                   "its view and digest)",
     "request-frame": "a stored request is not a well-formed signed request",
     "request-signature": "a stored request's signature does not verify",
     "unknown-client": "a stored request names a client the cluster file does not list",
     "request-digest": "a stored request's digest is not the digest of its bytes",
-    "request-identity": "a stored request's client/timestamp columns differ from its frame",
+    "request-identity": "a stored request's client/session/number columns differ from its "
+                        "frame",
     "request-tx-count": "a stored request's transaction count differs from its frame",
-    "ordered-set": "the stored requests are not the ones the block ordered",
+    "ordered-set": "the stored requests are not the ones the block ordered, in its order",
+    "outcomes": "the stored requests' outcomes differ from the block's (hashed) outcomes",
     "tx-count": "a block's transaction count differs from its executed requests",
     "missing-block": "requests are stored for a block that is not there",
     "diverged": "this ledger's chain differs from the other nodes' at this block",
@@ -99,6 +113,7 @@ def check_ledger(path: Path, node_id: int, codec: Codec) -> LedgerReport:
 
 def _check_blocks(ledger: Ledger, report: LedgerReport, codec: Codec) -> None:
     prev, expected = GENESIS, 1
+    quorum = commit_quorum(len(codec.replicas))
     for block in ledger.blocks():
         seq = block.seq
         if seq != expected:
@@ -108,20 +123,21 @@ def _check_blocks(ledger: Ledger, report: LedgerReport, codec: Codec) -> None:
                                          f"previous block's hash is {prev.hex()[:16]}")
         if batch_digest(block.digests) != block.digest:
             report.add(seq, "digest", "stored batch digest does not match its request digests")
-        if block_hash(block.prev_hash, seq, block.digest) != block.hash:
+        if block_hash(block.prev_hash, seq, block.digest, block.outcomes) != block.hash:
             report.add(seq, "hash", f"stored hash {block.hash.hex()[:16]} is not the hash of "
                                     "its contents")
-        held: list[bytes] = []
+        _check_certificate(report, block, codec, quorum)
+        requests = ledger.requests(seq)
         executed_txs = 0
-        for position, (client, timestamp, digest, frame, executed) in enumerate(
-                ledger.requests(seq)):
-            held.append(digest)
-            txs = _check_request(report, seq, position, client, timestamp, digest, frame, codec)
-            if executed and txs is not None:
-                executed_txs += txs
-        if sorted(held) != sorted(block.digests):
-            report.add(seq, "ordered-set", f"{len(held)} stored request(s) are not the "
-                                           f"{len(block.digests)} the block ordered")
+        for position, stored in enumerate(requests):
+            txs = _check_request(report, seq, position, stored, codec)
+            if stored.outcome == Outcome.EXECUTED:
+                executed_txs += stored.tx_count if txs is None else txs
+        if [r.digest for r in requests] != list(block.digests):
+            report.add(seq, "ordered-set", f"{len(requests)} stored request(s) are not the "
+                                           f"{len(block.digests)} the block ordered, in order")
+        if bytes(r.outcome for r in requests) != block.outcomes:
+            report.add(seq, "outcomes", "the requests' outcomes differ from the block's")
         if executed_txs != block.tx_count:
             report.add(seq, "tx-count", f"block says {block.tx_count} transactions, its "
                                         f"executed requests hold {executed_txs}")
@@ -134,13 +150,42 @@ def _check_blocks(ledger: Ledger, report: LedgerReport, codec: Codec) -> None:
             report.add(seq, "missing-block", "its requests are stored but the block is not")
 
 
-def _check_request(report: LedgerReport, seq: int, position: int, client: str,
-                   timestamp: int, digest: bytes, frame: bytes, codec: Codec) -> int | None:
-    """Check one stored request; returns its transaction count as stored in the frame
-    (None if the frame cannot be read)."""
-    where = f"request {position} (client {client!r}, timestamp {timestamp})"
+def _check_certificate(report: LedgerReport, block: Block, codec: Codec, quorum: int) -> None:
+    """q COMMITs, each signed by a distinct member, for this block's view, seq and digest."""
+    signers: set[int] = set()
+    problems: list[str] = []
+    for frame in block.proof:
+        try:
+            env = codec.decode(frame)
+        except PeerError as exc:
+            problems.append(f"a COMMIT does not verify ({exc.reason})")
+            continue
+        msg = env.msg
+        if not isinstance(msg, Commit):
+            problems.append(f"holds a {type(msg).__name__}, not a COMMIT")
+        elif (msg.seq, msg.digest) != (block.seq, block.digest):
+            problems.append(f"a COMMIT from node {msg.replica} is for another block")
+        elif msg.view != block.view:
+            problems.append(f"its COMMITs are for view {msg.view}, the block says view "
+                            f"{block.view}")
+        else:
+            signers.add(msg.replica)
+    if len(signers) < quorum:
+        detail = "; ".join(dict.fromkeys(problems)) or "too few COMMITs"
+        report.add(block.seq, "certificate", f"{len(signers)} valid COMMIT(s) of the "
+                                             f"{quorum} needed: {detail}")
+    elif problems:
+        report.add(block.seq, "certificate", "; ".join(dict.fromkeys(problems)))
+
+
+def _check_request(report: LedgerReport, seq: int, position: int, stored: StoredRequest,
+                   codec: Codec) -> int | None:
+    """Check one stored request; returns its transaction count as its frame says (None
+    if the frame cannot be read)."""
+    where = (f"request {position} (client {stored.client!r}, session {stored.session}, "
+             f"number {stored.number})")
     try:
-        raw = codec.parse(frame)
+        raw = codec.parse(stored.frame)
     except PeerError as exc:
         kind = "unknown-client" if exc.reason == "unknown_sender" else "request-frame"
         report.add(seq, kind, f"{where}: {exc}")
@@ -154,12 +199,16 @@ def _check_request(report: LedgerReport, seq: int, position: int, client: str,
     except PeerError:
         report.add(seq, "request-signature", f"{where}: the client's signature does not verify")
         env = None
-    if env is not None and env.digest != digest:
-        report.add(seq, "request-digest", f"{where}: stored digest {digest.hex()[:16]} is not "
-                                          f"the digest of its bytes ({env.digest.hex()[:16]})")
-    if (msg.client, msg.timestamp) != (client, timestamp):
+    if env is not None and env.digest != stored.digest:
+        report.add(seq, "request-digest", f"{where}: stored digest {stored.digest.hex()[:16]} "
+                                          f"is not the digest of its bytes "
+                                          f"({env.digest.hex()[:16]})")
+    if (msg.client, msg.session, msg.number) != (stored.client, stored.session, stored.number):
         report.add(seq, "request-identity", f"{where}: the frame says client {msg.client!r}, "
-                                            f"timestamp {msg.timestamp}")
+                                            f"session {msg.session}, number {msg.number}")
+    if len(msg.txs) != stored.tx_count:
+        report.add(seq, "request-tx-count", f"{where}: stored count {stored.tx_count}, the "
+                                            f"frame holds {len(msg.txs)}")
     return len(msg.txs)
 
 
@@ -187,11 +236,14 @@ def compare(reports: list[LedgerReport]) -> list[Finding]:
     return findings
 
 
-def check_cluster(config: ClusterConfig) -> tuple[list[LedgerReport], list[Finding]]:
-    """Every node's ledger on this machine, checked alone and against each other.
-    Returns the per-node reports and all findings (per node, per block)."""
+def check_cluster(config: ClusterConfig, only: set[int] | None = None,
+                  ) -> tuple[list[LedgerReport], list[Finding]]:
+    """Every node's ledger (or those in `only`), checked alone and against each other.
+    Returns the per-node reports and all findings (per node, per block). Certificates and
+    signatures are checked against every member of the cluster file."""
     codec = verifier_codec(config)
-    reports = [check_ledger(spec.ledger, spec.id, codec) for spec in config.nodes]
+    reports = [check_ledger(spec.ledger, spec.id, codec) for spec in config.nodes
+               if only is None or spec.id in only]
     present = [r for r in reports if not any(f.kind in ("missing-ledger", "unreadable")
                                              for f in r.findings)]
     findings = [f for r in reports for f in r.findings] + compare(present)

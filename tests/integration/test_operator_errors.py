@@ -133,6 +133,11 @@ def damaged(cluster: RunningCluster, tmp_path: Path) -> Path:
     sql(0, "UPDATE requests SET frame = ? WHERE seq = 4", forged)
     sql(1, "UPDATE blocks SET tx_count = 999 WHERE seq = 3")  # an edited transaction count
     sql(2, "DELETE FROM blocks WHERE seq = 5")  # the last block gone, its requests stay
+    db = sqlite3.connect(ledgers / "node-2.sqlite")
+    proof = msgpack.unpackb(db.execute("SELECT proof FROM blocks WHERE seq = 2").fetchone()[0])
+    db.close()
+    sql(2, "UPDATE blocks SET proof = ? WHERE seq = 2", msgpack.packb(proof[:1]))  # 1 of q
+    sql(1, "UPDATE blocks SET view = 777 WHERE seq = 4")  # a view no certificate proves
     sql(3, "UPDATE blocks SET prev_hash = ? WHERE seq = 3", b"\x07" * 32)  # a broken link
     return cluster.directory
 
@@ -146,11 +151,14 @@ def test_ledger_verify_reports_every_damage_per_node_and_block(run_cli: RunCli,
     found = set(re.findall(r"node (\d) block (\d+): ([a-z-]+):", out.stdout))
     for expected in [("0", "2", "request-frame"), ("0", "4", "request-signature"),
                      ("1", "3", "tx-count"), ("2", "5", "missing-block"),
+                     ("2", "2", "certificate"), ("1", "4", "certificate"),
                      ("3", "3", "prev-hash"), ("3", "3", "hash")]:
         assert expected in found, (expected, out.stdout)
     assert "ExtraData" in out.stdout  # says what is wrong with the frame, never crashes
     only_1 = run_cli("ledger", "verify", "--dir", damaged, "--node", "1")
-    assert only_1.returncode == 1 and "node 0" not in only_1.stdout
+    assert only_1.returncode == 1 and not re.search(r"^\s*node 0", only_1.stdout, re.M)
+    assert "node 1 block 4: certificate: 0 valid COMMIT(s) of the 3 needed: its COMMITs are " \
+           "for view 0, the block says view 777" in only_1.stdout
     assert "node 1 block 3: tx-count: block says 999 transactions" in only_1.stdout
 
 

@@ -1,0 +1,31 @@
+"""Per-peer budgets for work a peer can make us do (pure: time is an argument).
+
+A correct replica sends a VIEW-CHANGE once per timeout, a StateRequest once per reply it
+got, a Fetch once per stalled slot. A Byzantine one can send them as fast as the network
+carries them, and each may cost signature checks, disk reads or a large reply. A token
+bucket per (peer, kind) admits what a correct peer needs and drops the rest, counted as
+`rate_limited` with the culprit named.
+"""
+
+from __future__ import annotations
+
+
+class PeerBudget:
+    """Token buckets keyed by (peer, kind): `rate` per second, at most `burst` saved up."""
+
+    def __init__(self, limits: dict[str, tuple[float, float]]) -> None:
+        self.limits = limits  # kind -> (rate per second, burst)
+        self._buckets: dict[tuple[object, str], tuple[float, float]] = {}  # -> (tokens, at)
+
+    def allow(self, peer: object, kind: str, now: float, cost: float = 1.0) -> bool:
+        limit = self.limits.get(kind)
+        if limit is None:
+            return True
+        rate, burst = limit
+        tokens, at = self._buckets.get((peer, kind), (burst, now))
+        tokens = min(burst, tokens + max(0.0, now - at) * rate)
+        if tokens < cost:
+            self._buckets[(peer, kind)] = (tokens, now)
+            return False
+        self._buckets[(peer, kind)] = (tokens - cost, now)
+        return True
