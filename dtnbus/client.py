@@ -98,6 +98,23 @@ class SubmitResult:
         return len(self.results) + sum(self.refused.values())
 
 
+def check_frame_size(frame: bytes, index: int, txs: Sequence[bytes], limit: int) -> None:
+    """Refuse, before anything is sent, a request the nodes could never take: libzmq
+    drops a frame over its size cap unseen, so the client would only wait and time out."""
+    if len(frame) <= limit:
+        return
+    mib = f"{limit / 2**20:g} MiB"
+    biggest = max((len(t) for t in txs), default=0)
+    per_tx = len(frame) / max(1, len(txs))
+    fits = int(limit * 0.99 // per_tx)
+    if fits < 1:
+        raise LocalError(f"a transaction of {biggest:,} bytes does not fit in the {mib} "
+                         "frame limit of a request; split it into smaller transactions")
+    raise LocalError(f"request {index + 1} is {len(frame):,} bytes ({len(txs)} transactions), "
+                     f"over the {mib} frame limit; send at most {fits} transactions of this "
+                     f"size per request (--request-txs {fits})")
+
+
 class Client:
     """One client session: a client identity (its key) with a session of its own and a
     DEALER connection to every replica. Requests are numbered 1, 2, 3, ... in the session."""
@@ -109,8 +126,8 @@ class Client:
         self.next_number = next_number
         self.config = config
         self.id = spec.id
-        self.codec = Codec(config.signer(spec.key_file, f"client {spec.id}"),
-                           config.replica_verifiers(), config.client_verifiers())
+        self.codec = Codec(config.client_signer(spec.id), config.replica_verifiers(),
+                           config.client_verifiers())
         self.ctx = zmq.Context()
         self.sockets: dict[int, zmq.Socket] = {}
         self.poller = zmq.Poller()
@@ -193,20 +210,26 @@ class Client:
     def submit(self, requests: Sequence[tuple[bytes, ...]], timeout: float = 60.0,
                wait_all: float = 0.0, retry_after: float = 2.0,
                on_progress: Callable[[int, int], None] | None = None,
-               window: int | None = None) -> SubmitResult:
+               window: int | None = None,
+               on_tick: Callable[[int, int, dict[int, int]], None] | None = None,
+               ) -> SubmitResult:
         """Send each request (a tuple of transactions) to every replica, at most `window`
         outstanding at once (None: all at once); return when all are decided (f+1 matching
         committed replies, or q matching of any kind), or also when q / all n executed them
         (within `wait_all` seconds more), or at `timeout`. A replica whose pool is full
         answers BUSY: once f+1 have, the request cannot be ordered now, so we back off
-        (exponentially, from 50 ms to 5 s) and send it again; the result says how long."""
+        (exponentially, from 50 ms to 5 s) and send it again; the result says how long. A
+        request over the frame limit is refused before anything is sent. `on_tick(decided,
+        total, replies per replica)` is called each turn of the wait loop (at least every
+        50 ms), for a progress display."""
         start = time.monotonic()
         pending: dict[int, _Pending] = {}
-        for txs in requests:
+        for index, txs in enumerate(requests):
             number, digest, frame = self.request(tuple(txs))
+            check_frame_size(frame, index, txs, self.codec.max_frame)
             pending[number] = _Pending(number, digest, frame, len(txs), start, start)
         return self._collect(pending, start, timeout, wait_all, retry_after, on_progress,
-                             window or len(pending) or 1)
+                             window or len(pending) or 1, on_tick)
 
     def _first_send(self, p: _Pending, now: float, retry_after: float) -> None:
         arrived = max(self._send(replica, p.frame, now) for replica in self.sockets)
@@ -218,7 +241,9 @@ class Client:
 
     def _collect(self, pending: dict[int, _Pending], start: float, timeout: float,
                  wait_all: float, retry_after: float,
-                 on_progress: Callable[[int, int], None] | None, window: int) -> SubmitResult:
+                 on_progress: Callable[[int, int], None] | None, window: int,
+                 on_tick: Callable[[int, int, dict[int, int]], None] | None = None,
+                 ) -> SubmitResult:
         n, q2, f1 = self.config.n, commit_quorum(self.config.n), reply_quorum(self.config.n)
         replied = dict.fromkeys(self.sockets, 0)  # requests each replica answered
         executed = dict.fromkeys(self.sockets, 0)  # ... with a committed (durable) answer
@@ -290,6 +315,8 @@ class Client:
                     t_2f1_done = now - start
                 if t_all_done is None and done == n:
                     t_all_done = now - start
+            if on_tick is not None:
+                on_tick(decided, total, replied)
             now = time.monotonic()
             if t_f1 is not None and (t_all_done is not None or now >= all_deadline
                                      or (wait_all == 0.0)):

@@ -1,8 +1,13 @@
-"""Two error classes that say whose fault a failure is."""
+"""Error classes that say whose fault a failure is, and so which exit status it gets."""
 
 
 class LocalError(Exception):
-    """Our misuse: a bad flag, a bad config file, a bug. Shown to the user as one line."""
+    """Our misuse: a bad flag, a bad config file, a bug. Shown to the user as one line, exit 2."""
+
+
+class ProblemFound(Exception):
+    """Not the user's mistake but a problem found in the world: a damaged ledger, a cluster
+    that does not answer. Shown as one line, exit status 1."""
 
 
 class PeerError(Exception):

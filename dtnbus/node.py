@@ -63,6 +63,7 @@ from dtnbus.messages import (
     sender_of,
 )
 from dtnbus.metrics import NodeMetrics
+from dtnbus.nodeproc import NodeLock
 from dtnbus.replica import UNNEEDED, Replica
 from dtnbus.state_transfer import serve_state, verify_blocks
 from dtnbus.storage import Ledger
@@ -86,9 +87,8 @@ class Node:
         spec = config.node(node_id)
         self.config = config
         self.id = node_id
-        self.codec = Codec(config.signer(spec.key_file, f"node {node_id}"),
-                           config.replica_verifiers(), config.client_verifiers(),
-                           open_clients=config.open_admission)
+        self.codec = Codec(config.node_signer(node_id), config.replica_verifiers(),
+                           config.client_verifiers(), open_clients=config.open_admission)
         self.ledger = Ledger(spec.ledger)
         self.replica = Replica(config.replica_config(node_id), self.codec.encode,
                                config.admitted_at_genesis(), config.operators(),
@@ -105,11 +105,14 @@ class Node:
             if serve_metrics and spec.metrics:
                 host, _, port = spec.metrics.rpartition(":")
                 self.metrics.serve(host, int(port))
-            self.transport = Transport(Endpoints(spec.pub, spec.router, node_id), peers)
+            self.transport = Transport(Endpoints(spec.bind_pub, spec.bind_router, node_id), peers)
         except (OSError, ValueError, zmq.ZMQError) as exc:
             self.ledger.close()
-            raise LocalError(f"node {node_id}: cannot listen on {spec.pub} / {spec.router} / "
-                             f"{spec.metrics}: {exc}; is another node running there?") from None
+            hint = ("is another node running there?" if "in use" in str(exc) else
+                    "behind NAT or on a cloud host, set bind = \"0.0.0.0\" for this node "
+                    "in the cluster file (pub/router stay the advertised addresses)")
+            raise LocalError(f"node {node_id}: cannot listen on {spec.bind_pub} / "
+                             f"{spec.bind_router} / {spec.metrics}: {exc}; {hint}") from None
         self.shaper = config.shaper(node_id)
         # where replies go: the connection a request came in on (a replayed frame from
         # elsewhere must not redirect another request's reply), per request identity
@@ -442,5 +445,6 @@ def run_node(config: ClusterConfig, node_id: int, log_level: str = "INFO") -> No
     """Entry point of `dtnbus node`."""
     logging.basicConfig(level=log_level,
                         format=f"%(asctime)s node-{node_id} %(levelname)s %(message)s")
-    Node(config, node_id).run()
+    with NodeLock(config.node(node_id).ledger, node_id):  # one node per ledger, findable
+        Node(config, node_id).run()
 

@@ -216,6 +216,11 @@ class Ledger:
             "AND r.outcome = 0 LIMIT 1", (client, session, number)).fetchone()
         return None if row is None else Decided(row[0], row[1], bytes(row[2]), bytes(row[3]))
 
+    def request_block_seqs(self) -> list[int]:
+        """Every block number that has requests stored: with `blocks()`, shows a block
+        removed while its requests stayed (what `ledger verify` calls a missing block)."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT seq FROM requests ORDER BY seq")]
+
     def hash_at(self, seq: int) -> bytes | None:
         row = self._db.execute("SELECT hash FROM blocks WHERE seq = ?", (seq,)).fetchone()
         return bytes(row[0]) if row else None

@@ -83,10 +83,11 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
                 protocol: dict[str, Any] | None = None,
                 shaping: dict[str, Any] | None = None, tentative: bool = False,
                 timeout: float | None = None,
-                wait_all: float = 30.0,
+                wait_all: float = 30.0, fresh: bool = False,
                 on_progress: Callable[[int, int], None] | None = None) -> SyncResult:
     """Start an n-node cluster (not timed), synchronize `data` (a count of generated
-    `tx_bytes`-byte transactions, or the transactions themselves), stop the cluster."""
+    `tx_bytes`-byte transactions, or the transactions themselves), stop the cluster.
+    A `directory` that already holds a cluster is refused unless `fresh`."""
     if bandwidth_mbps < 0 or latency_ms < 0:
         raise LocalError("bandwidth and latency must be >= 0 (0/0 means no shaping)")
     if request_txs < 1:
@@ -115,7 +116,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
     retry_after = max(2.0, 3 * bound.total_s) if bound else 2.0
     try:
         config = cluster_up(directory, nodes, scheme, protocol=protocol,
-                            shaping=shaping_table or None)
+                            shaping=shaping_table or None, fresh=fresh)
         try:
             with Client(config) as client:
                 result = client.submit(chunk(txs, request_txs), timeout=timeout,
