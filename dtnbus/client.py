@@ -54,6 +54,8 @@ class _Pending:
     committed: dict[int, ReplyKey] = field(default_factory=dict)  # replica -> its durable answer
     tentative: dict[int, ReplyKey] = field(default_factory=dict)
     busy: set[int] = field(default_factory=set)  # replicas whose pool was full
+    backing_off: bool = False
+    backoff: float = 0.025
     accepted: ReplyKey | None = None
     accepted_at: float = 0.0
 
@@ -90,7 +92,7 @@ class SubmitResult:
     busy_answers: int = 0  # "pool full" answers received (we backed off and sent again)
     committed_txs: int = 0
     session: int = 0
-
+    backed_off_seconds: float = 0.0  # waited because f+1 replicas had no room
     @property
     def decided(self) -> int:
         return len(self.results) + sum(self.refused.values())
@@ -208,45 +210,61 @@ class Client:
     def submit(self, requests: Sequence[tuple[bytes, ...]], timeout: float = 60.0,
                wait_all: float = 0.0, retry_after: float = 2.0,
                on_progress: Callable[[int, int], None] | None = None,
+               window: int | None = None,
                on_tick: Callable[[int, int, dict[int, int]], None] | None = None,
                ) -> SubmitResult:
-        """Send each request (a tuple of transactions) to every replica; return when all are
-        decided (f+1 matching committed replies, or q matching of any kind), or also when q
-        / all n executed them (within `wait_all` seconds more), or at `timeout`. A replica
-        whose pool is full says so: we back off and send it again. A request over the frame
-        limit is refused before anything is sent. `on_tick(decided, total, replies per
-        replica)` is called each turn of the wait loop (at least every 50 ms), for a
-        progress display."""
+        """Send each request (a tuple of transactions) to every replica, at most `window`
+        outstanding at once (None: all at once); return when all are decided (f+1 matching
+        committed replies, or q matching of any kind), or also when q / all n executed them
+        (within `wait_all` seconds more), or at `timeout`. A replica whose pool is full
+        answers BUSY: once f+1 have, the request cannot be ordered now, so we back off
+        (exponentially, from 50 ms to 5 s) and send it again; the result says how long.
+        A request over the frame limit is refused before anything is sent.
+        `on_tick(decided, total, replies per replica)` is called each turn of the wait
+        loop (at least every 50 ms), for a progress display."""
         start = time.monotonic()
         pending: dict[int, _Pending] = {}
         for index, txs in enumerate(requests):
             number, digest, frame = self.request(tuple(txs))
             check_frame_size(frame, index, txs, self.codec.max_frame)
             pending[number] = _Pending(number, digest, frame, len(txs), start, start)
-        for p in pending.values():  # request-major: every replica gets request 1 first
-            arrived = max(self._send(replica, p.frame, start) for replica in self.sockets)
-            # the retransmission clock starts when the request is there, not when it was
-            # queued behind the others on a slow emulated link
-            p.next_retry = arrived + retry_after
-            self.metrics.request_sent()
         return self._collect(pending, start, timeout, wait_all, retry_after, on_progress,
-                             on_tick)
+                             window or len(pending) or 1, on_tick)
+
+    def _first_send(self, p: _Pending, now: float, retry_after: float) -> None:
+        arrived = max(self._send(replica, p.frame, now) for replica in self.sockets)
+        # the retransmission clock starts when the request is there, not when it was
+        # queued behind the others on a slow emulated link
+        p.first_sent = now
+        p.next_retry = arrived + retry_after
+        self.metrics.request_sent()
 
     def _collect(self, pending: dict[int, _Pending], start: float, timeout: float,
                  wait_all: float, retry_after: float,
-                 on_progress: Callable[[int, int], None] | None,
+                 on_progress: Callable[[int, int], None] | None, window: int,
                  on_tick: Callable[[int, int, dict[int, int]], None] | None = None,
                  ) -> SubmitResult:
-        n, q2 = self.config.n, commit_quorum(self.config.n)
+        n, q2, f1 = self.config.n, commit_quorum(self.config.n), reply_quorum(self.config.n)
         replied = dict.fromkeys(self.sockets, 0)  # requests each replica answered
         executed = dict.fromkeys(self.sockets, 0)  # ... with a committed (durable) answer
         t_f1 = t_2f1 = t_all = t_2f1_done = t_all_done = None
         decided = retransmissions = mismatched = busy_answers = 0
+        backed_off = 0.0
         deadline = start + timeout
         all_deadline = deadline
         total = len(pending)
+        unsent = list(pending.values())  # request-major: every replica gets #1 first
+        unsent.reverse()
+        outstanding = 0
+        inflight: dict[int, _Pending] = {}
+        next_scan = 0.0
         while True:
             now = time.monotonic()
+            while unsent and outstanding < window:
+                p = unsent.pop()
+                self._first_send(p, now, retry_after)
+                inflight[p.number] = p
+                outstanding += 1
             self._release(now)
             for replica, msg in self._receive(self._wait(min(deadline, all_deadline))):
                 if not isinstance(msg, Reply) or msg.client != self.id \
@@ -259,6 +277,12 @@ class Client:
                 if msg.outcome == Outcome.BUSY:
                     busy_answers += 1
                     p.busy.add(replica)
+                    if len(p.busy) >= f1 and p.accepted is None and not p.backing_off:
+                        # f+1 replicas have no room: it cannot be ordered now; wait
+                        p.backing_off = True
+                        p.backoff = min(5.0, max(0.05, 2 * p.backoff))
+                        p.next_retry = time.monotonic() + p.backoff
+                        backed_off += p.backoff
                     continue
                 key: ReplyKey = (msg.seq, msg.position, msg.result, msg.outcome)
                 answers = p.tentative if msg.tentative else p.committed
@@ -274,6 +298,7 @@ class Client:
                 if p.accepted is None and accepts(key, p.committed, p.tentative, n):
                     p.accepted, p.accepted_at = key, now
                     decided += 1
+                    outstanding -= 1
                     self.metrics.request_accepted(now - p.first_sent)
                     if on_progress:
                         on_progress(decided, total)
@@ -298,19 +323,14 @@ class Client:
                 break
             if now >= deadline:
                 break
-            for p in pending.values():
-                if p.accepted is None and now >= p.next_retry:
-                    retransmissions += 1
-                    p.retries += 1
-                    self.metrics.request_retransmitted()
-                    # only replicas that have not answered it need it again (and those
-                    # that were too busy to take it)
-                    targets = [r for r in self.sockets
-                               if r not in p.committed and r not in p.tentative]
-                    arrived = max((self._send(r, p.frame, now) for r in targets), default=now)
-                    p.busy.clear()
-                    # back off: a loaded cluster must not be flooded with copies
-                    p.next_retry = arrived + min(60.0, retry_after * 2 ** p.retries)
+            if now >= next_scan:  # sent, not yet decided, and due: send again
+                next_scan = now + 0.01
+                for p in [p for p in inflight.values() if p.accepted is not None]:
+                    del inflight[p.number]
+                for p in inflight.values():
+                    if now >= p.next_retry:
+                        self._retransmit(p, now, retry_after)
+                        retransmissions += 1
         results: dict[int, tuple[int, bytes]] = {}
         refused: dict[str, int] = {}
         committed_txs = 0
@@ -329,7 +349,21 @@ class Client:
         return SubmitResult(total, sum(p.txs for p in pending.values()), t_f1, t_2f1, t_all,
                             sum(1 for c in executed.values() if c == total),
                             retransmissions, mismatched, results, t_2f1_done, t_all_done,
-                            refused, busy_answers, committed_txs, self.session)
+                            refused, busy_answers, committed_txs, self.session, backed_off)
+
+    def _retransmit(self, p: _Pending, now: float, retry_after: float) -> None:
+        """Send a request again to the replicas that have not answered it (and those that
+        were too busy to take it), backing off so a loaded cluster is not flooded."""
+        p.retries += 1
+        self.metrics.request_retransmitted()
+        targets = [r for r in self.sockets if r not in p.committed and r not in p.tentative]
+        arrived = max((self._send(r, p.frame, now) for r in targets), default=now)
+        if p.backing_off:
+            p.backing_off = False
+            p.busy.clear()
+            p.next_retry = arrived + retry_after
+        else:
+            p.next_retry = arrived + min(60.0, retry_after * 2 ** p.retries)
 
     # ------------------------------------------------------------ status
 

@@ -20,10 +20,13 @@ Relative paths in the file (key files, ledgers) are relative to the file itself.
     public_key = "MCowBQYDK2VwAyEA..."
     key_file = "keys/node-0.key"
     ledger = "ledgers/node-0.sqlite"
-    [[clients]]
+    [[clients]]           # admitted at genesis; more are admitted by ordered commands
     id = "client"
     public_key = "..."
     key_file = "keys/client.key"
+    operator = true       # may admit and remove clients on the running cluster
+    [admission]           # optional
+    open = false          # true: any Ed25519 key is a client, named "pk:<its key>"
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ class ClientSpec:
     id: str
     public_key: str
     key_file: Path | None
+    operator: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,7 @@ class ClusterConfig:
     shaping: dict[str, Any] = field(default_factory=dict)
     links: tuple[dict[str, Any], ...] = ()
     regions: dict[str, list[int]] = field(default_factory=dict)
+    open_admission: bool = False
 
     @property
     def n(self) -> int:
@@ -132,10 +137,30 @@ class ClusterConfig:
         raise LocalError(f"node {node_id} is not in {self.path} (ids 0..{self.n - 1})")
 
     def client(self, client_id: str | None = None) -> ClientSpec:
-        for spec in self.clients:
+        """A client by id: genesis ([[clients]]) or created later with `dtnbus client new`
+        (a record in clients/ beside this file); None: the first genesis client."""
+        known = (*self.clients, *self.local_clients())
+        for spec in known:
             if client_id is None or spec.id == client_id:
                 return spec
-        raise LocalError(f"client {client_id!r} is not in {self.path}")
+        raise LocalError(f"client {client_id!r} is not in {self.path} nor in "
+                         f"{self.path.parent / 'clients'}; known: "
+                         f"{', '.join(s.id for s in known)}; create it with: dtnbus client new "
+                         f"--dir {self.path.parent} --name {client_id}")
+
+    def local_clients(self) -> list[ClientSpec]:
+        """Clients created with `dtnbus client new` beside this cluster file (admitted by
+        an ordered command, not at genesis: the nodes never read these records)."""
+        out = []
+        for path in sorted((self.path.parent / "clients").glob("*.toml")):
+            try:
+                table = tomllib.loads(path.read_text())
+                out.append(ClientSpec(table["id"], table["public_key"],
+                                      self.path.parent / table["key_file"]))
+            except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
+                raise LocalError(f"client record {path} is unreadable ({exc}); remove it or "
+                                 "create the client again") from None
+        return out
 
     def replica_config(self, node_id: int) -> ReplicaConfig:
         try:
@@ -169,6 +194,13 @@ class ClusterConfig:
 
     def client_verifiers(self) -> dict[str, Verifier]:
         return {s.id: Verifier(load_public_key_text(s.public_key)) for s in self.clients}
+
+    def admitted_at_genesis(self) -> dict[str, str]:
+        """Client id -> public key text: who may submit before any admission command."""
+        return {s.id: s.public_key for s in self.clients}
+
+    def operators(self) -> frozenset[str]:
+        return frozenset(s.id for s in self.clients if s.operator)
 
     def signer(self, key_file: Path | None, who: str, public_key: str | None = None) -> Signer:
         """The signer of `who`, refusing (like ssh) a key file that group or others can
@@ -304,7 +336,8 @@ def load_cluster(path: Path) -> ClusterConfig:
         key_file = _optional(table, "key_file", str, where, None)
         clients.append(ClientSpec(_need(table, "id", str, where),
                                   _need(table, "public_key", str, where),
-                                  base / key_file if key_file else None))
+                                  base / key_file if key_file else None,
+                                  _optional(table, "operator", bool, where, False)))
     protocol = _table(raw, "protocol", str(path))
     _check_protocol(protocol, str(path))
     unknown = set(protocol) - PROTOCOL_FIELDS
@@ -319,10 +352,26 @@ def load_cluster(path: Path) -> ClusterConfig:
     regions = raw.get("regions", {})
     if not isinstance(regions, dict):
         raise LocalError(f"{path}: [regions] must map a region name to a list of node ids")
+    admission_table = _table(raw, "admission", str(path))
+    unknown = set(admission_table) - {"open"}
+    if unknown:
+        raise LocalError(f"{path}: [admission] has unknown keys {sorted(unknown)}; known: "
+                         "['open']")
+    open_admission = _optional(admission_table, "open", bool, f"{path}: [admission]", False)
     config = ClusterConfig(path, scheme, tuple(nodes), tuple(clients), dict(protocol),
-                           dict(shaping), tuple(_tables(raw, "links", str(path))), dict(regions))
+                           dict(shaping), tuple(_tables(raw, "links", str(path))), dict(regions),
+                           open_admission)
     for spec in nodes:
         load_public_key_text(spec.public_key)
+    node_keys = {spec.public_key: spec.id for spec in nodes}
+    for spec in clients:
+        load_public_key_text(spec.public_key)
+        if spec.public_key in node_keys:  # a replica's key must never sign as a client
+            raise LocalError(f"{path}: client {spec.id!r} has node {node_keys[spec.public_key]}'s "
+                             "public key; give the client a key of its own "
+                             f"(dtnbus client new --name {spec.id})")
+    if len({spec.id for spec in clients}) != len(clients):
+        raise LocalError(f"{path}: a client id appears twice in [[clients]]; ids are unique")
     config.replica_config(0)  # validates [protocol]
     config.shaper(0)  # validates [shaping], [regions] and [[links]]
     return config
@@ -384,10 +433,11 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
                      protocol: dict[str, Any] | None = None,
                      shaping: dict[str, Any] | None = None,
                      links: list[dict[str, Any]] | None = None,
-                     regions: dict[str, list[int]] | None = None,
+                     regions: dict[str, list[int]] | None = None, clients: int = 0,
                      bind: str | None = None, metrics_host: str = "127.0.0.1",
                      fresh: bool = False) -> Path:
-    """Create keys (mode 0600) for N nodes and one client, and write `out/cluster.toml`.
+    """Create keys (mode 0600) for N nodes, the operator client "client" and `clients` more
+    ("client-1", ...), and write `out/cluster.toml`.
 
     `hosts` gives each node its own address (one machine or network namespace each);
     they then all use the same ports, `base_port` (default 7000) onwards. `bind` is the
@@ -446,7 +496,13 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
         doc["nodes"] = node_tables
         doc["clients"] = [{"id": "client",
                            "public_key": public_key_text(client_key.public_key()),
-                           "key_file": "keys/client.key"}]
+                           "key_file": "keys/client.key", "operator": True}]
+        for k in range(1, clients + 1):  # one key per client program, admitted at genesis
+            key = generate_key(scheme)
+            write_private_key(out / "keys" / f"client-{k}.key", key)
+            doc["clients"].append({"id": f"client-{k}",
+                                   "public_key": public_key_text(key.public_key()),
+                                   "key_file": f"keys/client-{k}.key"})
         if regions:
             doc["regions"] = regions
         if links:

@@ -13,6 +13,9 @@ class ProblemFound(Exception):
 class PeerError(Exception):
     """Bad or hostile input from a peer: the message is dropped and counted under `reason`."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", msg: object = None,
+                 digest: bytes = b"") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.msg = msg  # the parsed message, when only its sender was wrong
+        self.digest = digest

@@ -44,7 +44,7 @@ disable_created_metrics()
 PHASES: tuple[str, ...] = (
     "request_to_preprepare",  # request received -> pre-prepare sent (primary) / accepted
     "preprepare_to_prepared",  # pre-prepare -> prepared (pre-prepare + 2f matching prepares)
-    "prepared_to_committed",  # prepared -> committed-local (2f+1 matching commits)
+    "prepared_to_committed",  # prepared -> committed-local (q matching commits)
     "committed_to_executed",  # committed-local -> executed (block appended to the ledger)
 )
 # The client-visible phase: first send of a request -> f+1 matching replies.

@@ -24,11 +24,14 @@ import logging
 import signal
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 import zmq
 
+from dtnbus.budget import PeerBudget
 from dtnbus.config import ClusterConfig
+from dtnbus.crypto import Verifier, load_public_key_text
 from dtnbus.effects import (
     DURABLE,
     Broadcast,
@@ -85,12 +88,15 @@ class Node:
         self.config = config
         self.id = node_id
         self.codec = Codec(config.node_signer(node_id), config.replica_verifiers(),
-                           config.client_verifiers())
+                           config.client_verifiers(), open_clients=config.open_admission)
         self.ledger = Ledger(spec.ledger)
-        self.replica = Replica(config.replica_config(node_id), self.codec.encode)
+        self.replica = Replica(config.replica_config(node_id), self.codec.encode,
+                               config.admitted_at_genesis(), config.operators(),
+                               config.open_admission)
         saved = self.ledger.durable_state()
         if saved.height or saved.records:  # a restart: resume exactly where we were
             self.replica.restore(saved)
+            self._admit(saved.admitted.items())
             log.info("node %d resumes at seq %d in view %d", node_id, saved.height,
                      self.replica.view)
         self.metrics = NodeMetrics(node_id)
@@ -112,6 +118,7 @@ class Node:
         # elsewhere must not redirect another request's reply), per request identity
         self.routes: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self.outbox: list[Effect] = []  # this iteration's effects, carried out by _flush
+        self.refusals = PeerBudget({"refuse": (5.0, 20.0)})  # per client connection
         self.ledger_txs = self.replica.executed_txs  # as durable as the ledger's height
         self.heard: set[int] = set()
         self.peer_heard: dict[int, int] = {}  # how many peers each peer has heard
@@ -187,6 +194,9 @@ class Node:
         except PeerError as exc:
             self.metrics.dropped(exc.reason, sender)
             log.debug("dropped frame: %s", exc)
+            if exc.reason == "unknown_sender" and isinstance(exc.msg, Request) and \
+                    source == FROM_ROUTER and identity and not from_replica(identity):
+                self._refuse(identity, exc.msg, exc.digest, now)
             return
         except Exception:  # a bug in parsing: drop the frame, count it, go on
             log.exception("node %d: parsing a frame failed", self.id)
@@ -264,6 +274,15 @@ class Node:
                 continue
             self.outbox.extend(self.replica.step(view_env, now))
 
+    def _refuse(self, identity: bytes, req: Request, digest: bytes, now: float) -> None:
+        """Tell a client this cluster does not admit its key (at most a few times a second
+        per connection: the answer must not become an amplifier)."""
+        if not self.refusals.allow(identity, "refuse", now):
+            return
+        reply = Reply(self.replica.view, self.id, req.client, req.session, req.number, digest,
+                      0, 0, b"", Outcome.REFUSED)
+        self.transport.send_routed(identity, self._encode(reply))
+
     def _status(self, nonce: int) -> Status:
         r = self.replica
         phases = tuple((name, count, total)
@@ -302,6 +321,8 @@ class Node:
             elif isinstance(eff, LookupReply):
                 self._answer_from_ledger(eff, now)
             elif isinstance(eff, Execute):
+                if eff.clients.admitted:
+                    self._admit(eff.clients.admitted)
                 self.metrics.executed(1, eff.executed_txs)
                 self.metrics.batch_cut(eff.executed_txs)
                 if eff.committed_at:  # 0 for blocks taken by state transfer
@@ -320,6 +341,26 @@ class Node:
             elif isinstance(eff, ViewChangeStarted):
                 log.info("node %d left view %d for view %d: %s", self.id, eff.view - 1,
                          eff.view, eff.reason)
+
+    def _admit(self, changes: Iterable[tuple[str, str]]) -> None:
+        """The order admitted or removed clients: their requests verify, or no longer."""
+        for client, key_text in changes:
+            if not key_text:
+                self.codec.clients.pop(client, None)
+                log.info("node %d: client %s removed", self.id, client)
+                continue
+            try:
+                verifier = Verifier(load_public_key_text(key_text))
+            except LocalError as exc:
+                log.error("node %d: client %s admitted with an unusable key: %s", self.id,
+                          client, exc)
+                continue
+            if verifier.raw_key in {v.raw_key for v in self.codec.replicas.values()}:
+                log.error("node %d: client %s admitted with a node's key: refused", self.id,
+                          client)
+                continue
+            self.codec.clients[client] = verifier
+            log.info("node %d: client %s admitted", self.id, client)
 
     def _answer_from_ledger(self, eff: LookupReply, now: float) -> None:
         """A request decided before: its one true answer is in the ledger."""

@@ -6,7 +6,7 @@ two steps so that no signature is checked for work nobody needs:
 
 - `Codec.parse`: size, then shape and types against the message's schema (integers in
   range, digests of 32 bytes, bounded lists), then that the claimed sender is a member of
-  the right kind, for the frame and for every nested proof in it. Cheap.
+  the right kind; for nested proofs the same, but only when first looked at. Cheap.
 - `Codec.authenticate`: the signatures, the frame's and every nested one's. The caller
   first asks the replica whether it wants the message and whether its proofs are of a
   sane shape and size (`Replica.admit`), so a bomb of proofs costs a parse, not 600,000
@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 
 import msgpack
 
+from dtnbus import admission
 from dtnbus.crypto import Signer, Verifier
 from dtnbus.errors import PeerError
 from dtnbus.messages import (
@@ -49,6 +51,7 @@ MAX_STR = 256
 MAX_INT = 2**63 - 1
 MAX_NESTING = 2  # NEW-VIEW > VIEW-CHANGE > proofs
 MAX_NESTED = 200_000  # nested frames in one message, all levels together
+OPEN_CACHE = 10_000  # verifiers of open-admission clients kept ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +75,39 @@ def request_digest(msg: Message) -> bytes:
 
 
 class Codec:
-    """Encodes and signs as one member; decodes and authenticates frames from the others."""
+    """Encodes and signs as one member; decodes and authenticates frames from the others.
+
+    `clients` may change while the node runs (admission is ordered: the node adds and
+    removes verifiers as it executes admission commands). With `open_clients`, a client
+    id of the form "pk:<base64 Ed25519 key>" is its own verifier, unless the key is a
+    replica's: a replica's key never signs a request the bus accepts as a client's."""
 
     def __init__(self, signer: Signer, replicas: dict[int, Verifier],
-                 clients: dict[str, Verifier], max_frame: int = DEFAULT_MAX_FRAME) -> None:
+                 clients: dict[str, Verifier], max_frame: int = DEFAULT_MAX_FRAME,
+                 open_clients: bool = False) -> None:
         self.signer = signer
         self.replicas = replicas
         self.clients = clients
         self.max_frame = max_frame
+        self.open_clients = open_clients
+        self._replica_keys = {v.raw_key for v in replicas.values()}
+        self._open_cache: OrderedDict[str, Verifier] = OrderedDict()
+
+    def client_verifier(self, client: str) -> Verifier | None:
+        """The verifier of a client: listed, or (open admission) named by its key."""
+        verifier = self.clients.get(client)
+        if verifier is not None or not self.open_clients:
+            return verifier
+        verifier = self._open_cache.get(client)
+        if verifier is None:
+            raw = admission.open_key(client)
+            if raw is None or raw in self._replica_keys:
+                return None
+            verifier = Verifier.from_raw_ed25519(raw)
+            self._open_cache[client] = verifier
+            while len(self._open_cache) > OPEN_CACHE:
+                self._open_cache.popitem(last=False)
+        return verifier
 
     def encode(self, msg: Message) -> bytes:
         return self.encode_with_digest(msg)[0]
@@ -93,10 +121,10 @@ class Codec:
         """Parse and authenticate one frame (nested proofs included)."""
         return self.authenticate(self.parse(frame))
 
-    def parse(self, frame: bytes, depth: int = 0, budget: list[int] | None = None) -> Unverified:
-        """Size, shape, types and membership, for the frame and its nested proofs:
-        everything but the signatures, which cost ~20x more; the caller may skip them for
-        a message it will not use."""
+    def parse(self, frame: bytes, depth: int = 0) -> Unverified:
+        """Size, shape, types and membership: everything but the signatures, which cost
+        ~20x more; the caller may skip them for a message it will not use. Nested proofs
+        are parsed when first looked at (`Unverified.nested`)."""
         if len(frame) > self.max_frame:
             raise PeerError("oversized", f"{len(frame)} bytes > {self.max_frame}")
         try:
@@ -111,27 +139,36 @@ class Codec:
         msg = _parse_payload(payload, self.max_frame)
         sender = sender_of(msg)
         if msg.KIND in CLIENT_KINDS:
-            verifier = self.clients.get(sender) if isinstance(sender, str) else None
+            verifier = self.client_verifier(sender) if isinstance(sender, str) else None
         else:
             verifier = self.replicas.get(sender) if isinstance(sender, int) else None
-        if verifier is None:
-            raise PeerError("unknown_sender", f"{type(msg).__name__} from {sender!r}")
-        nested_field = getattr(type(msg), "NESTED", None)
-        nested: tuple[Unverified, ...] = ()
-        if nested_field is not None:
-            parts = getattr(msg, nested_field)
-            if parts and depth >= MAX_NESTING:
-                raise PeerError("malformed", f"{type(msg).__name__} nested too deep")
-            budget = [MAX_NESTED] if budget is None else budget
-            budget[0] -= len(parts)
-            if budget[0] < 0:
-                raise PeerError("malformed", "too many nested proofs")
-            if len(set(parts)) != len(parts):
-                raise PeerError("malformed", f"{type(msg).__name__} repeats a proof")
-            nested = tuple(self.parse(part, depth + 1, budget) for part in parts)
-            if any(inner.msg.KIND in CLIENT_KINDS for inner in nested):
-                raise PeerError("malformed", "a client message cannot be a proof")
-        return Unverified(msg, payload, signature, verifier, frame, nested)
+        if verifier is None:  # (the message rides along: a client may be told why)
+            raise PeerError("unknown_sender", f"{type(msg).__name__} from {sender!r}", msg,
+                            hashlib.sha256(payload).digest())
+        return Unverified(msg, payload, signature, verifier, frame, self, depth)
+
+    def parse_nested(self, raw: Unverified) -> tuple[Unverified, ...]:
+        """The nested proofs of a parsed message, parsed the same way (not verified).
+        Called lazily (`Unverified.nested`): a message the replica refuses on its outer
+        fields costs no parsing of its proofs at all."""
+        nested_field = getattr(type(raw.msg), "NESTED", None)
+        if nested_field is None:
+            return ()
+        parts = getattr(raw.msg, nested_field)
+        if not parts:
+            return ()
+        if raw.depth >= MAX_NESTING:
+            raise PeerError("malformed", f"{type(raw.msg).__name__} nested too deep")
+        if len(parts) > MAX_NESTED:
+            raise PeerError("malformed", "too many nested proofs")
+        if len(set(parts)) != len(parts):
+            raise PeerError("malformed", f"{type(raw.msg).__name__} repeats a proof")
+        nested = tuple(self.parse(part, raw.depth + 1) for part in parts)
+        if any(inner.msg.KIND in CLIENT_KINDS for inner in nested):
+            raise PeerError("malformed", "a client message cannot be a proof")
+        if raw.depth == 0 and sum(len(n.nested) for n in nested) + len(nested) > MAX_NESTED:
+            raise PeerError("malformed", "too many nested proofs")
+        return nested
 
     def authenticate(self, raw: Unverified) -> Envelope:
         """Check the signature and every nested proof's; raise PeerError if any fails."""
@@ -143,17 +180,29 @@ class Codec:
         return Envelope(msg, digest, raw.frame, tuple(self.authenticate(n) for n in raw.nested))
 
 
-@dataclass(frozen=True, slots=True)
 class Unverified:
-    """A well-formed frame from a known member whose signature is not checked yet, with its
-    nested proofs parsed the same way."""
+    """A well-formed frame from a known member whose signature is not checked yet. Its
+    nested proofs are parsed on first access to `nested` (PeerError if they are bad)."""
 
-    msg: Message
-    payload: bytes
-    signature: bytes
-    verifier: Verifier
-    frame: bytes
-    nested: tuple[Unverified, ...] = ()
+    __slots__ = ("_codec", "_nested", "depth", "frame", "msg", "payload", "signature",
+                 "verifier")
+
+    def __init__(self, msg: Message, payload: bytes, signature: bytes, verifier: Verifier,
+                 frame: bytes, codec: Codec, depth: int = 0) -> None:
+        self.msg = msg
+        self.payload = payload
+        self.signature = signature
+        self.verifier = verifier
+        self.frame = frame
+        self.depth = depth
+        self._codec = codec
+        self._nested: tuple[Unverified, ...] | None = None
+
+    @property
+    def nested(self) -> tuple[Unverified, ...]:
+        if self._nested is None:
+            self._nested = self._codec.parse_nested(self)
+        return self._nested
 
 
 def _parse_payload(payload: bytes, max_frame: int) -> Message:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dtnbus.crypto import Signer, Verifier, generate_key
+from dtnbus.crypto import Signer, Verifier, generate_key, public_key_text
 from dtnbus.effects import (
     DURABLE,
     Broadcast,
@@ -52,10 +52,13 @@ class Cluster:
     n: int
     config_overrides: dict = field(default_factory=dict)
     clients: tuple[str, ...] = ("c0",)
+    admitted: tuple[str, ...] | None = None  # admission control: these at genesis
+    operators: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         replica_keys = {i: _key(("r", i)) for i in range(self.n)}
         client_keys = {c: _key(("c", c)) for c in self.clients}
+        self.client_keys = {c: public_key_text(k.public_key()) for c, k in client_keys.items()}
         verifiers = {i: Verifier(k.public_key()) for i, k in replica_keys.items()}
         client_verifiers = {c: Verifier(k.public_key()) for c, k in client_keys.items()}
         self.codecs = {i: Codec(Signer(k), verifiers, client_verifiers)
@@ -77,7 +80,10 @@ class Cluster:
         self._numbers: dict[str, int] = dict.fromkeys(self.clients, 0)
 
     def _new_replica(self, i: int) -> Replica:
-        return Replica(ReplicaConfig(i, self.n, **self.config_overrides), self.codecs[i].encode)
+        admitted = None if self.admitted is None else {
+            c: self.client_keys[c] for c in self.admitted}
+        return Replica(ReplicaConfig(i, self.n, **self.config_overrides), self.codecs[i].encode,
+                       admitted, frozenset(self.operators))
 
     # ------------------------------------------------------------ clients
 
