@@ -43,6 +43,10 @@ FRESH_OPTION = click.option("--fresh", is_flag=True,
                    "fragment node-K.toml (see docs/deploy.md).")
 @click.option("--client", "client_name", default=None,
               help="Make only a client's key and its public fragment client-NAME.toml.")
+@click.option("--clients", "extra_clients", type=click.IntRange(min=0), default=0,
+              show_default=True,
+              help="With --nodes: also make K client keys client-1..K, admitted at genesis "
+                   "(one per client program; 'client' is the operator).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Directory for keys/ and cluster.toml (or the fragment).")
 @SCHEME_OPTION
@@ -63,9 +67,10 @@ FRESH_OPTION = click.option("--fresh", is_flag=True,
               help="First of 3 consecutive ports per node (default: free ports; 7000 with "
                    "--hosts or --node).")
 @FRESH_OPTION
-def keygen(nodes: int | None, node_id: int | None, client_name: str | None, out: Path,
-           scheme: str, host: str, hosts: str | None, advertise: str | None, bind: str | None,
-           metrics_host: str, operator: bool, base_port: int | None, fresh: bool) -> None:
+def keygen(nodes: int | None, node_id: int | None, client_name: str | None, extra_clients: int,
+           out: Path, scheme: str, host: str, hosts: str | None, advertise: str | None,
+           bind: str | None, metrics_host: str, operator: bool, base_port: int | None,
+           fresh: bool) -> None:
     """Create key pairs (mode 0600) and a cluster file, or one host's key and fragment."""
     if sum(x is not None for x in (nodes, node_id, client_name)) != 1:
         raise LocalError("give exactly one of --nodes N (all keys here), --node K (this "
@@ -94,8 +99,11 @@ def keygen(nodes: int | None, node_id: int | None, client_name: str | None, out:
     host_list = [h.strip() for h in hosts.split(",")] if hosts else None
     _note_discarded(out, fresh, existing_cluster_files(out) if out.is_dir() else [])
     path = generate_cluster(out, nodes, scheme, host=host, base_port=base_port,
-                            hosts=host_list, bind=bind, metrics_host=metrics_host, fresh=fresh)
-    click.echo(f"wrote {path} ({nodes} nodes, {scheme}); private keys in {out / 'keys'} (0600)")
+                            hosts=host_list, bind=bind, metrics_host=metrics_host, fresh=fresh,
+                            clients=extra_clients)
+    who = f" and {extra_clients + 1} clients" if extra_clients else ""
+    click.echo(f"wrote {path} ({nodes} nodes{who}, {scheme}); private keys in "
+               f"{out / 'keys'} (0600)")
 
 
 def _note_discarded(directory: Path, fresh: bool, existing: list[str]) -> None:
@@ -309,20 +317,35 @@ def cluster_assemble_cmd(fragments: tuple[Path, ...], out: Path, settings: Path 
               help="Generate this many transactions.")
 @click.option("--tx-bytes", type=click.IntRange(min=12), default=300, show_default=True,
               help="Bytes per generated transaction.")
+@click.option("--seed", type=int, default=None,
+              help="With --count: generate these transactions (default: fresh random ones).")
 @click.option("--file", "source", type=click.File("rb"), default=None,
               help="Read transactions from a file ('-' for stdin), one per line.")
 @click.option("--request-txs", type=click.IntRange(min=1), default=256, show_default=True,
               help="Transactions per signed request.")
+@click.option("--client", "client_name", default=None,
+              help="Submit as this client (its own key; see 'dtnbus client new'). Makes the "
+                   "submission resumable: run the same command again after a crash and "
+                   "nothing executes twice. Default: the cluster's first client, in a fresh "
+                   "session of its own (concurrent submitters never collide).")
+@click.option("--window", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Requests outstanding at once.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-              help="Seconds to wait for every request to be committed.")
+              help="Seconds to wait for every request to be decided.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def submit(directory: Path | None, config_file: Path | None, count: int | None, tx_bytes: int,
-           source: object, request_txs: int, timeout: float) -> None:
-    """Send transactions and wait for f+1 matching replies for each.
+           seed: int | None, source: object, request_txs: int, client_name: str | None,
+           window: int, timeout: float, as_json: bool) -> None:
+    """Send transactions and wait until each is decided (f+1 matching replies).
 
     First asks every node for its status: with fewer than a commit quorum answering it
-    says so within seconds (exit 1) instead of waiting out --timeout."""
+    says so within seconds (exit 1) instead of waiting out --timeout. Prints how many
+    transactions committed, how many were refused and why, how many requests were sent
+    again and how long the cluster's full pools made it wait; exit 1 unless all
+    committed."""
     from dtnbus.client import Client
     from dtnbus.cluster import resolve_config
+    from dtnbus.identities import resume_session, work_digest
     from dtnbus.messages import commit_quorum
     from dtnbus.sync import chunk, make_transactions
 
@@ -331,12 +354,20 @@ def submit(directory: Path | None, config_file: Path | None, count: int | None, 
     if source is not None:
         txs = [line.rstrip(b"\n") for line in source if line.strip()]  # type: ignore[attr-defined]
     else:
-        txs = make_transactions(count or 0, tx_bytes)
+        txs = make_transactions(count or 0, tx_bytes, seed=seed)
     if not txs:
         raise LocalError("no transactions to send (the file holds no non-empty line)")
     config = resolve_config(directory, config_file)
+    spec = config.client(client_name)
+    requests = chunk(txs, request_txs)
+    session, resumed = None, False
+    if client_name is not None:
+        session, resumed = resume_session(config, spec.id, work_digest(requests))
+        if resumed:
+            click.echo(f"resuming session {session} of client {spec.id}: requests decided "
+                       "before are answered with their results, not executed again", err=True)
     q = commit_quorum(config.n)
-    with Client(config) as client:
+    with Client(config, spec.id, session=session) as client:
         answered = client.status(PROBE_SECONDS)
         if len(answered) < q:
             raise ProblemFound(_down_message(config, answered, q, directory, config_file))
@@ -345,20 +376,44 @@ def submit(directory: Path | None, config_file: Path | None, count: int | None, 
             click.echo(f"note: node(s) {','.join(map(str, silent))} did not answer; "
                        f"{len(answered)} of {config.n} did (a quorum is {q})", err=True)
         progress = _SubmitProgress(config.n, timeout)
-        result = client.submit(chunk(txs, request_txs), timeout=timeout, on_tick=progress)
+        result = client.submit(requests, timeout=timeout, on_tick=progress, window=window)
         progress.done()
-        if result.seconds_f1 is None:
-            now = client.status(PROBE_SECONDS)
+        now = client.status(PROBE_SECONDS) if result.seconds_f1 is None else answered
+    summary = result.summary()
+    if as_json:
+        click.echo(json.dumps({**summary, "client": spec.id, "session": result.session,
+                               "resumed": resumed}))
+    else:
+        click.echo(_submit_line(summary, config.f + 1))
     if result.seconds_f1 is None:
-        raise ProblemFound(f"only {len(result.results)}/{result.requests} requests got "
-                           f"{config.f + 1} matching replies within {timeout:g} s; "
+        raise ProblemFound(f"only {result.decided}/{result.requests} requests decided "
+                           f"({config.f + 1} matching replies) within {timeout:g} s; "
                            f"{len(now)} of {config.n} nodes answer a status query now"
                            + ("" if len(now) >= q else f" (a quorum is {q})")
-                           + "; see 'dtnbus cluster status'")
-    last = max(result.results.values())
-    click.echo(f"{len(txs)} transactions in {result.requests} requests committed in "
-               f"{result.seconds_f1:.3f}s (f+1={config.f + 1} matching replies); "
-               f"last seq {last[0]}, head {last[1].hex()[:16]}")
+                           + "; run the same command again to resume"
+                           * (client_name is not None) + "; see 'dtnbus cluster status'")
+    if result.refused:
+        raise ProblemFound(f"{summary['refused_txs']} transactions were not committed: "
+                           + ", ".join(f"{k} {v}" for k, v in sorted(result.refused.items()))
+                           + " (requests; see docs/protocol.md: clients and exactly-once)")
+
+
+def _submit_line(s: dict, replies: int) -> str:
+    parts = [f"{s['committed_txs']}/{s['transactions']} transactions committed in "
+             f"{s['committed_requests']}/{s['requests']} requests"]
+    if s["seconds"] is not None:
+        parts.append(f"all decided in {s['seconds']:.3f}s ({replies} matching replies each)")
+    if s["refused"]:
+        parts.append("refused: " + ", ".join(f"{k} {v}" for k, v in sorted(s["refused"].items())))
+    if s["undecided_requests"]:
+        parts.append(f"{s['undecided_requests']} requests undecided")
+    parts.append(f"{s['retransmissions']} sent again")
+    if s["busy_answers"]:
+        parts.append(f"pools full: {s['busy_answers']} busy answers, backed off "
+                     f"{s['backed_off_s']:.2f}s")
+    if s["last_seq"] is not None:
+        parts.append(f"last seq {s['last_seq']}, head {s['head'][:16]}")
+    return "; ".join(parts)
 
 
 PROBE_SECONDS = 3.0
@@ -635,6 +690,112 @@ def ledger_verify(directory: Path | None, config_file: Path | None,
                f"{heights[0] if heights else 0}"
                + (f" (longest {heights[-1]}: the others are behind, not damaged)"
                   if len(heights) > 1 else ""))
+
+
+@ledger.command("export")
+@DIR_OPTION
+@CONFIG_OPTION
+@click.option("--node", "node_id", type=click.IntRange(min=0), default=None,
+              help="Whose ledger (default: the first node whose ledger is on this machine).")
+@click.option("--format", "fmt", type=click.Choice(["lines", "jsonl"]), default="lines",
+              show_default=True,
+              help="lines: each executed transaction's bytes, one per line (diff it against "
+                   "what you submitted); jsonl: every ordered transaction with seq, position, "
+                   "client, session, number, request digest and outcome.")
+def ledger_export(directory: Path | None, config_file: Path | None, node_id: int | None,
+                  fmt: str) -> None:
+    """Print the global transaction pool, in ledger order."""
+    from dtnbus.cluster import resolve_config
+    from dtnbus.export import export
+
+    config = resolve_config(directory, config_file)
+    if node_id is None:
+        local = [s for s in config.nodes if s.ledger.exists()]
+        if not local:
+            raise LocalError(f"no node's ledger from {config.path} is on this machine; give "
+                             "--node K on the host that runs node K")
+        spec = local[0]
+    else:
+        spec = config.node(node_id)
+    out = click.get_binary_stream("stdout")
+    count = export(spec.ledger, fmt, out)
+    out.flush()
+    click.echo(f"node {spec.id}: {count} transactions", err=True)
+
+
+@cli.group()
+def client() -> None:
+    """Client identities: one key per client program, admitted by the cluster."""
+
+
+@client.command("new")
+@DIR_OPTION
+@CONFIG_OPTION
+@click.option("--name", required=True, help="The client's id (letters, digits, _ . -).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds to wait for the running cluster to admit it.")
+def client_new(directory: Path | None, config_file: Path | None, name: str,
+               timeout: float) -> None:
+    """Make a key pair for a new client (0600) and have the running cluster admit it.
+
+    The admission is an ordered command signed by an operator key of this directory, so
+    every node admits the client at the same point in the order; no restart."""
+    from dtnbus import admission
+    from dtnbus.cluster import resolve_config
+    from dtnbus.identities import admit, new_identity, operator_of
+
+    config = resolve_config(directory, config_file)
+    operator_of(config)  # before a key is made: can this host admit anyone?
+    spec = new_identity(config, name)
+    click.echo(f"made client {name}: private key {spec.key_file} (0600)", err=True)
+    result = admit(config, admission.AdmissionChange("add", name, spec.public_key), timeout)
+    _admission_result(result, f"client {name} admitted", timeout)
+
+
+@client.command("remove")
+@DIR_OPTION
+@CONFIG_OPTION
+@click.option("--name", required=True, help="The client to remove.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds to wait for the running cluster to remove it.")
+def client_remove(directory: Path | None, config_file: Path | None, name: str,
+                  timeout: float) -> None:
+    """Remove a client: every node refuses its requests from that point in the order on."""
+    from dtnbus import admission
+    from dtnbus.cluster import resolve_config
+    from dtnbus.identities import admit
+
+    config = resolve_config(directory, config_file)
+    result = admit(config, admission.AdmissionChange("remove", name, ""), timeout)
+    _admission_result(result, f"client {name} removed", timeout)
+
+
+def _admission_result(result: object, what: str, timeout: float) -> None:
+    if result.seconds_f1 is None:  # type: ignore[attr-defined]
+        raise ProblemFound(f"the cluster did not decide the admission command within "
+                           f"{timeout:g} s; is it running? (dtnbus cluster status)")
+    if not result.results:  # type: ignore[attr-defined]
+        raise ProblemFound(f"the admission command was refused: {result.refused}")  # type: ignore[attr-defined]
+    seq, head = next(iter(result.results.values()))  # type: ignore[attr-defined]
+    click.echo(f"{what} at seq {seq} (block {head.hex()[:16]})")
+
+
+@client.command("list")
+@DIR_OPTION
+@CONFIG_OPTION
+def client_list(directory: Path | None, config_file: Path | None) -> None:
+    """The clients this directory knows: admitted at genesis, or made here since."""
+    from dtnbus.cluster import resolve_config
+
+    config = resolve_config(directory, config_file)
+    for spec in config.clients:
+        role = "operator" if spec.operator else "client"
+        here = "key here" if spec.key_file is not None and spec.key_file.exists() else "no key"
+        click.echo(f"{spec.id}\tgenesis {role}\t{here}")
+    for spec in config.local_clients():
+        click.echo(f"{spec.id}\tadmitted by command\tkey here")
+    if config.open_admission:
+        click.echo("(admission is open: any Ed25519 key is a client, named pk:<its key>)")
 
 
 def _add_optional_commands() -> None:

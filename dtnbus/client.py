@@ -93,9 +93,26 @@ class SubmitResult:
     committed_txs: int = 0
     session: int = 0
     backed_off_seconds: float = 0.0  # waited because f+1 replicas had no room
+    refused_txs: int = 0  # transactions in requests decided but not executed
+
     @property
     def decided(self) -> int:
         return len(self.results) + sum(self.refused.values())
+
+    def summary(self) -> dict:
+        """What this submission achieved, as plain data: what `dtnbus submit` prints and
+        its --json carries, so the library and the command line say the same thing."""
+        last = max(self.results.values()) if self.results else None
+        return {
+            "transactions": self.transactions, "requests": self.requests,
+            "committed_txs": self.committed_txs, "committed_requests": len(self.results),
+            "refused": dict(self.refused), "refused_txs": self.refused_txs,
+            "undecided_requests": self.requests - self.decided,
+            "undecided_txs": self.transactions - self.committed_txs - self.refused_txs,
+            "retransmissions": self.retransmissions, "busy_answers": self.busy_answers,
+            "backed_off_s": round(self.backed_off_seconds, 3), "seconds": self.seconds_f1,
+            "last_seq": last[0] if last else None, "head": last[1].hex() if last else None,
+        }
 
 
 def check_frame_size(frame: bytes, index: int, txs: Sequence[bytes], limit: int) -> None:
@@ -218,10 +235,10 @@ class Client:
         committed replies, or q matching of any kind), or also when q / all n executed them
         (within `wait_all` seconds more), or at `timeout`. A replica whose pool is full
         answers BUSY: once f+1 have, the request cannot be ordered now, so we back off
-        (exponentially, from 50 ms to 5 s) and send it again; the result says how long.
-        A request over the frame limit is refused before anything is sent.
-        `on_tick(decided, total, replies per replica)` is called each turn of the wait
-        loop (at least every 50 ms), for a progress display."""
+        (exponentially, from 50 ms to 5 s) and send it again; the result says how long. A
+        request over the frame limit is refused before anything is sent. `on_tick(decided,
+        total, replies per replica)` is called each turn of the wait loop (at least every
+        50 ms), for a progress display."""
         start = time.monotonic()
         pending: dict[int, _Pending] = {}
         for index, txs in enumerate(requests):
@@ -333,7 +350,7 @@ class Client:
                         retransmissions += 1
         results: dict[int, tuple[int, bytes]] = {}
         refused: dict[str, int] = {}
-        committed_txs = 0
+        committed_txs = refused_txs = 0
         for p in pending.values():
             if p.accepted is None:
                 continue
@@ -346,10 +363,12 @@ class Client:
             else:
                 name = Outcome.NAMES.get(outcome, str(outcome))
                 refused[name] = refused.get(name, 0) + 1
+                refused_txs += p.txs
         return SubmitResult(total, sum(p.txs for p in pending.values()), t_f1, t_2f1, t_all,
                             sum(1 for c in executed.values() if c == total),
                             retransmissions, mismatched, results, t_2f1_done, t_all_done,
-                            refused, busy_answers, committed_txs, self.session, backed_off)
+                            refused, busy_answers, committed_txs, self.session, backed_off,
+                            refused_txs)
 
     def _retransmit(self, p: _Pending, now: float, retry_after: float) -> None:
         """Send a request again to the replicas that have not answered it (and those that

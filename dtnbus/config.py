@@ -433,9 +433,9 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
                      protocol: dict[str, Any] | None = None,
                      shaping: dict[str, Any] | None = None,
                      links: list[dict[str, Any]] | None = None,
-                     regions: dict[str, list[int]] | None = None, clients: int = 0,
+                     regions: dict[str, list[int]] | None = None,
                      bind: str | None = None, metrics_host: str = "127.0.0.1",
-                     fresh: bool = False) -> Path:
+                     fresh: bool = False, clients: int = 0) -> Path:
     """Create keys (mode 0600) for N nodes, the operator client "client" and `clients` more
     ("client-1", ...), and write `out/cluster.toml`.
 

@@ -192,11 +192,18 @@ class Node:
                 return
             env = self.codec.authenticate(raw)
         except PeerError as exc:
+            if sender is None and exc.msg is not None:
+                sender = sender_of(exc.msg)  # who it claims to be: a name for the culprit
             self.metrics.dropped(exc.reason, sender)
             log.debug("dropped frame: %s", exc)
-            if exc.reason == "unknown_sender" and isinstance(exc.msg, Request) and \
-                    source == FROM_ROUTER and identity and not from_replica(identity):
-                self._refuse(identity, exc.msg, exc.digest, now)
+            if exc.reason == "unknown_sender" and source == FROM_ROUTER and identity \
+                    and not from_replica(identity) and self.refusals.allow(identity, "refuse",
+                                                                           now):
+                if isinstance(exc.msg, Request):  # say why, instead of silence
+                    self._refuse(identity, exc.msg, exc.digest)
+                elif isinstance(exc.msg, StatusQuery):  # control traffic: no secret in it
+                    self.transport.send_routed(identity,
+                                               self._encode(self._status(exc.msg.nonce)))
             return
         except Exception:  # a bug in parsing: drop the frame, count it, go on
             log.exception("node %d: parsing a frame failed", self.id)
@@ -274,11 +281,9 @@ class Node:
                 continue
             self.outbox.extend(self.replica.step(view_env, now))
 
-    def _refuse(self, identity: bytes, req: Request, digest: bytes, now: float) -> None:
-        """Tell a client this cluster does not admit its key (at most a few times a second
-        per connection: the answer must not become an amplifier)."""
-        if not self.refusals.allow(identity, "refuse", now):
-            return
+    def _refuse(self, identity: bytes, req: Request, digest: bytes) -> None:
+        """Tell a client this cluster does not admit its key (the caller limits this to a
+        few times a second per connection: an answer must not become an amplifier)."""
         reply = Reply(self.replica.view, self.id, req.client, req.session, req.number, digest,
                       0, 0, b"", Outcome.REFUSED)
         self.transport.send_routed(identity, self._encode(reply))
