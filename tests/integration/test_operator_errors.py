@@ -189,7 +189,7 @@ def test_submit_shows_progress_while_it_waits(
     assert progress, out.stderr
     assert re.fullmatch(r"waiting: \d/2 requests committed, replies from \d/4 nodes, "
                         r"\d+ s of 60 s", progress[0]), progress[0]
-    assert out.stdout.startswith("20/20 transactions committed in 2/2 requests")
+    assert out.stdout.startswith("20/20 transactions committed in 2/2 requests"), out.stdout
 
 
 def test_submit_notes_silent_nodes_and_still_commits(
