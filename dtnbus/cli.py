@@ -509,9 +509,10 @@ class ListOf(click.ParamType):
               help="Token bucket depth in bytes (default: max(1 frame, 5 ms of the rate)).")
 @click.option("--request-txs", type=click.IntRange(min=1), default=256, show_default=True,
               help="Transactions per signed client request.")
-@click.option("--tentative", is_flag=True,
-              help="PBFT tentative execution: reply once prepared; the client then needs a "
-                   "commit quorum of matching replies. Saves one latency hop.")
+@click.option("--tentative/--no-tentative", default=True, show_default=True,
+              help="PBFT tentative execution: replicas reply once prepared (the prepared "
+                   "certificate durable first); the client accepts q matching replies, or "
+                   "f+1 committed ones. Saves the commit hop.")
 @SCHEME_OPTION
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Keep the cluster directory here (default: a temporary one); a grid "

@@ -108,7 +108,8 @@ class ReplicaConfig:
     session_window: int = 4096  # numbers one client session may have outstanding
     sessions_per_client: int = 1024
     max_sessions: int = 200_000
-    tentative: bool = False  # reply once prepared (PBFT tentative execution): saves a hop
+    tentative: bool = True  # reply once prepared (PBFT tentative execution): saves a hop;
+    # durable (the prepared certificate is on disk first) and safe (clients need q of them)
     view_change_timeout: float = 5.0  # the oldest waiting request waited this long:
     # suspect the primary (doubles with each view change that brings no progress)
     status_interval: float = 1.0  # PeerStatus every this many seconds (times n/16 if larger)

@@ -89,7 +89,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
                 latency_ms: float = 0.0, *, tx_bytes: int = 300, request_txs: int = 256,
                 scheme: str = "ed25519", directory: Path | None = None,
                 protocol: dict[str, Any] | None = None,
-                shaping: dict[str, Any] | None = None, tentative: bool = False,
+                shaping: dict[str, Any] | None = None, tentative: bool = True,
                 timeout: float | None = None,
                 wait_all: float = 30.0, fresh: bool = False,
                 on_progress: Callable[[int, int], None] | None = None) -> SyncResult:
@@ -105,8 +105,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         raise LocalError("nothing to synchronize: give at least one transaction")
     shaping_table = dict(shaping or {})
     protocol = dict(protocol or {})
-    if tentative:
-        protocol["tentative"] = True
+    protocol.setdefault("tentative", tentative)
     if bandwidth_mbps or latency_ms:
         shaping_table.update(bandwidth_mbps=bandwidth_mbps, latency_ms=latency_ms)
     tmp = None
