@@ -20,6 +20,10 @@ DIR_OPTION = click.option("--dir", "directory", type=click.Path(path_type=Path),
                           help=f"Cluster directory (default {DEFAULT_DIR}).")
 CONFIG_OPTION = click.option("--config", "config_file", type=click.Path(path_type=Path),
                              default=None, help="Cluster file (instead of --dir).")
+CURVE_OPTION = click.option(
+    "--curve", is_flag=True,
+    help="CurveZMQ on every connection: encrypted, and only keys in the cluster file may "
+         "connect (docs/security.md).")
 SCHEME_OPTION = click.option("--scheme", type=click.Choice(["ed25519", "rsa2048"]),
                              default="ed25519", show_default=True, help="Signature scheme.")
 
@@ -41,15 +45,17 @@ def cli() -> None:
 @click.option("--base-port", type=click.IntRange(1, 65000), default=None,
               help="First of 3 consecutive ports per node (default: free ports; 7000 with "
                    "--hosts).")
+@CURVE_OPTION
 def keygen(nodes: int, out: Path, scheme: str, host: str, hosts: str | None,
-           base_port: int | None) -> None:
+           base_port: int | None, curve: bool) -> None:
     """Create one key pair per node (and a client key) and a cluster file."""
     from dtnbus.config import generate_cluster
 
     host_list = [h.strip() for h in hosts.split(",")] if hosts else None
     path = generate_cluster(out, nodes, scheme, host=host, base_port=base_port,
-                            hosts=host_list)
-    click.echo(f"wrote {path} ({nodes} nodes, {scheme}); private keys in {out / 'keys'} (0600)")
+                            hosts=host_list, curve=curve)
+    click.echo(f"wrote {path} ({nodes} nodes, {scheme}{', CURVE' if curve else ''}); "
+               f"private keys in {out / 'keys'} (0600)")
 
 
 @cli.command()
@@ -79,16 +85,18 @@ def cluster() -> None:
               help="Per-link bandwidth in Mbps (0: unlimited).")
 @click.option("--latency", type=click.FloatRange(min=0), default=0.0,
               help="Per-link one-way latency in ms (0: none).")
+@CURVE_OPTION
 def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: float,
-                   latency: float) -> None:
+                   latency: float, curve: bool) -> None:
     """Create a fresh cluster in DIR and start it; returns when every node is ready."""
     from dtnbus.cluster import cluster_up
 
     directory = directory or DEFAULT_DIR
     shaping = ({"bandwidth_mbps": bandwidth, "latency_ms": latency}
                if bandwidth or latency else None)
-    config = cluster_up(directory, nodes, scheme, shaping=shaping)
-    click.echo(f"cluster of {config.n} nodes (f={config.f}) ready in {directory}")
+    config = cluster_up(directory, nodes, scheme, shaping=shaping, curve=curve)
+    click.echo(f"cluster of {config.n} nodes (f={config.f}{', CURVE' if curve else ''}) "
+               f"ready in {directory}")
 
 
 @cluster.command("down")
@@ -210,6 +218,7 @@ class ListOf(click.ParamType):
               help="PBFT tentative execution: reply once prepared; the client then needs a "
                    "commit quorum of matching replies. Saves one latency hop.")
 @SCHEME_OPTION
+@CURVE_OPTION
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Keep the cluster directory here (default: a temporary one).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"),
@@ -217,7 +226,7 @@ class ListOf(click.ParamType):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
          latency: list[float], mode: str, latency_dist: str, jitter: float, mbps_base: str,
-         burst: int | None, request_txs: int, tentative: bool, scheme: str,
+         burst: int | None, request_txs: int, tentative: bool, scheme: str, curve: bool,
          directory: Path | None,
          out: Path, as_json: bool) -> None:
     """Synchronize TX transactions across NODES nodes and report how long it took.
@@ -252,7 +261,7 @@ def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
             click.echo(f"[{i}/{len(cells)}] n={n} tx={t} {bw:g} Mbps {lat:g} ms", err=True)
         result = synchronize(n, t, bw, lat, tx_bytes=tx_bytes, request_txs=request_txs,
                              scheme=scheme, directory=directory, shaping=shaping,
-                             tentative=tentative,
+                             tentative=tentative, curve=curve,
                              on_progress=_progress_printer(t, request_txs))
         _print_sync(result)
         results.append(result)
@@ -292,6 +301,8 @@ def _print_sync(r: SyncResult) -> None:
     q = commit_quorum(r.nodes)
     shaped = (f"{r.bandwidth_mbps:g} Mbps, {r.latency_ms:g} ms"
               if r.bandwidth_mbps or r.latency_ms else "unshaped")
+    if r.extra.get("curve"):
+        shaped += ", CURVE"
     click.echo(f"synchronized {r.tx} tx x {r.tx_bytes} B across {r.nodes} nodes "
                f"(f={f}, {shaped}, {r.requests} requests)")
     if r.tentative:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from dtnbus.config import ClusterConfig
+from dtnbus.curve import connect_to
 from dtnbus.errors import LocalError, PeerError
 from dtnbus.messages import Reply, Request, Status, StatusQuery, commit_quorum, reply_quorum
 from dtnbus.metrics import ClientMetrics
@@ -72,6 +73,7 @@ class Client:
         self.id = spec.id
         self.codec = Codec(config.signer(spec.key_file, f"client {spec.id}"),
                            config.replica_verifiers(), config.client_verifiers())
+        curve = config.curve.client_end(spec.id) if config.curve is not None else None
         self.ctx = zmq.Context()
         self.sockets: dict[int, zmq.Socket] = {}
         self.poller = zmq.Poller()
@@ -83,7 +85,10 @@ class Client:
             sock.setsockopt(zmq.SNDHWM, 1_000_000)
             sock.setsockopt(zmq.RCVHWM, 1_000_000)
             sock.setsockopt(zmq.IDENTITY, f"{spec.id}-{os.getpid()}-{token}-{node.id}".encode())
-            sock.connect(node.router)
+            if curve is None:
+                sock.connect(node.router)
+            else:
+                connect_to(sock, curve, node.id, node.router)
             self.sockets[node.id] = sock
             self.poller.register(sock, zmq.POLLIN)
         self.shaper = config.shaper(spec.id)  # a client's links are shaped like a node's

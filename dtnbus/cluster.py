@@ -124,8 +124,9 @@ def kill_node(directory: Path, node_id: int) -> None:
 def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
                protocol: dict[str, Any] | None = None, shaping: dict[str, Any] | None = None,
                links: list[dict[str, Any]] | None = None, ready_timeout: float | None = None,
-               log_level: str = "INFO") -> ClusterConfig:
-    """Create a fresh cluster in `directory`, start it and wait until every node is ready."""
+               log_level: str = "INFO", curve: bool = False) -> ClusterConfig:
+    """Create a fresh cluster in `directory`, start it and wait until every node is ready.
+    `curve`: every connection CurveZMQ-encrypted and authenticated (curve.py)."""
     if running_pids(directory):
         raise LocalError(f"a cluster is already running in {directory}; "
                          f"run 'dtnbus cluster down --dir {directory}' first")
@@ -134,7 +135,7 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
     for old in (directory / "ledgers").glob("node-*.sqlite*"):
         old.unlink()  # a new cluster (new keys) starts a new ledger
     path = generate_cluster(directory, nodes, scheme, protocol=protocol, shaping=shaping,
-                            links=links)
+                            links=links, curve=curve)
     config = load_cluster(path)
     write_targets(config, directory)
     start_nodes(config, directory, log_level=log_level)

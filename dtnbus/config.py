@@ -23,6 +23,10 @@ Relative paths in the file (key files, ledgers) are relative to the file itself.
     id = "client"
     public_key = "..."
     key_file = "keys/client.key"
+
+With `curve = true` (top level) every connection is CurveZMQ (curve.py): each
+[[nodes]] table then also holds `curve_public_key` (z85) and `curve_key_file`, and so
+does each [[clients]] table whose client may connect.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from dtnbus.crypto import (
     scheme_of,
     write_private_key,
 )
+from dtnbus.curve import CurveKeys, add_curve_keys, load_curve_keys
 from dtnbus.errors import LocalError
 from dtnbus.messages import max_faulty
 from dtnbus.replica import ReplicaConfig
@@ -86,6 +91,7 @@ class ClusterConfig:
     shaping: dict[str, Any] = field(default_factory=dict)
     links: tuple[dict[str, Any], ...] = ()
     regions: dict[str, list[int]] = field(default_factory=dict)
+    curve: CurveKeys | None = None  # CurveZMQ keys when the file says `curve = true`
 
     @property
     def n(self) -> int:
@@ -254,7 +260,18 @@ def load_cluster(path: Path) -> ClusterConfig:
         load_public_key_text(spec.public_key)
     config.replica_config(0)  # validates [protocol]
     config.shaper(0)  # validates [shaping], [regions] and [[links]]
-    return config
+    _check_keys_not_shared(config)
+    return dataclasses.replace(config, curve=load_curve_keys(raw, path))
+
+
+def _check_keys_not_shared(config: ClusterConfig) -> None:
+    """A replica's signing key must never be a client's: the bus would then accept a
+    request the replica signed as that client's."""
+    replica_keys = {s.public_key: s.id for s in config.nodes}
+    for spec in config.clients:
+        if spec.public_key in replica_keys:
+            raise LocalError(f"{config.path}: client {spec.id!r} has the public key of node "
+                             f"{replica_keys[spec.public_key]}; give the client its own key")
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -277,8 +294,10 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
                      protocol: dict[str, Any] | None = None,
                      shaping: dict[str, Any] | None = None,
                      links: list[dict[str, Any]] | None = None,
-                     regions: dict[str, list[int]] | None = None) -> Path:
+                     regions: dict[str, list[int]] | None = None,
+                     curve: bool = False) -> Path:
     """Create keys (mode 0600) for N nodes and one client, and write `out/cluster.toml`.
+    With `curve`, each also gets a CURVE key pair and the file says `curve = true`.
 
     `hosts` gives each node its own address (one machine or network namespace each);
     they then all use the same ports, `base_port` (default 7000) onwards."""
@@ -324,6 +343,8 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
         doc["regions"] = regions
     if links:
         doc["links"] = links
+    if curve:
+        add_curve_keys(out, doc)
     path = out / "cluster.toml"
     path.write_text(tomli_w.dumps(doc))
     return path

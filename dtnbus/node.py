@@ -20,6 +20,7 @@ from typing import Any
 import zmq
 
 from dtnbus.config import ClusterConfig
+from dtnbus.curve import binding_refusal
 from dtnbus.errors import LocalError, PeerError
 from dtnbus.messages import (
     Checkpoint,
@@ -34,6 +35,7 @@ from dtnbus.messages import (
     StatusQuery,
     commit_quorum,
     kind_name,
+    sender_of,
 )
 from dtnbus.metrics import NodeMetrics
 from dtnbus.replica import (
@@ -84,7 +86,9 @@ class Node:
             if serve_metrics and spec.metrics:
                 host, _, port = spec.metrics.rpartition(":")
                 self.metrics.serve(host, int(port))
-            self.transport = Transport(Endpoints(spec.pub, spec.router, node_id), peers)
+            curve = config.curve.node_end(node_id) if config.curve is not None else None
+            self.transport = Transport(Endpoints(spec.pub, spec.router, node_id), peers,
+                                       curve=curve, on_refusal=self.metrics.curve_refused)
         except (OSError, ValueError, zmq.ZMQError) as exc:
             self.ledger.close()
             raise LocalError(f"node {node_id}: cannot listen on {spec.pub} / {spec.router} / "
@@ -123,8 +127,8 @@ class Node:
             if due is not None:
                 wake.append(due)
         timeout_ms = max(0, int((min(wake) - now) * 1000 + 0.999))
-        for source, identity, frame in self.transport.poll(timeout_ms):
-            self._on_frame(source, identity, frame)
+        for source, identity, frame, member in self.transport.poll(timeout_ms):
+            self._on_frame(source, identity, frame, member)
         now = time.monotonic()
         self._apply(self.replica.tick(now), now)
         if now >= self.next_hello:
@@ -145,9 +149,14 @@ class Node:
 
     # ------------------------------------------------------------ input
 
-    def _on_frame(self, source: int, identity: bytes | None, frame: bytes) -> None:
+    def _on_frame(self, source: int, identity: bytes | None, frame: bytes,
+                  member: str | None = None) -> None:
         try:
             raw = self.codec.parse(frame)
+            if member is not None and (why := binding_refusal(member, raw.msg)) is not None:
+                self.transport.refuse(why, f"{member} delivered {kind_name(raw.msg.KIND)} "
+                                           f"from {sender_of(raw.msg)!r}")
+                return
             if not self.replica.wants(raw.msg):
                 self.metrics.message_received(kind_name(raw.msg.KIND), len(frame))
                 return  # a vote its slot no longer needs: not worth a signature check
