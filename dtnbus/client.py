@@ -116,13 +116,13 @@ class Client:
         """Send (or queue on the emulated link); return when it will have arrived."""
         if self.shaper is not None and not self.shaper.is_unshaped(replica):
             return self.shaper.submit(now, replica, len(frame), frame)
-        self.sockets[replica].send(frame, copy=len(frame) < 65536)
+        _send_nowait(self.sockets[replica], frame)
         return now
 
     def _release(self, now: float) -> None:
         if self.shaper is not None:
             for replica, frame in self.shaper.pop_due(now):
-                self.sockets[replica].send(frame, copy=len(frame) < 65536)
+                _send_nowait(self.sockets[replica], frame)
 
     def _receive(self, timeout: float) -> list[tuple[int, object]]:
         """Authenticated messages that arrived within `timeout` seconds, as (replica, msg)."""
@@ -249,7 +249,7 @@ class Client:
         nonce = self._timestamp()
         frame = self.codec.encode(StatusQuery(self.id, nonce))
         for sock in self.sockets.values():
-            sock.send(frame)  # status is control traffic: never shaped
+            _send_nowait(sock, frame)  # status is control traffic: never shaped
         answers: dict[int, Status] = {}
         deadline = time.monotonic() + timeout
         while len(answers) < self.config.n:
@@ -276,3 +276,14 @@ class Client:
         ready = sorted(r for r, s in answers.items() if s.ready)
         raise LocalError(f"cluster not ready after {timeout:.0f}s: ready nodes {ready} of "
                          f"{self.config.n}; see the node logs")
+
+
+def _send_nowait(sock: zmq.Socket, frame: bytes) -> bool:
+    """Send without blocking; False if the frame could not be queued. A DEALER whose
+    only connection was refused (a CURVE key the node does not admit) has no peer, and
+    a blocking send would then hang forever; the retransmission timer tries again."""
+    try:
+        sock.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
+    except zmq.Again:
+        return False
+    return True

@@ -68,6 +68,7 @@ DROP_REASONS: tuple[str, ...] = (
 CURVE_REFUSAL_REASONS: tuple[str, ...] = (
     "no_curve",  # the peer speaks no CURVE (a plain ZeroMQ socket)
     "bad_handshake",  # the CURVE handshake failed: wrong server key, forged client key
+    "handshake_aborted",  # the peer hung up mid-handshake (often a plain ZeroMQ peer)
     "unknown_key",  # a valid CURVE key that the cluster file does not list
     "not_a_replica",  # a client key tried to subscribe to a replica's PUB
     "identity_mismatch",  # a connection claims a routing identity that is not its own

@@ -75,6 +75,7 @@ class Node:
         self.id = node_id
         self.codec = Codec(config.signer(spec.key_file, f"node {node_id}"),
                            config.replica_verifiers(), config.client_verifiers())
+        curve = config.curve.node_end(node_id) if config.curve is not None else None
         self.replica = Replica(config.replica_config(node_id))
         self.ledger = Ledger(spec.ledger)
         if self.ledger.height:  # a restart: resume from our ledger, then catch up
@@ -86,7 +87,6 @@ class Node:
             if serve_metrics and spec.metrics:
                 host, _, port = spec.metrics.rpartition(":")
                 self.metrics.serve(host, int(port))
-            curve = config.curve.node_end(node_id) if config.curve is not None else None
             self.transport = Transport(Endpoints(spec.pub, spec.router, node_id), peers,
                                        curve=curve, on_refusal=self.metrics.curve_refused)
         except (OSError, ValueError, zmq.ZMQError) as exc:

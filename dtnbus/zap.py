@@ -11,8 +11,9 @@ never waits for a busy loop. Not pyzmq's ThreadAuthenticator: that one runs an a
 loop (importing asyncio costs each node process ~38 ms of start-up, machine-limits.md),
 answers only per-domain yes/no, and never sees the refusals that do not reach ZAP at all.
 This thread also watches the server sockets' monitors, where libzmq reports a peer
-that speaks no CURVE (mechanism mismatch) or fails the cryptographic handshake (it does
-not hold the secret key of the public key it presents, or expects another server key).
+that speaks no CURVE (mechanism mismatch), fails the cryptographic handshake (it does
+not hold the secret key of the public key it presents, or expects another server key),
+or hangs up mid-handshake (a plain peer often does, having seen our greeting first).
 
 Every refusal is counted by reason (`dtnbus_curve_refused_total{reason}`) and logged as
 a WARNING at most once per reason every LOG_EVERY seconds, with how many were not shown.
@@ -200,8 +201,12 @@ class ZapGuard:
             except zmq.Again:
                 return
             peer = f"a peer of our {name} ({event.get('endpoint', b'').decode('ascii', 'replace')})"
-            if (event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                    and event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH):
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                # it hung up mid-handshake: typically a plain peer that saw our CURVE
+                # greeting first, or one that expects another server key
+                self.refused("handshake_aborted", f"{peer} hung up during the handshake "
+                                                  f"(errno {event['value']})")
+            elif event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
                 self.refused("no_curve", f"{peer} speaks no CURVE")
             else:
                 self.refused("bad_handshake", f"{peer} failed the CURVE handshake "
