@@ -5,12 +5,13 @@ finish its handshake on one of our server sockets, and stamps the user id we ans
 every frame from that connection. Keys come from the cluster file (curve.py); the PUB's
 domain admits nodes only, the ROUTER's nodes and clients.
 
-It runs on its own thread, blocked in zmq_poll (no GIL held) except for the few
-microseconds of a handshake: a node's Poller loop stays single-threaded and a handshake
-never waits for a busy loop. Not pyzmq's ThreadAuthenticator: that one runs an asyncio
-loop (importing asyncio costs each node process ~38 ms of start-up, machine-limits.md),
-answers only per-domain yes/no, and never sees the refusals that do not reach ZAP at all.
-This thread also watches the server sockets' monitors, where libzmq reports a peer
+It runs on its own thread, blocked in zmq_poll (no GIL held) except while it answers
+a handshake: a node's Poller loop stays single-threaded and a handshake never waits for
+a busy loop. It is not pyzmq's ThreadAuthenticator, which does the same job on an
+asyncio loop in its thread: that one answers a per-domain callback yes/no, so the
+member name and the reason of a refusal would need overriding its private methods, and
+it never sees the refusals that do not reach ZAP at all. (Measured, docs/security.md:
+their handshakes and set-up cost the same to within noise.) This thread also watches the server sockets' monitors, where libzmq reports a peer
 that speaks no CURVE (mechanism mismatch), fails the cryptographic handshake (it does
 not hold the secret key of the public key it presents, or expects another server key),
 or hangs up mid-handshake (a plain peer often does, having seen our greeting first).
@@ -21,6 +22,7 @@ a WARNING at most once per reason every LOG_EVERY seconds, with how many were no
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -162,6 +164,8 @@ class ZapGuard:
                     if mon in ready:
                         self._on_monitor_event(mon, name)
         finally:
+            with contextlib.suppress(zmq.ZMQError):
+                zap.unbind(ZAP_ENDPOINT)  # at once: close() frees the name asynchronously
             for sock in sockets:
                 sock.close(linger=0)
 
