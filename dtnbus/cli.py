@@ -161,9 +161,11 @@ def submit(directory: Path | None, config_file: Path | None, count: int | None, 
     config = resolve_config(directory, config_file)
     with Client(config) as client:
         result = client.submit(chunk(txs, request_txs), timeout=timeout)
+        refused = client.refused_by()
     if result.seconds_f1 is None:
         raise LocalError(f"only {len(result.results)}/{result.requests} requests got "
-                         f"{config.f + 1} matching replies within {timeout:.0f}s")
+                         f"{config.f + 1} matching replies within {timeout:.0f}s"
+                         + (f"; {refused}" if refused else ""))
     last = max(result.results.values())
     click.echo(f"{len(txs)} transactions in {result.requests} requests committed in "
                f"{result.seconds_f1:.3f}s (f+1={config.f + 1} matching replies); "

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from dtnbus.config import ClusterConfig
-from dtnbus.curve import connect_to
+from dtnbus.curve import HandshakeWatch, connect_to
 from dtnbus.errors import LocalError, PeerError
 from dtnbus.messages import Reply, Request, Status, StatusQuery, commit_quorum, reply_quorum
 from dtnbus.metrics import ClientMetrics
@@ -91,14 +91,21 @@ class Client:
                 connect_to(sock, curve, node.id, node.router)
             self.sockets[node.id] = sock
             self.poller.register(sock, zmq.POLLIN)
+        self.handshakes = HandshakeWatch(self.sockets) if curve is not None else None
         self.shaper = config.shaper(spec.id)  # a client's links are shaped like a node's
         self.metrics = ClientMetrics()
         self._clock = time.time_ns() // 1000  # µs since the epoch: grows across restarts
 
     def close(self) -> None:
+        if self.handshakes is not None:
+            self.handshakes.close()
         for sock in self.sockets.values():
             sock.close(linger=0)
         self.ctx.term()
+
+    def refused_by(self) -> str | None:
+        """Why nodes refused our CURVE handshake, as one sentence (None: none did)."""
+        return self.handshakes.summary() if self.handshakes is not None else None
 
     def __enter__(self) -> Client:
         return self

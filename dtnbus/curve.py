@@ -21,6 +21,7 @@ losing one must not give away the other.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,3 +234,50 @@ def binding_refusal(member: str, msg: Message) -> str | None:
     if msg.KIND not in CLIENT_KINDS:
         return "member_mismatch"
     return None if client_member(str(sender)) == member else "member_mismatch"
+
+
+class HandshakeWatch:
+    """A client's view of its CURVE handshakes, from its DEALERs' monitors: which nodes
+    refused it, so that a stale key is reported as such rather than as a timeout."""
+
+    EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+              | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+    def __init__(self, sockets: dict[int, zmq.Socket]) -> None:
+        self._monitors = {node: sock.get_monitor_socket(self.EVENTS)
+                          for node, sock in sockets.items()}
+        self._sockets = sockets
+        self.failed: dict[int, str] = {}  # node -> why its last handshake failed
+
+    def refusals(self) -> dict[int, str]:
+        from zmq.utils.monitor import parse_monitor_message
+
+        for node, mon in self._monitors.items():
+            while True:
+                try:
+                    event = parse_monitor_message(mon.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    self.failed.pop(node, None)
+                elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    self.failed[node] = "refused our CURVE key"
+                else:
+                    self.failed[node] = "failed the CURVE handshake"
+        return dict(self.failed)
+
+    def summary(self) -> str | None:
+        """One sentence for an error message, or None when no node refused us."""
+        failed = self.refusals()
+        if not failed:
+            return None
+        nodes = ", ".join(str(n) for n in sorted(failed))
+        how = "; ".join(sorted(set(failed.values())))
+        return (f"node(s) {nodes} {how}: is this the cluster file the nodes run with, "
+                "and does it list this client's curve_public_key?")
+
+    def close(self) -> None:
+        for node, mon in self._monitors.items():
+            with contextlib.suppress(zmq.ZMQError):
+                self._sockets[node].disable_monitor()
+            mon.close(linger=0)

@@ -11,10 +11,11 @@ a busy loop. It is not pyzmq's ThreadAuthenticator, which does the same job on a
 asyncio loop in its thread: that one answers a per-domain callback yes/no, so the
 member name and the reason of a refusal would need overriding its private methods, and
 it never sees the refusals that do not reach ZAP at all. (Measured, docs/security.md:
-their handshakes and set-up cost the same to within noise.) This thread also watches the server sockets' monitors, where libzmq reports a peer
-that speaks no CURVE (mechanism mismatch), fails the cryptographic handshake (it does
-not hold the secret key of the public key it presents, or expects another server key),
-or hangs up mid-handshake (a plain peer often does, having seen our greeting first).
+their handshakes and set-up cost the same to within noise.) This thread also watches
+the server sockets' monitors, where libzmq reports a peer that speaks no CURVE
+(mechanism mismatch), fails the cryptographic handshake (it does not hold the secret
+key of the public key it presents, or expects another server key), or hangs up
+mid-handshake (a plain peer often does, having seen our greeting first).
 
 Every refusal is counted by reason (`dtnbus_curve_refused_total{reason}`) and logged as
 a WARNING at most once per reason every LOG_EVERY seconds, with how many were not shown.

@@ -236,6 +236,9 @@ def test_curve_cluster_commits_and_refuses_strangers(
             assert client.status(timeout=0.5) == {}
             sent = client.submit(chunk(make_transactions(20, 100, seed=7), 10), timeout=1.5)
             assert sent.results == {} and sent.seconds_f1 is None
+            if config is stranger:  # the client can tell why, not only that it timed out
+                why = wait_until(client.refused_by, 10.0, "the client to see the refusals")
+                assert "refused our CURVE key" in why, why
     for node in range(4):
         wait_until(lambda n=node: _refused(cluster, n, "unknown_key") >= 1, 10.0,
                    f"node {node} to count the unknown key")
@@ -295,5 +298,16 @@ def test_cluster_up_curve_from_the_command_line(run_cli: RunCli, tmp_path: Path)
         status = run_cli("cluster", "status", "--dir", directory)
         assert status.returncode == 0, status.stderr
         assert status.stdout.count(" ready ") == 4, status.stdout
+        sent = run_cli("submit", "--dir", directory, "--count", "10", "--timeout", "30")
+        assert sent.returncode == 0, sent.stderr
+        # the same cluster file with a client CURVE key the nodes never heard of
+        text = (directory / "cluster.toml").read_text()
+        key = load_cluster(directory / "cluster.toml").curve.clients["client"].public_key
+        public = new_curve_key_file(directory / "keys" / "stranger.curve.key")
+        stranger = directory / "stranger.toml"
+        stranger.write_text(text.replace(key, public).replace(
+            "keys/client.curve.key", "keys/stranger.curve.key"))
+        refused = run_cli("submit", "--config", stranger, "--count", "1", "--timeout", "2")
+        assert_one_line_error(refused, "refused our CURVE key")
     finally:
         stop_nodes(directory)
