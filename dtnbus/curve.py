@@ -32,7 +32,7 @@ from zmq.utils import z85
 
 from dtnbus.crypto import write_secret_file
 from dtnbus.errors import LocalError
-from dtnbus.messages import CLIENT_KINDS, Message, Request, sender_of
+from dtnbus.messages import CLIENT_KINDS, Message, StatusQuery, sender_of
 
 DOMAIN_REPLICAS = "dtnbus-replicas"  # a node's PUB: only replicas may subscribe
 DOMAIN_MEMBERS = "dtnbus-members"  # a node's ROUTER: replicas and admitted clients
@@ -222,15 +222,15 @@ def connect_to(sock: zmq.Socket, end: CurveEnd, node_id: int, endpoint: str) -> 
 def binding_refusal(member: str, msg: Message) -> str | None:
     """Why a message may not arrive over this member's connection (None: it may).
 
-    A client's connection carries only client messages signed as that client; a node's
-    carries its own replica messages and client requests it forwards. Signatures already
-    say who wrote a message; this says who may deliver it, so an admitted client can
-    neither pose as a replica nor relay what it was not meant to hold."""
+    A client's connection carries only client messages signed as that client. A node's
+    carries replica messages and the client requests it forwards; not only its own
+    (it relays the NEW-VIEW that started a view, signed by that view's primary, to a
+    peer that missed it), so signatures, not the connection, say who wrote them.
+    Signatures say who wrote a message; this says who may deliver it, so an admitted
+    client can neither pose as a replica nor relay what it was not meant to hold."""
     sender = sender_of(msg)
     if member.startswith(NODE_PREFIX):
-        if msg.KIND in CLIENT_KINDS:
-            return None if isinstance(msg, Request) else "member_mismatch"
-        return None if node_member(sender) == member else "member_mismatch"  # type: ignore[arg-type]
+        return "member_mismatch" if isinstance(msg, StatusQuery) else None
     if msg.KIND not in CLIENT_KINDS:
         return "member_mismatch"
     return None if client_member(str(sender)) == member else "member_mismatch"

@@ -308,6 +308,9 @@ def test_cluster_up_curve_from_the_command_line(run_cli: RunCli, tmp_path: Path)
         stranger.write_text(text.replace(key, public).replace(
             "keys/client.curve.key", "keys/stranger.curve.key"))
         refused = run_cli("submit", "--config", stranger, "--count", "1", "--timeout", "2")
-        assert_one_line_error(refused, "refused our CURVE key")
+        assert refused.returncode == 1, refused.stderr  # a problem found, not a bad flag
+        lines = refused.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: 0 of 4 nodes answered: "), lines
+        assert "node(s) 0, 1, 2, 3 refused our CURVE key" in lines[0], lines[0]
     finally:
         stop_nodes(directory)

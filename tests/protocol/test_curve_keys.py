@@ -133,7 +133,7 @@ def test_a_client_with_a_replicas_signing_key_is_refused(curve_cluster: Path) ->
     def share(doc: dict) -> None:
         doc["clients"][0]["public_key"] = doc["nodes"][1]["public_key"]
     _rewrite(curve_cluster, share)
-    _one_line_error(curve_cluster, r"client 'client' has the public key of node 1")
+    _one_line_error(curve_cluster, r"client 'client' has node 1's public key")
 
 
 # ---------------------------------------------------------------- the wire decoder
@@ -160,20 +160,23 @@ def test_replica_signed_request_is_refused(keys: dict) -> None:
     """A replica's key never signs a request that the bus accepts as a client's."""
     node = _codec(keys, "r0")
     verifier = _codec(keys, "r1")
-    assert _reason(verifier, node.encode(Request("c", 1, (b"tx",)))) == "bad_signature"
+    assert _reason(verifier, node.encode(Request("c", 1, 1, (b"tx",)))) == "bad_signature"
     assert _reason(verifier, node.encode(StatusQuery("c", 1))) == "bad_signature"
+    # nor does it MAC one: its tags are keyed with its own key, not the client's
+    frame, _digest = node.encode_request(Request("c", 1, 2, (b"tx",)), "mac")
+    assert _reason(verifier, frame) == "bad_signature"
     # a client id spelled like a replica's is no replica, and no admitted client either
-    assert _reason(verifier, node.encode(Request("0", 1, (b"tx",)))) == "unknown_sender"
+    assert _reason(verifier, node.encode(Request("0", 1, 1, (b"tx",)))) == "unknown_sender"
 
 
 def test_client_signed_replica_message_is_refused(keys: dict) -> None:
     client = _codec(keys, "c")
     verifier = _codec(keys, "r1")
     assert _reason(verifier, client.encode(Prepare(0, 1, 0, b"d" * 32))) == "bad_signature"
-    assert _reason(verifier, client.encode(Reply(0, 0, "c", 1, 1, b"h" * 32))) \
+    assert _reason(verifier, client.encode(Reply(0, 0, "c", 1, 1, b"r" * 32, 1, 0, b"h" * 32))) \
         == "bad_signature"
     # the right client's own request still passes
-    assert verifier.decode(client.encode(Request("c", 1, (b"tx",)))).msg.client == "c"
+    assert verifier.decode(client.encode(Request("c", 1, 1, (b"tx",)))).msg.client == "c"
 
 
 # ---------------------------------------------------------------- who may deliver what
@@ -181,18 +184,18 @@ def test_client_signed_replica_message_is_refused(keys: dict) -> None:
 
 def test_client_connection_carries_only_its_own_client_messages() -> None:
     me = client_member("c")
-    assert binding_refusal(me, Request("c", 1, (b"t",))) is None
+    assert binding_refusal(me, Request("c", 1, 1, (b"t",))) is None
     assert binding_refusal(me, StatusQuery("c", 1)) is None
-    assert binding_refusal(me, Request("d", 1, (b"t",))) == "member_mismatch"
+    assert binding_refusal(me, Request("d", 1, 1, (b"t",))) == "member_mismatch"
     assert binding_refusal(me, Prepare(0, 1, 0, b"d" * 32)) == "member_mismatch"
     assert binding_refusal(me, Commit(0, 1, 2, b"d" * 32)) == "member_mismatch"
 
 
-def test_replica_connection_carries_its_own_votes_and_forwarded_requests() -> None:
+def test_replica_connection_carries_votes_relays_and_forwarded_requests() -> None:
     me = node_member(1)
     assert binding_refusal(me, Prepare(0, 1, 1, b"d" * 32)) is None
-    assert binding_refusal(me, Request("c", 1, (b"t",))) is None  # a forwarded body
-    assert binding_refusal(me, Prepare(0, 1, 2, b"d" * 32)) == "member_mismatch"
+    assert binding_refusal(me, Prepare(0, 1, 2, b"d" * 32)) is None  # a relayed proof
+    assert binding_refusal(me, Request("c", 1, 1, (b"t",))) is None  # a forwarded body
     assert binding_refusal(me, StatusQuery("c", 1)) == "member_mismatch"
 
 
