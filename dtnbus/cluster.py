@@ -280,7 +280,8 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
                protocol: dict[str, Any] | None = None, shaping: dict[str, Any] | None = None,
                links: list[dict[str, Any]] | None = None, ready_timeout: float | None = None,
                log_level: str = "INFO", fresh: bool = False,
-               extra_clients: int = 0, curve: bool = False) -> ClusterConfig:
+               extra_clients: int = 0, durability: str = "fsync",
+               curve: bool = False) -> ClusterConfig:
     """Create a new cluster in `directory`, start it and wait until every node is ready.
 
     A directory that already holds keys, ledgers or a cluster file is refused unless
@@ -298,7 +299,7 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
     ensure_directory(directory, "--dir")
     path = generate_cluster(directory, nodes, scheme, protocol=protocol, shaping=shaping,
                             links=links, fresh=fresh, clients=extra_clients,
-                            curve=curve)
+                            durability=durability, curve=curve)
     config = load_cluster(path)
     write_targets(config, directory)
     pids = start_nodes(config, directory, log_level=log_level)

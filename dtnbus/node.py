@@ -21,7 +21,6 @@ as `internal_error` with its traceback logged, and the node goes on.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from collections import OrderedDict
@@ -93,7 +92,7 @@ class Node:
                            config.client_verifiers(), open_clients=config.open_admission,
                            me=node_id)
         curve = config.curve.node_end(node_id) if config.curve is not None else None
-        self.ledger = Ledger(spec.ledger, os.environ.get("DTNBUS_SYNC", "FULL"))
+        self.ledger = Ledger(spec.ledger, config.sqlite_synchronous)
         self.replica = Replica(config.replica_config(node_id), self.codec.encode,
                                config.admitted_at_genesis(), config.operators(),
                                config.open_admission)
