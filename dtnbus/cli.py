@@ -12,6 +12,7 @@ import click
 
 from dtnbus.cluster import DEFAULT_DIR
 from dtnbus.errors import LocalError
+from dtnbus.l2.commands import chain_options
 
 if TYPE_CHECKING:
     from dtnbus.sync import SyncResult
@@ -79,8 +80,10 @@ def cluster() -> None:
               help="Per-link bandwidth in Mbps (0: unlimited).")
 @click.option("--latency", type=click.FloatRange(min=0), default=0.0,
               help="Per-link one-way latency in ms (0: none).")
+@chain_options
 def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: float,
-                   latency: float) -> None:
+                   latency: float, chain: str | None, threshold: int | None,
+                   deposit: str | None, takeover: float) -> None:
     """Create a fresh cluster in DIR and start it; returns when every node is ready."""
     from dtnbus.cluster import cluster_up
 
@@ -89,6 +92,22 @@ def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: f
                if bandwidth or latency else None)
     config = cluster_up(directory, nodes, scheme, shaping=shaping)
     click.echo(f"cluster of {config.n} nodes (f={config.f}) ready in {directory}")
+    if chain:
+        _start_chain(config, directory, chain, threshold, deposit, takeover)
+
+
+def _start_chain(config: object, directory: Path, chain: str, threshold: int | None,
+                 deposit: str | None, takeover: float) -> None:
+    """The wallet and payout agents (dtnbus/l2); on failure the whole cluster stops."""
+    from dtnbus.cluster import stop_nodes
+    from dtnbus.l2.commands import start_chain_for, stop_chain_for
+
+    try:
+        click.echo(start_chain_for(config, directory, chain, threshold, deposit, takeover))
+    except BaseException:
+        stop_chain_for(directory)
+        stop_nodes(directory)
+        raise
 
 
 @cluster.command("down")
@@ -96,9 +115,13 @@ def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: f
 def cluster_down_cmd(directory: Path | None) -> None:
     """Stop every node of the cluster in DIR (SIGTERM, then SIGKILL after 10 s)."""
     from dtnbus.cluster import stop_nodes
+    from dtnbus.l2.commands import stop_chain_for
 
+    chain_side = stop_chain_for(directory or DEFAULT_DIR)
     stopped = stop_nodes(directory or DEFAULT_DIR)
     click.echo(f"stopped {stopped} node(s)")
+    if chain_side:
+        click.echo(chain_side)
 
 
 @cluster.command("status")
@@ -346,6 +369,10 @@ def ledger_verify(directory: Path | None, config_file: Path | None) -> None:
 
 
 def _add_optional_commands() -> None:
+    from dtnbus.l2.commands import payout, reward
+
+    cli.add_command(payout)
+    cli.add_command(reward)
     try:
         from dtnbus.monitor import monitor_command
     except ImportError:  # pragma: no cover - the monitoring module is optional at import
