@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ log = logging.getLogger("dtnbus.payout")
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 15.0
-RPC_BACKOFF_MAX = 30.0
+RPC_BACKOFF_MAX = 10.0
 GAUGES_EVERY = 1.0
 GAS_MARGIN = 1.2  # estimate x 1.2 + 5000: a state change between estimate and mining
 STUCK_AFTER = 60.0  # a broadcast transaction still unmined after this is logged
@@ -71,6 +71,7 @@ class Backoff:
     until: float
     delay: float
     reason: str
+    why: str = ""
 
 
 class PayoutAgent:
@@ -102,6 +103,8 @@ class PayoutAgent:
         self.backoffs: dict[bytes, Backoff] = {}
         self.unbacked_seen: dict[int, float] = {}
         self.flagged: set[int] = set()
+        self.waiting_since: dict[str, float] = {}  # tx hash -> when first seen unmined
+        self.stuck: set[str] = set()
         self.synced = False  # the wallet view has caught up once (events before: history)
         self.verified = False
         self.rpc_delay = 0.0
@@ -266,7 +269,7 @@ class PayoutAgent:
             if e.kind == "Deposit":
                 for rid, b in list(self.backoffs.items()):  # funds arrived: try again now
                     if b.reason == "wallet_balance":
-                        self.backoffs[rid] = Backoff(now, b.delay, b.reason)
+                        self.backoffs[rid] = Backoff(now, b.delay, b.reason, b.why)
                 continue
             if e.index is None:
                 continue
@@ -424,8 +427,9 @@ class PayoutAgent:
                                        bytes(signed.raw_transaction))  # durable before sent
         log.info("%s reward %s: tx %s (nonce %d)", action, pending.reward.id_hex[:18], tx_hash,
                  nonce)
-        self._broadcast(row, now)
-        self._settle(row, now)  # a development chain mines at once
+        row = self._broadcast(row, now)
+        if row.state == "sent":
+            self._settle(row, now)  # a development chain mines at once
 
     def _refused(self, pending: PendingReward, action: str, exc: RpcError,
                  now: float) -> None:
@@ -460,39 +464,49 @@ class PayoutAgent:
     def _block(self, pending: PendingReward, reason: str, now: float, why: str) -> None:
         rid = pending.reward.reward_id
         old = self.backoffs.get(rid)
-        delay = min(BACKOFF_MAX, old.delay * 2) if old and old.reason == reason \
-            else BACKOFF_FIRST
-        self.backoffs[rid] = Backoff(now + delay, delay, reason)
+        again = old is not None and old.reason == reason
+        delay = min(BACKOFF_MAX, old.delay * 2) if again and old else BACKOFF_FIRST
+        self.backoffs[rid] = Backoff(now + delay, delay, reason, why)
         self.metrics.retry(reason)
-        if pending.why != why or pending.blocker != reason:
+        if not again or old is None or old.why != why:
             log.warning("reward %s blocked: %s (retrying with backoff)",
                         pending.reward.id_hex[:18], why)
+        else:
+            log.debug("reward %s still blocked; next try in %.1fs", pending.reward.id_hex[:18],
+                      delay)
         pending.blocker, pending.why = reason, why
 
     # ---- the outbox ---------------------------------------------------------------------------
 
-    def _broadcast(self, row: OutboxRow, now: float) -> None:
+    def _broadcast(self, row: OutboxRow, now: float) -> OutboxRow:
+        """Send the signed bytes; returns the row with its new state."""
         try:
             self.rpc.send_raw(row.raw)
         except RpcUnavailable:
-            return  # stays 'signed': the same bytes go out once the RPC answers
+            return row  # stays 'signed': the same bytes go out once the RPC answers
         except RpcError as exc:
             message = exc.message.lower()
-            if "already known" in message or "known transaction" in message:
-                self.state.set_outbox_state(row.id, "sent")
-                return
+            if any(known in message for known in ("already known", "known transaction",
+                                                  "already imported")):
+                return self._sent(row)  # an earlier send of these bytes arrived
             if "nonce too low" in message or "underpriced" in message:
-                if self.rpc.receipt(row.tx_hash) is None:
-                    self._give_up(row, "nonce_conflict", f"refused: {exc.message}")
-                return
+                if self.rpc.receipt(row.tx_hash) is not None:
+                    return self._sent(row)  # mined already: settled next
+                self._give_up(row, "nonce_conflict", f"refused: {exc.message}")
+                return replace(row, state="abandoned")
             self._give_up(row, "refused", f"refused: {exc.message}")
             pending = self.pending.get(row.reward_id)
             if pending is not None:
                 reason = "owner_gas" if "insufficient funds" in message else "other"
                 self._block(pending, reason, now, f"{row.action} transaction refused by the "
                             f"chain: {exc.message}")
-            return
-        self.state.set_outbox_state(row.id, "sent")
+            return replace(row, state="abandoned")
+        return self._sent(row)
+
+    def _sent(self, row: OutboxRow) -> OutboxRow:
+        if row.state != "sent":
+            self.state.set_outbox_state(row.id, "sent")
+        return replace(row, state="sent")
 
     def _give_up(self, row: OutboxRow, outcome: str, note: str) -> None:
         self.state.set_outbox_state(row.id, "abandoned", note)
@@ -526,6 +540,12 @@ class PayoutAgent:
             self._broadcast(row, now)
             return
         if self.rpc.transaction(row.tx_hash) is not None:
+            since = self.waiting_since.setdefault(row.tx_hash, now)
+            if now - since > STUCK_AFTER and row.tx_hash not in self.stuck:
+                self.stuck.add(row.tx_hash)
+                log.warning("%s tx %s not mined after %.0fs (gas price too low for this "
+                            "chain?); still waiting for it", row.action, row.tx_hash,
+                            now - since)
             return  # still waiting to be mined
         if self.rpc.nonce(self.address, "latest") > row.nonce:
             self._give_up(row, "nonce_conflict", "its nonce was used by another transaction")

@@ -4,7 +4,9 @@ give owners gas money, deposit rewards. Signed locally with eth-account, sent ov
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,17 +23,25 @@ ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2f
 ANVIL_CHAIN_ID = 31337
 
 
+def anvil_path() -> str:
+    """anvil from PATH, else the one setup.sh linked beside this Python (the venv's bin)."""
+    beside = Path(sys.executable).parent / "anvil"
+    return shutil.which("anvil") or (str(beside) if beside.exists() else "anvil")
+
+
 def start_anvil(state_file: Path, log_file: Path, host: str = "127.0.0.1",
+                port: int | None = None,
                 timeout: float = 15.0) -> tuple[subprocess.Popen[bytes], str]:
-    """A local chain (prague rules, the ones our gas figures use) on a free port. `state_file`
-    keeps the chain across a stop and start (anvil writes it when it exits cleanly)."""
-    port = free_ports(1, host)[0]
+    """A local chain (prague rules, the ones our gas figures use) on `port` (default: a free
+    one). `state_file` keeps the chain across a stop and start (anvil loads it at start and
+    writes it when it exits cleanly)."""
+    port = port or free_ports(1, host)[0]
     state_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         try:
             proc = subprocess.Popen(
-                ["anvil", "--host", host, "--port", str(port), "--hardfork", "prague",
+                [anvil_path(), "--host", host, "--port", str(port), "--hardfork", "prague",
                  "--chain-id", str(ANVIL_CHAIN_ID), "--state", str(state_file)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ def reward(ctx: click.Context, directory: Path | None, config_file: Path | None,
     if as_json:
         click.echo(json.dumps(status.to_json(), separators=(",", ":")))
     if status.state != "paid":
-        raise click.exceptions.Exit(1)
+        sys.exit(1)
 
 
 def _short(text: str | None, keep: int = 10) -> str:
@@ -190,7 +191,9 @@ def reward_status(directory: Path | None, config_file: Path | None, as_json: boo
     from dtnbus.l2.payments import reward_statuses
     from dtnbus.reward import format_bnb
 
-    statuses = reward_statuses(directory, config_file)
+    statuses, chain_error = reward_statuses(directory, config_file)
+    if chain_error:
+        click.echo(f"{chain_error}: showing what the payout agents last saw", err=True)
     click.echo(f"{'reward':<15} {'seq':>5} {'trainer':<15} {'BNB':>8} {'proposal':<15} "
                f"{'conf':>5} {'state':<9} why")
     for s in statuses:
@@ -202,5 +205,7 @@ def reward_status(directory: Path | None, config_file: Path | None, as_json: boo
     if not statuses:
         click.echo("no reward committed yet")
     if as_json:
-        click.echo(json.dumps({"rewards": [s.to_json() for s in statuses]},
-                              separators=(",", ":")))
+        click.echo(json.dumps({"rewards": [s.to_json() for s in statuses],
+                               "chain_error": chain_error}, separators=(",", ":")))
+    if chain_error:
+        sys.exit(1)

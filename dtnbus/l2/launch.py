@@ -17,7 +17,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dtnbus.cluster import process_alive
 from dtnbus.config import ClusterConfig, free_ports
@@ -116,7 +118,65 @@ def chain_up(config: ClusterConfig, directory: Path, network: str,
     chain = save_chain(config.path, table)
     write_payout_targets(chain, directory)
     start_agents(chain, directory, log_level=log_level)
+    wait_agents_ready(chain, directory)
     return chain
+
+
+def wait_agents_ready(chain: ChainConfig, directory: Path, ids: list[int] | None = None,
+                      timeout: float = 30.0) -> None:
+    """Return once every agent has read the wallet's events (its /metrics shows a chain block
+    at or past the deployment); fail fast, with its last log line, if one died."""
+    waiting = set(ids if ids is not None else range(chain.n))
+    deadline = time.monotonic() + timeout
+    while waiting:
+        for node_id in sorted(waiting):
+            if f"payout-{node_id}" not in running(directory):
+                raise LocalError(f"payout agent {node_id} exited during start-up: "
+                                 f"{_last_line(directory / 'logs' / f'payout-{node_id}.log')}")
+            if _chain_block(chain.payout_metrics[node_id]) >= chain.deploy_block:
+                waiting.discard(node_id)
+        if waiting and time.monotonic() > deadline:
+            raise LocalError(f"payout agents {sorted(waiting)} not ready after {timeout:.0f}s; "
+                             f"see {directory}/logs/payout-N.log")
+        if waiting:
+            time.sleep(0.05)  # polling processes that are starting: no event to wait on
+
+
+def _chain_block(address: str) -> float:
+    """dtnbus_l2_chain_block from an agent's /metrics (-1 while it does not answer)."""
+    if not address:
+        return float("inf")  # no metrics endpoint: nothing to wait on
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=1) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("dtnbus_l2_chain_block "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return -1.0
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text().strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "empty log"
+
+
+def start_local_chain(chain: ChainConfig, directory: Path) -> int:
+    """Start the development chain again where [chain].rpc says, from the state anvil saved
+    when it stopped (a cluster restarted over its ledgers keeps its wallet)."""
+    if chain.network != "development" or not chain.rpc:
+        raise LocalError(f"{chain.cluster_file}: only a development chain runs locally")
+    if "anvil" in running(directory):
+        raise LocalError(f"the local chain of {directory} is already running")
+    parts = urlsplit(chain.rpc)
+    proc, _ = start_anvil(directory / "chain" / "anvil-state.json",
+                          directory / "logs" / "anvil.log", parts.hostname or "127.0.0.1",
+                          parts.port)
+    _write_pids(directory, {**_read_pids(directory), "anvil": proc.pid})
+    return proc.pid
 
 
 def write_payout_targets(chain: ChainConfig, directory: Path) -> Path:

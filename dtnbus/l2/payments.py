@@ -37,7 +37,7 @@ class RewardStatus:
     confirmations: int
     required: int
     executed_tx: str | None
-    owed_wei: int  # what the trainer is owed now (all its unwithdrawn rewards)
+    owed_wei: int | None  # what the trainer is owed now (None: the chain did not answer)
     trainer: str
     amount_wei: int
     model_id: str
@@ -144,13 +144,15 @@ def _status(chain: ChainConfig, entry: CommittedReward | None, reward: Reward,
         state=state, why=why)
 
 
-def reward_statuses(directory: Path | None, config_file: Path | None) -> list[RewardStatus]:
-    """Every committed reward, in ledger order, with its payment and why it waits."""
+def reward_statuses(directory: Path | None, config_file: Path | None,
+                    ) -> tuple[list[RewardStatus], str | None]:
+    """Every committed reward, in ledger order, with its payment and why it waits; and why
+    the chain could not be asked (then the payout agents' last knowledge stands in)."""
     config, chain = load(directory, config_file)
     entries = committed_rewards(config)
     whys = _agent_whys(config)
     dups = _duplicates(config)
-    rpc = Rpc(chain.rpc_url())
+    rpc = Rpc(chain.rpc_url(), timeout=5.0)
     try:
         view = WalletView(rpc, chain.contract, chain.deploy_block)
         view.refresh()
@@ -162,11 +164,45 @@ def reward_statuses(directory: Path | None, config_file: Path | None) -> list[Re
                              whys.get(rid, "no payout agent has reported on it yet"))
             status.duplicates = dups.get(rid, 0)
             out.append(status)
-        return out
+        return out, None
     except (RpcUnavailable, RpcError) as exc:
-        raise _chain_error(chain, exc) from None
+        known = _agent_states(config)
+        out = []
+        for rid, entry in entries.items():
+            status = _status(chain, entry, entry.reward, None, None,
+                             whys.get(rid, "no payout agent has reported on it yet"))
+            state, confirmations, executed_tx = known.get(rid, ("committed", 0, None))
+            status.state, status.confirmations, status.executed_tx = (
+                state, confirmations, executed_tx)
+            if state != "committed":
+                status.proposal = hex(entry.reward.index)
+            status.duplicates = dups.get(rid, 0)
+            out.append(status)
+        return out, str(_chain_error(chain, exc))
     finally:
         rpc.close()
+
+
+_PROGRESS = ("committed", "proposed", "confirmed", "paid")
+
+
+def _agent_states(config: ClusterConfig) -> dict[bytes, tuple[str, int, str | None]]:
+    """The furthest any payout agent has seen each reward get: (state, confirmations, tx)."""
+    best: dict[bytes, tuple[str, int, str | None]] = {}
+    for spec in config.nodes:
+        path = state_path(spec.ledger)
+        if not path.exists():
+            continue
+        state = AgentState(path, readonly=True)
+        try:
+            for rid, st, conf, tx in state.db.execute(
+                    "SELECT reward_id, state, confirmations, executed_tx FROM rewards"):
+                old = best.get(bytes(rid), ("committed", 0, None))
+                if (_PROGRESS.index(st), conf) > (_PROGRESS.index(old[0]), old[1]):
+                    best[bytes(rid)] = (st, conf, tx)
+        finally:
+            state.close()
+    return best
 
 
 def submit_reward(directory: Path | None, config_file: Path | None, reward: Reward,
@@ -174,7 +210,7 @@ def submit_reward(directory: Path | None, config_file: Path | None, reward: Rewa
     """Commit `reward` on Layer 1 (unless its id already is) and wait until the trainer is
     owed it on chain or `timeout` passes. Times each step as seen from here."""
     config, chain = load(directory, config_file)
-    start = time.monotonic()
+    start, wall_start = time.monotonic(), time.time()
     seconds: dict[str, float] = {}
     first = committed_rewards(config).get(reward.reward_id)
     if first is not None and not first.reward.same_payment(reward):
@@ -189,12 +225,46 @@ def submit_reward(directory: Path | None, config_file: Path | None, reward: Rewa
                              "matching replies): is the cluster up?")
         seq = next(iter(result.results.values()))[0]
         seconds["l1_commit"] = time.monotonic() - start
+        wall_commit = time.time()
         first = committed_rewards(config, at_least=seq).get(reward.reward_id)
         if first is None:
             raise LocalError(f"committed at seq {seq} but no ledger here shows it")
         if not first.reward.same_payment(reward):  # another client's entry came first
             raise LocalError(_conflict(first))
-    return _wait_paid(config, chain, first, reward, start, seconds, timeout, already)
+    status = _wait_paid(config, chain, first, reward, start, seconds, timeout, already)
+    if not already and status.state == "paid":
+        status.seconds.update(_agent_step_times(config, chain, reward, wall_start, wall_commit))
+    return status
+
+
+def _agent_step_times(config: ClusterConfig, chain: ChainConfig, reward: Reward,
+                      wall_start: float, wall_commit: float) -> dict[str, float]:
+    """The steps to the millisecond from the payout agents' outboxes (same host, same clock):
+    when each agent saw its proposal, confirmations and execution mined. Nothing (and the
+    20 ms observation stands) if the agents' files are not here."""
+    mined: dict[str, list[float]] = {"propose": [], "confirm": [], "execute": []}
+    for spec in config.nodes:
+        path = state_path(spec.ledger)
+        if not path.exists():
+            continue
+        state = AgentState(path, readonly=True)
+        try:
+            for action, updated in state.db.execute(
+                    "SELECT action, updated FROM outbox WHERE reward_id = ? AND state = 'mined'",
+                    (reward.reward_id,)):
+                mined[action].append(updated)
+        finally:
+            state.close()
+    confirms = sorted(mined["confirm"])
+    if not mined["propose"] or len(confirms) < chain.threshold - 1 or not mined["execute"]:
+        return {}
+    proposed = min(mined["propose"])
+    confirmed = confirms[chain.threshold - 2] if chain.threshold > 1 else proposed
+    executed = min(mined["execute"])
+    return {"propose": round(proposed - wall_commit, 4),
+            "confirmations": round(confirmed - proposed, 4),
+            "execute": round(executed - confirmed, 4),
+            "total": round(executed - wall_start, 4)}
 
 
 def _conflict(first: CommittedReward) -> str:

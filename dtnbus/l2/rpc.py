@@ -68,14 +68,21 @@ class Rpc:
         path = self._parts.path or "/"
         if self._parts.query:
             path += "?" + self._parts.query
-        try:
-            conn = self._connection()
-            conn.request("POST", path, body, {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            raw = response.read()
-        except (TimeoutError, OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise RpcUnavailable(f"{method}: {exc or type(exc).__name__}") from None
+        # a kept-alive connection the server has since closed fails on first use: reconnect
+        # and try once more (safe: reads are idempotent, a re-sent raw transaction is the
+        # same transaction)
+        for attempt in (0, 1):
+            reused = self._conn is not None
+            try:
+                conn = self._connection()
+                conn.request("POST", path, body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                raw = response.read()
+                break
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                self.close()
+                if not reused or attempt or isinstance(exc, TimeoutError):
+                    raise RpcUnavailable(f"{method}: {exc or type(exc).__name__}") from None
         try:
             answer = json.loads(raw)
         except ValueError:
