@@ -86,10 +86,12 @@ def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: f
                    deposit: str | None, takeover: float) -> None:
     """Create a fresh cluster in DIR and start it; returns when every node is ready."""
     from dtnbus.cluster import cluster_up
+    from dtnbus.l2.commands import check_chain_options
 
     directory = directory or DEFAULT_DIR
     shaping = ({"bandwidth_mbps": bandwidth, "latency_ms": latency}
                if bandwidth or latency else None)
+    check_chain_options(nodes, chain, threshold, deposit)
     config = cluster_up(directory, nodes, scheme, shaping=shaping)
     click.echo(f"cluster of {config.n} nodes (f={config.f}) ready in {directory}")
     if chain:

@@ -39,6 +39,27 @@ def chain_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def check_chain_options(nodes: int, chain: str | None, threshold: int | None,
+                        deposit: str | None) -> None:
+    """Before any node starts: the chain options make sense and bsc-test's variables are set."""
+    if chain is None:
+        if threshold is not None or deposit is not None:
+            raise LocalError("--threshold and --deposit need --chain")
+        return
+    from dtnbus.l2.chain_config import (
+        BSC_RPC_ENV,
+        check_threshold,
+        deployer_key_from_env,
+        rpc_from_env,
+    )
+    from dtnbus.messages import commit_quorum
+
+    check_threshold(threshold if threshold is not None else commit_quorum(nodes), nodes)
+    if chain == "bsc-test":
+        rpc_from_env(BSC_RPC_ENV)
+        deployer_key_from_env()
+
+
 def start_chain_for(config: Any, directory: Path, chain: str, threshold: int | None,
                     deposit: str | None, takeover: float) -> str:
     """After `cluster up`: keys, chain, wallet, agents. Returns the line to print."""

@@ -127,6 +127,35 @@ def test_same_reward_twice_and_a_replayed_request_are_paid_once(cluster: ChainCl
                                   (reward.reward_id,))[0][0] >= 1
 
 
+@pytest.mark.parametrize("args, error", [
+    (("--trainer", "0x5aaeb6053F3E94C9b9A09f33669435E7Ef1BeAed"), "EIP-55 checksum"),
+    (("--amount", "0"), "positive"),
+    (("--amount", "-2"), "positive"),
+    (("--amount", "0.0000000001"), "whole gwei"),
+    (("--model-id", "model 17"), "model id"),
+    (("--reward-id", "0x12"), "reward id"),
+])
+def test_malformed_reward_is_refused_and_never_reaches_the_ledger(cluster: ChainCluster,
+                                                                   run_cli, args, error):
+    good = {"--trainer": "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", "--amount": "1",
+            "--model-id": "m-17"}
+    good.update(dict(zip(args[::2], args[1::2], strict=True)))
+    height = _height(cluster)
+    cli = run_cli("reward", "--dir", cluster.directory,
+                  *[x for kv in good.items() for x in kv])
+    assert cli.returncode == 2 and error in cli.stderr, cli.stderr
+    assert len(cli.stderr.strip().splitlines()) == 1 and "Traceback" not in cli.stderr
+    assert _height(cluster) == height
+
+
+def _height(cluster: ChainCluster) -> int:
+    ledger = Ledger(cluster.config.node(0).ledger, readonly=True)
+    try:
+        return ledger.height
+    finally:
+        ledger.close()
+
+
 def test_conflicting_reward_id_is_refused_at_submission(cluster: ChainCluster, run_cli):
     trainer = new_trainer()
     reward = reward_for(trainer, 0.3, "m-30")
