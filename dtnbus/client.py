@@ -18,31 +18,58 @@ import zmq
 
 from dtnbus.config import ClusterConfig
 from dtnbus.errors import LocalError, PeerError
-from dtnbus.messages import Reply, Request, Status, StatusQuery, commit_quorum, reply_quorum
+from dtnbus.messages import (
+    Outcome,
+    Reply,
+    Request,
+    Status,
+    StatusQuery,
+    commit_quorum,
+    reply_quorum,
+)
 from dtnbus.metrics import ClientMetrics
 from dtnbus.wire import Codec
 
 
+def new_session() -> int:
+    """A session id that grows with time (milliseconds since the epoch, shifted) with 20
+    random low bits: processes sharing one client key never share a session, in practice;
+    if two ever did, the replicas refuse the second request under a taken identity
+    (CONFLICT), never confuse them."""
+    return ((time.time_ns() // 1_000_000) << 20) | secrets.randbits(20)
+
+
+ReplyKey = tuple[int, int, bytes, int]  # (seq, position, block hash, outcome)
+
+
 @dataclass
 class _Pending:
-    timestamp: int
+    number: int
+    digest: bytes  # what every reply must name
     frame: bytes
+    txs: int
     first_sent: float
     next_retry: float
     retries: int = 0
-    replies: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # first, any kind
-    committed: set[int] = field(default_factory=set)  # replicas whose committed reply came
-    accepted: tuple[int, bytes] | None = None
+    committed: dict[int, ReplyKey] = field(default_factory=dict)  # replica -> its durable answer
+    tentative: dict[int, ReplyKey] = field(default_factory=dict)
+    busy: set[int] = field(default_factory=set)  # replicas whose pool was full
+    backing_off: bool = False
+    backoff: float = 0.025
+    accepted: ReplyKey | None = None
     accepted_at: float = 0.0
 
 
-def accepts(key: tuple[int, bytes], replies: dict[int, tuple[int, bytes]],
-            committed: set[int], n: int) -> bool:
-    """The client's rule: f+1 matching committed replies (one is from a correct replica
-    that executed it), or a commit quorum of matching replies of any kind (tentative ones
-    prove a quorum prepared it, so every later view keeps it)."""
-    durable = sum(1 for r in committed if replies.get(r) == key)
-    matching = sum(1 for r in replies.values() if r == key)
+def accepts(key: ReplyKey, committed: dict[int, ReplyKey], tentative: dict[int, ReplyKey],
+            n: int) -> bool:
+    """The client's rule: f+1 matching committed replies (one is from a correct replica that
+    executed it), or a commit quorum of matching replies of any kind, each replica counted
+    once with its committed answer if it gave one (q tentative replies prove a quorum
+    prepared it, so every later view keeps it). A replica's tentative answer never counts
+    as its committed one."""
+    durable = sum(1 for k in committed.values() if k == key)
+    latest = {**tentative, **committed}
+    matching = sum(1 for k in latest.values() if k == key)
     return durable >= reply_quorum(n) or matching >= commit_quorum(n)
 
 
@@ -52,26 +79,72 @@ class SubmitResult:
 
     requests: int
     transactions: int
-    seconds_f1: float | None  # every request accepted: f+1 matching (or q tentative) replies
+    seconds_f1: float | None  # every request decided: f+1 matching (or q tentative) replies
     seconds_2f1: float | None  # the client holds q matching replies for every request
     seconds_all: float | None  # ... from all n replicas
     replicas_done: int  # replicas that executed (committed) everything
     retransmissions: int
     mismatched_replies: int
-    results: dict[int, tuple[int, bytes]]  # timestamp -> (seq, block hash) accepted
+    results: dict[int, tuple[int, bytes]]  # request number -> (seq, block hash): committed
     seconds_2f1_committed: float | None = None  # q replicas executed everything (durable)
     seconds_all_committed: float | None = None  # all n did
+    refused: dict[str, int] = field(default_factory=dict)  # outcome name -> requests
+    busy_answers: int = 0  # "pool full" answers received (we backed off and sent again)
+    committed_txs: int = 0
+    session: int = 0
+    backed_off_seconds: float = 0.0  # waited because f+1 replicas had no room
+    refused_txs: int = 0  # transactions in requests decided but not executed
+
+    @property
+    def decided(self) -> int:
+        return len(self.results) + sum(self.refused.values())
+
+    def summary(self) -> dict:
+        """What this submission achieved, as plain data: what `dtnbus submit` prints and
+        its --json carries, so the library and the command line say the same thing."""
+        last = max(self.results.values()) if self.results else None
+        return {
+            "transactions": self.transactions, "requests": self.requests,
+            "committed_txs": self.committed_txs, "committed_requests": len(self.results),
+            "refused": dict(self.refused), "refused_txs": self.refused_txs,
+            "undecided_requests": self.requests - self.decided,
+            "undecided_txs": self.transactions - self.committed_txs - self.refused_txs,
+            "retransmissions": self.retransmissions, "busy_answers": self.busy_answers,
+            "backed_off_s": round(self.backed_off_seconds, 3), "seconds": self.seconds_f1,
+            "last_seq": last[0] if last else None, "head": last[1].hex() if last else None,
+        }
+
+
+def check_frame_size(frame: bytes, index: int, txs: Sequence[bytes], limit: int) -> None:
+    """Refuse, before anything is sent, a request the nodes could never take: libzmq
+    drops a frame over its size cap unseen, so the client would only wait and time out."""
+    if len(frame) <= limit:
+        return
+    mib = f"{limit / 2**20:g} MiB"
+    biggest = max((len(t) for t in txs), default=0)
+    per_tx = len(frame) / max(1, len(txs))
+    fits = int(limit * 0.99 // per_tx)
+    if fits < 1:
+        raise LocalError(f"a transaction of {biggest:,} bytes does not fit in the {mib} "
+                         "frame limit of a request; split it into smaller transactions")
+    raise LocalError(f"request {index + 1} is {len(frame):,} bytes ({len(txs)} transactions), "
+                     f"over the {mib} frame limit; send at most {fits} transactions of this "
+                     f"size per request (--request-txs {fits})")
 
 
 class Client:
-    """One client identity with a DEALER connection to every replica."""
+    """One client session: a client identity (its key) with a session of its own and a
+    DEALER connection to every replica. Requests are numbered 1, 2, 3, ... in the session."""
 
-    def __init__(self, config: ClusterConfig, client_id: str | None = None) -> None:
+    def __init__(self, config: ClusterConfig, client_id: str | None = None,
+                 session: int | None = None, next_number: int = 1) -> None:
         spec = config.client(client_id)
+        self.session = new_session() if session is None else session
+        self.next_number = next_number
         self.config = config
         self.id = spec.id
-        self.codec = Codec(config.signer(spec.key_file, f"client {spec.id}"),
-                           config.replica_verifiers(), config.client_verifiers())
+        self.codec = Codec(config.client_signer(spec.id), config.replica_verifiers(),
+                           config.client_verifiers())
         self.ctx = zmq.Context()
         self.sockets: dict[int, zmq.Socket] = {}
         self.poller = zmq.Poller()
@@ -88,7 +161,7 @@ class Client:
             self.poller.register(sock, zmq.POLLIN)
         self.shaper = config.shaper(spec.id)  # a client's links are shaped like a node's
         self.metrics = ClientMetrics()
-        self._clock = time.time_ns() // 1000  # µs since the epoch: grows across restarts
+        self._nonce = time.time_ns()
 
     def close(self) -> None:
         for sock in self.sockets.values():
@@ -103,9 +176,13 @@ class Client:
 
     # ------------------------------------------------------------ sending
 
-    def _timestamp(self) -> int:
-        self._clock = max(self._clock + 1, time.time_ns() // 1000)
-        return self._clock
+    def request(self, txs: tuple[bytes, ...]) -> tuple[int, bytes, bytes]:
+        """Number and sign the next request: (number, request digest, frame)."""
+        number = self.next_number
+        self.next_number += 1
+        frame, digest = self.codec.encode_with_digest(Request(self.id, self.session, number,
+                                                              tuple(txs)))
+        return number, digest, frame
 
     def _send(self, replica: int, frame: bytes, now: float) -> float:
         """Send (or queue on the emulated link); return when it will have arrived."""
@@ -149,57 +226,100 @@ class Client:
 
     def submit(self, requests: Sequence[tuple[bytes, ...]], timeout: float = 60.0,
                wait_all: float = 0.0, retry_after: float = 2.0,
-               on_progress: Callable[[int, int], None] | None = None) -> SubmitResult:
-        """Send each request (a tuple of transactions) to every replica; return when all
-        have f+1 matching replies, or also 2f+1 / all n executed them (within `wait_all`
-        seconds more), or at `timeout`."""
-        n, q2 = self.config.n, commit_quorum(self.config.n)
+               on_progress: Callable[[int, int], None] | None = None,
+               window: int | None = None,
+               on_tick: Callable[[int, int, dict[int, int]], None] | None = None,
+               ) -> SubmitResult:
+        """Send each request (a tuple of transactions) to every replica, at most `window`
+        outstanding at once (None: all at once); return when all are decided (f+1 matching
+        committed replies, or q matching of any kind), or also when q / all n executed them
+        (within `wait_all` seconds more), or at `timeout`. A replica whose pool is full
+        answers BUSY: once f+1 have, the request cannot be ordered now, so we back off
+        (exponentially, from 50 ms to 5 s) and send it again; the result says how long. A
+        request over the frame limit is refused before anything is sent. `on_tick(decided,
+        total, replies per replica)` is called each turn of the wait loop (at least every
+        50 ms), for a progress display."""
         start = time.monotonic()
         pending: dict[int, _Pending] = {}
-        for txs in requests:
-            ts = self._timestamp()
-            frame = self.codec.encode(Request(self.id, ts, tuple(txs)))
-            pending[ts] = _Pending(ts, frame, start, start + retry_after)
-        for p in pending.values():  # request-major: every replica gets request 1 first
-            arrived = max(self._send(replica, p.frame, start) for replica in self.sockets)
-            # the retransmission clock starts when the request is there, not when it was
-            # queued behind the others on a slow emulated link
-            p.next_retry = arrived + retry_after
-            self.metrics.request_sent()
+        for index, txs in enumerate(requests):
+            number, digest, frame = self.request(tuple(txs))
+            check_frame_size(frame, index, txs, self.codec.max_frame)
+            pending[number] = _Pending(number, digest, frame, len(txs), start, start)
+        return self._collect(pending, start, timeout, wait_all, retry_after, on_progress,
+                             window or len(pending) or 1, on_tick)
+
+    def _first_send(self, p: _Pending, now: float, retry_after: float) -> None:
+        arrived = max(self._send(replica, p.frame, now) for replica in self.sockets)
+        # the retransmission clock starts when the request is there, not when it was
+        # queued behind the others on a slow emulated link
+        p.first_sent = now
+        p.next_retry = arrived + retry_after
+        self.metrics.request_sent()
+
+    def _collect(self, pending: dict[int, _Pending], start: float, timeout: float,
+                 wait_all: float, retry_after: float,
+                 on_progress: Callable[[int, int], None] | None, window: int,
+                 on_tick: Callable[[int, int, dict[int, int]], None] | None = None,
+                 ) -> SubmitResult:
+        n, q2, f1 = self.config.n, commit_quorum(self.config.n), reply_quorum(self.config.n)
         replied = dict.fromkeys(self.sockets, 0)  # requests each replica answered
-        executed = dict.fromkeys(self.sockets, 0)  # ... with a committed (durable) reply
+        executed = dict.fromkeys(self.sockets, 0)  # ... with a committed (durable) answer
         t_f1 = t_2f1 = t_all = t_2f1_done = t_all_done = None
-        accepted = retransmissions = mismatched = 0
+        decided = retransmissions = mismatched = busy_answers = 0
+        backed_off = 0.0
         deadline = start + timeout
         all_deadline = deadline
         total = len(pending)
+        unsent = list(pending.values())  # request-major: every replica gets #1 first
+        unsent.reverse()
+        outstanding = 0
+        inflight: dict[int, _Pending] = {}
+        next_scan = 0.0
         while True:
             now = time.monotonic()
+            while unsent and outstanding < window:
+                p = unsent.pop()
+                self._first_send(p, now, retry_after)
+                inflight[p.number] = p
+                outstanding += 1
             self._release(now)
             for replica, msg in self._receive(self._wait(min(deadline, all_deadline))):
-                if not isinstance(msg, Reply) or msg.client != self.id:
+                if not isinstance(msg, Reply) or msg.client != self.id \
+                        or msg.session != self.session:
                     continue
-                p = pending.get(msg.timestamp)
-                if p is None:
+                p = pending.get(msg.number)
+                if p is None or msg.request != p.digest:
+                    mismatched += 1  # never another request's answer
                     continue
-                key = (msg.seq, msg.result)
-                fresh = replica not in p.replies
-                if fresh:
-                    p.replies[replica] = key
+                if msg.outcome == Outcome.BUSY:
+                    busy_answers += 1
+                    p.busy.add(replica)
+                    if len(p.busy) >= f1 and p.accepted is None and not p.backing_off:
+                        # f+1 replicas have no room: it cannot be ordered now; wait
+                        p.backing_off = True
+                        p.backoff = min(5.0, max(0.05, 2 * p.backoff))
+                        p.next_retry = time.monotonic() + p.backoff
+                        backed_off += p.backoff
+                    continue
+                key: ReplyKey = (msg.seq, msg.position, msg.result, msg.outcome)
+                answers = p.tentative if msg.tentative else p.committed
+                if answers.get(replica) == key:
+                    continue
+                if replica not in p.committed and replica not in p.tentative:
                     replied[replica] += 1
-                if not msg.tentative and replica not in p.committed:
-                    p.committed.add(replica)
+                if not msg.tentative:
                     executed[replica] += 1
-                elif not fresh:
-                    continue
+                answers[replica] = key
+                p.busy.discard(replica)
                 now = time.monotonic()
-                if p.accepted is None and accepts(key, p.replies, p.committed, n):
+                if p.accepted is None and accepts(key, p.committed, p.tentative, n):
                     p.accepted, p.accepted_at = key, now
-                    accepted += 1
+                    decided += 1
+                    outstanding -= 1
                     self.metrics.request_accepted(now - p.first_sent)
                     if on_progress:
-                        on_progress(accepted, total)
-                    if accepted == total:
+                        on_progress(decided, total)
+                    if decided == total:
                         t_f1 = now - start
                         all_deadline = min(deadline, now + wait_all)
                 answered = sum(1 for c in replied.values() if c == total)
@@ -212,36 +332,64 @@ class Client:
                     t_2f1_done = now - start
                 if t_all_done is None and done == n:
                     t_all_done = now - start
+            if on_tick is not None:
+                on_tick(decided, total, replied)
             now = time.monotonic()
             if t_f1 is not None and (t_all_done is not None or now >= all_deadline
                                      or (wait_all == 0.0)):
                 break
             if now >= deadline:
                 break
-            for p in pending.values():
-                if p.accepted is None and now >= p.next_retry:
-                    retransmissions += 1
-                    p.retries += 1
-                    self.metrics.request_retransmitted()
-                    # only replicas that have not answered it need it again
-                    arrived = max((self._send(replica, p.frame, now)
-                                   for replica in self.sockets if replica not in p.replies),
-                                  default=now)
-                    # back off: a loaded cluster must not be flooded with copies
-                    p.next_retry = arrived + min(60.0, retry_after * 2 ** p.retries)
+            if now >= next_scan:  # sent, not yet decided, and due: send again
+                next_scan = now + 0.01
+                for p in [p for p in inflight.values() if p.accepted is not None]:
+                    del inflight[p.number]
+                for p in inflight.values():
+                    if now >= p.next_retry:
+                        self._retransmit(p, now, retry_after)
+                        retransmissions += 1
+        results: dict[int, tuple[int, bytes]] = {}
+        refused: dict[str, int] = {}
+        committed_txs = refused_txs = 0
         for p in pending.values():
-            if p.accepted is not None:
-                mismatched += sum(1 for r in p.replies.values() if r != p.accepted)
-        results = {ts: p.accepted for ts, p in pending.items() if p.accepted is not None}
-        return SubmitResult(total, sum(len(t) for t in requests), t_f1, t_2f1, t_all,
+            if p.accepted is None:
+                continue
+            mismatched += sum(1 for k in {**p.tentative, **p.committed}.values()
+                              if k != p.accepted)
+            seq, _pos, result, outcome = p.accepted
+            if outcome == Outcome.EXECUTED:
+                results[p.number] = (seq, result)
+                committed_txs += p.txs
+            else:
+                name = Outcome.NAMES.get(outcome, str(outcome))
+                refused[name] = refused.get(name, 0) + 1
+                refused_txs += p.txs
+        return SubmitResult(total, sum(p.txs for p in pending.values()), t_f1, t_2f1, t_all,
                             sum(1 for c in executed.values() if c == total),
-                            retransmissions, mismatched, results, t_2f1_done, t_all_done)
+                            retransmissions, mismatched, results, t_2f1_done, t_all_done,
+                            refused, busy_answers, committed_txs, self.session, backed_off,
+                            refused_txs)
+
+    def _retransmit(self, p: _Pending, now: float, retry_after: float) -> None:
+        """Send a request again to the replicas that have not answered it (and those that
+        were too busy to take it), backing off so a loaded cluster is not flooded."""
+        p.retries += 1
+        self.metrics.request_retransmitted()
+        targets = [r for r in self.sockets if r not in p.committed and r not in p.tentative]
+        arrived = max((self._send(r, p.frame, now) for r in targets), default=now)
+        if p.backing_off:
+            p.backing_off = False
+            p.busy.clear()
+            p.next_retry = arrived + retry_after
+        else:
+            p.next_retry = arrived + min(60.0, retry_after * 2 ** p.retries)
 
     # ------------------------------------------------------------ status
 
     def status(self, timeout: float = 2.0) -> dict[int, Status]:
         """Ask every replica for its status; those that answer within `timeout`."""
-        nonce = self._timestamp()
+        self._nonce += 1
+        nonce = self._nonce
         frame = self.codec.encode(StatusQuery(self.id, nonce))
         for sock in self.sockets.values():
             sock.send(frame)  # status is control traffic: never shaped

@@ -87,9 +87,18 @@ class Verifier:
         self.scheme = scheme_of(key)
         self.signature_bytes = SIGNATURE_BYTES[self.scheme]
         self._sodium = None
+        if self.scheme == "ed25519":
+            self.raw_key = key.public_bytes(serialization.Encoding.Raw,
+                                            serialization.PublicFormat.Raw)
+        else:
+            self.raw_key = key.public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
         if nacl is not None and self.scheme == "ed25519":
-            self._sodium = nacl.signing.VerifyKey(key.public_bytes(
-                serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+            self._sodium = nacl.signing.VerifyKey(self.raw_key)
+
+    @classmethod
+    def from_raw_ed25519(cls, raw: bytes) -> Verifier:
+        return cls(ed25519.Ed25519PublicKey.from_public_bytes(raw))
 
     def verify(self, signature: bytes, digest: bytes) -> bool:
         if len(signature) != self.signature_bytes:

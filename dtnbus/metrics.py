@@ -4,7 +4,7 @@ A node process owns one `NodeMetrics`, a client one `ClientMetrics`. Each has it
 `CollectorRegistry` (not the global default) so that many nodes and clients can coexist in
 one test process without name clashes. The node code calls the small methods below; nothing
 else in the code base touches `prometheus_client`, so the dashboard and the alert rules in
-`monitoring/` can be checked against the names registered here (tests/monitoring).
+`dtnbus/monitoring/` can be checked against the names registered here (tests/monitoring).
 
 Conventions: every name starts with `dtnbus_`; counters end in `_total`, byte counters in
 `_bytes_total`, durations are in seconds and end in `_seconds`. No label carries a
@@ -44,7 +44,7 @@ disable_created_metrics()
 PHASES: tuple[str, ...] = (
     "request_to_preprepare",  # request received -> pre-prepare sent (primary) / accepted
     "preprepare_to_prepared",  # pre-prepare -> prepared (pre-prepare + 2f matching prepares)
-    "prepared_to_committed",  # prepared -> committed-local (2f+1 matching commits)
+    "prepared_to_committed",  # prepared -> committed-local (q matching commits)
     "committed_to_executed",  # committed-local -> executed (block appended to the ledger)
 )
 # The client-visible phase: first send of a request -> f+1 matching replies.
@@ -62,6 +62,10 @@ DROP_REASONS: tuple[str, ...] = (
     "duplicate",
     "send_queue_full",
     "pool_full",
+    "rate_limited",  # a peer asked for more work than a correct one needs (dtnbus.budget)
+    "unsolicited",  # a state reply nobody asked for, or for an old request
+    "internal_error",  # handling one message raised: a bug; the message is dropped, the
+    # node goes on (tests fail if this is ever counted)
 )
 
 # Latency buckets, in seconds: 0.5 ms to 100 s with mantissas 1, 2, 3, 5 in every decade
@@ -137,6 +141,11 @@ class NodeMetrics:
             "dtnbus_dropped_messages_total", "Frames dropped before or by the replica, by reason.",
             ["reason"], registry=r,
         )
+        self._peer_drops = Counter(
+            "dtnbus_peer_drops_total",
+            "Authentic or claimed-sender frames dropped, by sender (replica id, or 'client') "
+            "and reason: names the culprit.", ["peer", "reason"], registry=r,
+        )
         self._view_changes = Counter(
             "dtnbus_view_changes_total", "Views this replica has moved to.", registry=r,
         )
@@ -209,12 +218,16 @@ class NodeMetrics:
         """Count an incoming message (after decoding) and its encoded size."""
         self._count_message("in", kind, nbytes)
 
-    def dropped(self, reason: str) -> None:
-        """Count a dropped frame; `reason` is one of DROP_REASONS."""
+    def dropped(self, reason: str, sender: int | str | None = None) -> None:
+        """Count a dropped frame; `reason` is one of DROP_REASONS. With a `sender` (a
+        replica id; any client counts as 'client'), also count it against that peer."""
         child = self._drop_children.get(reason)
         if child is None:
             _reject(reason, DROP_REASONS, "drop reason")
         child.inc()
+        if sender is not None:
+            peer = str(sender) if isinstance(sender, int) else "client"
+            self._peer_drops.labels(peer=peer, reason=reason).inc()
 
     def view_changed(self, view: int) -> None:
         """Record a move to a new view."""
@@ -532,7 +545,7 @@ def _histogram_summary(histogram: Histogram, label: str) -> dict[str, tuple[int,
 def registered_metric_names(registry: CollectorRegistry) -> set[str]:
     """Every sample name a registry exports (`_bucket`, `_count`, `_sum`, `_total` included).
 
-    The monitoring tests check each PromQL expression in monitoring/ against this set.
+    The monitoring tests check each PromQL expression in dtnbus/monitoring/ against this set.
     """
     # Derived from the family type, not from samples: a labelled counter exports no sample
     # until its first label value is used, but its name is still part of the interface.

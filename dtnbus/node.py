@@ -1,12 +1,21 @@
 """One validator process: the event loop that wires the rings around the replica.
 
-    sockets -> wire (decode, verify) -> replica.step / tick -> effects
-    effects -> ledger (durable first) -> wire (encode, sign) -> shaper -> sockets
+    sockets -> wire (parse) -> replica.admit -> wire (verify) -> replica.step / tick
+    effects -> ledger (every durable effect of the iteration, one transaction)
+            -> the messages, in order -> shaper -> sockets
 
 Single-threaded and synchronous (zmq.Poller): the poll timeout is the earliest of the
 replica's next timer, the shaper's next departure and the readiness heartbeat. The
 only other thread is prometheus-client's HTTP server. SIGTERM/SIGINT stop the loop;
 sockets and the ledger are then closed.
+
+Group commit: effects are collected over one iteration (one poll's frames and a tick);
+then everything durable among them (blocks, the votes and view state the replica must
+never contradict) is written in one SQLite transaction, and only then does anything
+leave. A crash therefore never loses what a peer or a client was told.
+
+The boundary: an exception while handling one peer's frame drops that frame, is counted
+as `internal_error` with its traceback logged, and the node goes on.
 """
 
 from __future__ import annotations
@@ -15,41 +24,48 @@ import logging
 import signal
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 import zmq
 
+from dtnbus.budget import PeerBudget
 from dtnbus.config import ClusterConfig
-from dtnbus.errors import LocalError, PeerError
-from dtnbus.messages import (
-    Checkpoint,
-    Hello,
-    Message,
-    NewView,
-    Reply,
-    Request,
-    StateReply,
-    StateRequest,
-    Status,
-    StatusQuery,
-    commit_quorum,
-    kind_name,
-)
-from dtnbus.metrics import NodeMetrics
-from dtnbus.replica import (
+from dtnbus.crypto import Verifier, load_public_key_text
+from dtnbus.effects import (
+    DURABLE,
     Broadcast,
     CheckpointStable,
     Drop,
     Effect,
     Execute,
     Forward,
+    LookupReply,
     Observe,
-    Replica,
     Send,
     SendClient,
+    ViewChangeStarted,
     ViewEntered,
 )
-from dtnbus.state_transfer import MAX_BLOCKS, encode_blocks, verify_blocks
+from dtnbus.errors import LocalError, PeerError
+from dtnbus.messages import (
+    Hello,
+    Message,
+    NewView,
+    Outcome,
+    Reply,
+    Request,
+    StateReply,
+    StateRequest,
+    Status,
+    StatusQuery,
+    kind_name,
+    sender_of,
+)
+from dtnbus.metrics import NodeMetrics
+from dtnbus.nodeproc import NodeLock
+from dtnbus.replica import UNNEEDED, Replica
+from dtnbus.state_transfer import serve_state, verify_blocks
 from dtnbus.storage import Ledger
 from dtnbus.transport import FROM_ROUTER, Endpoints, Transport, from_replica
 from dtnbus.wire import Codec, Envelope
@@ -71,28 +87,39 @@ class Node:
         spec = config.node(node_id)
         self.config = config
         self.id = node_id
-        self.codec = Codec(config.signer(spec.key_file, f"node {node_id}"),
-                           config.replica_verifiers(), config.client_verifiers())
-        self.replica = Replica(config.replica_config(node_id))
+        self.codec = Codec(config.node_signer(node_id), config.replica_verifiers(),
+                           config.client_verifiers(), open_clients=config.open_admission)
         self.ledger = Ledger(spec.ledger)
-        if self.ledger.height:  # a restart: resume from our ledger, then catch up
-            self.replica.restore(self.ledger.height, self.ledger.head,
-                                 self.ledger.recent_requests(self.replica.config.reply_cache))
+        self.replica = Replica(config.replica_config(node_id), self.codec.encode,
+                               config.admitted_at_genesis(), config.operators(),
+                               config.open_admission)
+        saved = self.ledger.durable_state()
+        if saved.height or saved.records:  # a restart: resume exactly where we were
+            self.replica.restore(saved)
+            self._admit(saved.admitted.items())
+            log.info("node %d resumes at seq %d in view %d", node_id, saved.height,
+                     self.replica.view)
         self.metrics = NodeMetrics(node_id)
         peers = {s.id: Endpoints(s.pub, s.router) for s in config.nodes if s.id != node_id}
         try:
             if serve_metrics and spec.metrics:
                 host, _, port = spec.metrics.rpartition(":")
                 self.metrics.serve(host, int(port))
-            self.transport = Transport(Endpoints(spec.pub, spec.router, node_id), peers)
+            self.transport = Transport(Endpoints(spec.bind_pub, spec.bind_router, node_id), peers)
         except (OSError, ValueError, zmq.ZMQError) as exc:
             self.ledger.close()
-            raise LocalError(f"node {node_id}: cannot listen on {spec.pub} / {spec.router} / "
-                             f"{spec.metrics}: {exc}; is another node running there?") from None
+            hint = ("is another node running there?" if "in use" in str(exc) else
+                    "behind NAT or on a cloud host, set bind = \"0.0.0.0\" for this node "
+                    "in the cluster file (pub/router stay the advertised addresses)")
+            raise LocalError(f"node {node_id}: cannot listen on {spec.bind_pub} / "
+                             f"{spec.bind_router} / {spec.metrics}: {exc}; {hint}") from None
         self.shaper = config.shaper(node_id)
         # where replies go: the connection a request came in on (a replayed frame from
-        # elsewhere must not redirect another request's reply), per (client, timestamp)
-        self.routes: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        # elsewhere must not redirect another request's reply), per request identity
+        self.routes: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self.outbox: list[Effect] = []  # this iteration's effects, carried out by _flush
+        self.refusals = PeerBudget({"refuse": (5.0, 20.0)})  # per client connection
+        self.ledger_txs = self.replica.executed_txs  # as durable as the ledger's height
         self.heard: set[int] = set()
         self.peer_heard: dict[int, int] = {}  # how many peers each peer has heard
         self.hello_every = HELLO_EVERY * max(1.0, config.n / 10)
@@ -126,7 +153,12 @@ class Node:
         for source, identity, frame in self.transport.poll(timeout_ms):
             self._on_frame(source, identity, frame)
         now = time.monotonic()
-        self._apply(self.replica.tick(now), now)
+        try:
+            self.outbox.extend(self.replica.tick(now))
+        except Exception:  # a bug; never a reason to stop a validator
+            log.exception("node %d: tick failed", self.id)
+            self.metrics.dropped("internal_error")
+        self._flush(now)
         if now >= self.next_hello:
             self._hello(now)
         if self.shaper is not None:
@@ -146,23 +178,56 @@ class Node:
     # ------------------------------------------------------------ input
 
     def _on_frame(self, source: int, identity: bytes | None, frame: bytes) -> None:
+        now = time.monotonic()
+        sender: int | str | None = None
         try:
             raw = self.codec.parse(frame)
-            if not self.replica.wants(raw.msg):
-                self.metrics.message_received(kind_name(raw.msg.KIND), len(frame))
-                return  # a vote its slot no longer needs: not worth a signature check
+            sender = sender_of(raw.msg)
+            verdict = self.replica.admit(raw, now)
+            if verdict is not None:
+                if verdict == UNNEEDED:  # a vote its slot no longer needs: not worth a check
+                    self.metrics.message_received(kind_name(raw.msg.KIND), len(frame))
+                else:
+                    self.metrics.dropped(verdict, sender)
+                return
             env = self.codec.authenticate(raw)
         except PeerError as exc:
-            self.metrics.dropped(exc.reason)
+            if sender is None and exc.msg is not None:
+                sender = sender_of(exc.msg)  # who it claims to be: a name for the culprit
+            self.metrics.dropped(exc.reason, sender)
             log.debug("dropped frame: %s", exc)
+            if exc.reason == "unknown_sender" and source == FROM_ROUTER and identity \
+                    and not from_replica(identity) and self.refusals.allow(identity, "refuse",
+                                                                           now):
+                if isinstance(exc.msg, Request):  # say why, instead of silence
+                    self._refuse(identity, exc.msg, exc.digest)
+                elif isinstance(exc.msg, StatusQuery):  # control traffic: no secret in it
+                    self.transport.send_routed(identity,
+                                               self._encode(self._status(exc.msg.nonce)))
             return
+        except Exception:  # a bug in parsing: drop the frame, count it, go on
+            log.exception("node %d: parsing a frame failed", self.id)
+            self.metrics.dropped("internal_error", sender)
+            return
+        self.metrics.message_received(kind_name(env.msg.KIND), len(frame))
+        try:
+            self._handle(env, source, identity, now)
+        except PeerError as exc:
+            self.metrics.dropped(exc.reason, sender)
+            log.warning("node %d: %s from %s refused: %s", self.id, type(env.msg).__name__,
+                        sender, exc)
+        except Exception:
+            log.exception("node %d: handling %s from %s failed", self.id,
+                          type(env.msg).__name__, sender)
+            self.metrics.dropped("internal_error", sender)
+
+    def _handle(self, env: Envelope, source: int, identity: bytes | None, now: float) -> None:
         msg = env.msg
-        self.metrics.message_received(kind_name(msg.KIND), len(frame))
-        now = time.monotonic()
         if isinstance(msg, Request) and source == FROM_ROUTER and identity \
                 and not from_replica(identity):  # a forwarded copy is no route to the client
-            self.routes[(msg.client, msg.timestamp)] = identity
-            self.routes.move_to_end((msg.client, msg.timestamp))
+            key = (msg.client, msg.session, msg.number)
+            self.routes[key] = identity
+            self.routes.move_to_end(key)
             while len(self.routes) > MAX_ROUTES:
                 self.routes.popitem(last=False)
         if isinstance(msg, Hello):
@@ -176,67 +241,60 @@ class Node:
                 self.transport.send_routed(identity, self._encode(self._status(msg.nonce)))
             return
         if isinstance(msg, Reply | Status):
-            self.metrics.dropped("unknown_sender")  # only clients receive these
+            self.metrics.dropped("unknown_sender", msg.replica)  # only clients receive these
             return
         if isinstance(msg, StateRequest):
-            self._serve_state(msg, now)
+            reply = serve_state(self.ledger, self.id, msg.from_seq, self.replica.q,
+                                self.replica.new_view_frame)
+            self._send_replica(msg.replica, self._encode(reply), now)
             return
         if isinstance(msg, StateReply):
             self._adopt_state(env, now)
             return
-        self._apply(self.replica.step(env, now), now)
+        self.outbox.extend(self.replica.step(env, now))
 
     # ------------------------------------------------------------ state transfer
 
-    def _serve_state(self, req: StateRequest, now: float) -> None:
-        offer = self.replica.state_for(req.from_seq)
-        blocks: list[bytes] = []
-        if req.from_seq <= offer.end_seq < req.from_seq + MAX_BLOCKS:
-            blocks = encode_blocks(self.ledger, req.from_seq, offer.end_seq)
-        elif offer.end_seq >= req.from_seq:
-            log.warning("node %d is %d blocks behind: more than one reply carries",
-                        req.replica, offer.end_seq - req.from_seq + 1)
-        reply = StateReply(self.id, req.from_seq, offer.stable_proof + offer.commit_certs,
-                           tuple(blocks), (offer.new_view,) if offer.new_view else ())
-        self._send_replica(req.replica, self._encode(reply), now)
-
     def _adopt_state(self, env: Envelope, now: float) -> None:
-        """Blocks a peer proved (CHECKPOINTs, then COMMITs): verify, make durable, jump."""
+        """Blocks a peer proved, each by its commit certificate: verify, execute, jump."""
         reply = env.msg
         assert isinstance(reply, StateReply)
-        start = self.ledger.height + 1
-        if reply.from_seq != start:
-            return  # an answer to an older request
-        stable = [e for e in env.nested if isinstance(e.msg, Checkpoint)]
         try:
-            blocks = verify_blocks(reply.blocks, start, self.ledger.head,
-                                   [e.msg for e in env.nested], commit_quorum(self.config.n))
+            blocks = verify_blocks(reply.blocks, env.nested, reply.from_seq, self.replica.q,
+                                   self.codec.decode)
         except PeerError as exc:
-            self.metrics.dropped(exc.reason)
-            log.warning("state from node %d refused: %s", reply.replica, exc)
-            return
+            self.metrics.dropped(exc.reason, reply.replica)
+            log.warning("node %d: state from node %d refused: %s", self.id, reply.replica, exc)
+            blocks = []
         if blocks:
-            log.info("catching up from node %d: blocks %d..%d", reply.replica, start,
-                     blocks[-1].seq)
-        stable_seq = max((e.msg.seq for e in stable), default=0)  # type: ignore[union-attr]
-        proof = tuple(e for e in stable if e.msg.seq == stable_seq)  # type: ignore[union-attr]
-        # Execute effects go to the ledger, durable, exactly as for committed batches
-        self._apply(self.replica.adopt_state(stable_seq, proof, blocks, now), now)
+            log.info("node %d catching up from node %d: blocks %d..%d", self.id, reply.replica,
+                     blocks[0].seq, blocks[-1].seq)
+        self.outbox.extend(self.replica.adopt_state(reply.replica, reply.height, blocks, now))
         for frame in reply.new_view:  # the view the cluster is in, with its proof
             try:
-                view_env = self.codec.decode(frame)
+                raw = self.codec.parse(frame)
+                if not isinstance(raw.msg, NewView) or self.replica.admit(raw, now) is not None:
+                    continue
+                view_env = self.codec.authenticate(raw)
             except PeerError as exc:
-                self.metrics.dropped(exc.reason)
+                self.metrics.dropped(exc.reason, reply.replica)
                 continue
-            if isinstance(view_env.msg, NewView):
-                self._apply(self.replica.step(view_env, now), now)
+            self.outbox.extend(self.replica.step(view_env, now))
+
+    def _refuse(self, identity: bytes, req: Request, digest: bytes) -> None:
+        """Tell a client this cluster does not admit its key (the caller limits this to a
+        few times a second per connection: an answer must not become an amplifier)."""
+        reply = Reply(self.replica.view, self.id, req.client, req.session, req.number, digest,
+                      0, 0, b"", Outcome.REFUSED)
+        self.transport.send_routed(identity, self._encode(reply))
 
     def _status(self, nonce: int) -> Status:
         r = self.replica
         phases = tuple((name, count, total)
                        for name, (count, total) in self.metrics.phase_summary().items())
-        return Status(self.id, nonce, r.view, r.last_executed, r.head, r.stable_checkpoint,
-                      self.ready, len(r.pending), r.executed_txs, phases)
+        # what is durable, not what this iteration has executed but not yet written
+        return Status(self.id, nonce, r.view, self.ledger.height, self.ledger.head,
+                      r.stable_checkpoint, self.ready, r.pending, self.ledger_txs, phases)
 
     @property
     def ready(self) -> bool:
@@ -244,48 +302,90 @@ class Node:
 
     # ------------------------------------------------------------ effects
 
-    def _apply(self, effects: list[Effect], now: float) -> None:
+    def _flush(self, now: float) -> None:
+        """Make this iteration's durable effects durable (one transaction), then carry out
+        everything in order. A write that fails stops the node before anything leaves:
+        a vote we could not persist must never be seen."""
+        effects, self.outbox = self.outbox, []
+        if not effects:
+            return
+        durable = [e for e in effects if isinstance(e, DURABLE)]
+        if durable:
+            self.ledger.write(durable)  # type: ignore[arg-type]
+            self.ledger_txs = self.replica.executed_txs
         for eff in effects:
             if isinstance(eff, Broadcast):
-                self._broadcast(eff.msg, now)
+                self._broadcast(eff.msg, eff.frame, now)
             elif isinstance(eff, Send):
-                self._send_replica(eff.to, self._encode_own(eff.msg, now), now)
+                self.metrics.message_sent(kind_name(eff.msg.KIND), len(eff.frame))
+                self._send_replica(eff.to, eff.frame, now)
             elif isinstance(eff, Forward):
                 self._send_replica(eff.to, eff.frame, now)
             elif isinstance(eff, SendClient):
                 self._send_client(eff.client, eff.msg, now)
+            elif isinstance(eff, LookupReply):
+                self._answer_from_ledger(eff, now)
             elif isinstance(eff, Execute):
-                self.ledger.append(eff)  # durable before any reply that follows
-                txs = sum(r.txs for r in eff.requests)
-                self.metrics.executed(1, txs)
-                self.metrics.batch_cut(txs)
+                if eff.clients.admitted:
+                    self._admit(eff.clients.admitted)
+                self.metrics.executed(1, eff.executed_txs)
+                self.metrics.batch_cut(eff.executed_txs)
                 if eff.committed_at:  # 0 for blocks taken by state transfer
                     self.metrics.observe_phase("committed_to_executed",
                                                time.monotonic() - eff.committed_at)
             elif isinstance(eff, Observe):
                 self.metrics.observe_phase(eff.phase, max(0.0, eff.seconds))
             elif isinstance(eff, Drop):
-                self.metrics.dropped(eff.reason)
+                self.metrics.dropped(eff.reason, eff.sender)
             elif isinstance(eff, CheckpointStable):
                 self.metrics.checkpoint_stable(eff.seq)
             elif isinstance(eff, ViewEntered):
                 self.metrics.view_changed(eff.view)
-                log.info("node %d entered view %d (primary %d)", self.id, eff.view,
-                         self.replica.primary)
+                log.info("node %d entered view %d (primary %d): %s", self.id, eff.view,
+                         self.replica.primary, eff.reason)
+            elif isinstance(eff, ViewChangeStarted):
+                log.info("node %d left view %d for view %d: %s", self.id, eff.view - 1,
+                         eff.view, eff.reason)
+
+    def _admit(self, changes: Iterable[tuple[str, str]]) -> None:
+        """The order admitted or removed clients: their requests verify, or no longer."""
+        for client, key_text in changes:
+            if not key_text:
+                self.codec.clients.pop(client, None)
+                log.info("node %d: client %s removed", self.id, client)
+                continue
+            try:
+                verifier = Verifier(load_public_key_text(key_text))
+            except LocalError as exc:
+                log.error("node %d: client %s admitted with an unusable key: %s", self.id,
+                          client, exc)
+                continue
+            if verifier.raw_key in {v.raw_key for v in self.codec.replicas.values()}:
+                log.error("node %d: client %s admitted with a node's key: refused", self.id,
+                          client)
+                continue
+            self.codec.clients[client] = verifier
+            log.info("node %d: client %s admitted", self.id, client)
+
+    def _answer_from_ledger(self, eff: LookupReply, now: float) -> None:
+        """A request decided before: its one true answer is in the ledger."""
+        found = self.ledger.lookup(eff.client, eff.session, eff.number)
+        if found is None:  # never executed (its session moved on): it never will be
+            reply = Reply(eff.view, self.id, eff.client, eff.session, eff.number, eff.digest,
+                          0, 0, b"", Outcome.STALE)
+        else:
+            outcome = Outcome.EXECUTED if found.digest == eff.digest else Outcome.CONFLICT
+            reply = Reply(eff.view, self.id, eff.client, eff.session, eff.number, eff.digest,
+                          found.seq, found.position, found.block_hash, outcome)
+        self._send_client(eff.client, reply, now)
 
     def _encode(self, msg: Message) -> bytes:
         frame = self.codec.encode(msg)
         self.metrics.message_sent(kind_name(msg.KIND), len(frame))
         return frame
 
-    def _encode_own(self, msg: Message, now: float) -> bytes:
-        """Sign a replica message and hand the frame back: it may later prove what we said."""
-        frame = self._encode(msg)
-        self._apply(self.replica.note_signed(msg, frame, now), now)
-        return frame
-
-    def _broadcast(self, msg: Message, now: float) -> None:
-        frame = self._encode_own(msg, now)
+    def _broadcast(self, msg: Message, frame: bytes, now: float) -> None:
+        self.metrics.message_sent(kind_name(msg.KIND), len(frame))
         if self.shaper is None:
             if not self.transport.publish(frame):
                 self.metrics.dropped("send_queue_full")
@@ -303,7 +403,7 @@ class Node:
             self.metrics.dropped("send_queue_full")
 
     def _send_client(self, client: str, msg: Reply, now: float) -> None:
-        key = (client, msg.timestamp)
+        key = (client, msg.session, msg.number)
         # a tentative reply is followed by the committed one: keep the route until then
         identity = self.routes.get(key) if msg.tentative else self.routes.pop(key, None)
         if identity is None:
@@ -340,7 +440,7 @@ class Node:
         m.set_view(r.view)
         m.set_last_executed(r.last_executed)
         m.set_inflight(r.in_flight())
-        m.set_pending_requests(len(r.pending))
+        m.set_pending_requests(r.pending)
         if self.shaper is not None:
             for dst, nbytes in self.shaper.queue_depth().items():
                 m.set_shaper_queue(f"to-{dst}", nbytes)
@@ -350,5 +450,6 @@ def run_node(config: ClusterConfig, node_id: int, log_level: str = "INFO") -> No
     """Entry point of `dtnbus node`."""
     logging.basicConfig(level=log_level,
                         format=f"%(asctime)s node-{node_id} %(levelname)s %(message)s")
-    Node(config, node_id).run()
+    with NodeLock(config.node(node_id).ledger, node_id):  # one node per ledger, findable
+        Node(config, node_id).run()
 

@@ -1,90 +1,108 @@
 """Ledger blocks on the wire, for a replica that fell behind (state transfer).
 
-A lagging replica asks a peer for the blocks after its own head up to the peer's
-stable checkpoint. The reply carries q signed CHECKPOINTs for the last block's hash;
-the blocks themselves need no signatures: each hash commits to the previous one, the
-ordered request digests, and (through the digests) every request's bytes, so a chain
-that ends at a certified hash is the certified history. Pure functions; the node
-reads and writes the ledger around them.
+A lagging replica asks a peer for the blocks after its own height. Every block travels
+with its own commit certificate, read from the peer's ledger (q signed COMMITs on the
+block's view, sequence and batch digest), so a block needs no other trust, whatever
+the peer's own state (restarted, no stable checkpoint, another view): the view stored is
+the certificate's, never a number the peer wrote. Each request in a block is the
+client's signed frame, checked against the client's key before it is stored. The
+requester then executes the blocks through the same code as committed batches, so it
+makes the same decisions and hashes.
+
+One reply is bounded by signatures to check (`MAX_STATE_SIGNATURES`) and by bytes; a
+replica further behind asks again from where it got to. Pure functions: the caller
+reads the ledger and authenticates frames.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgpack
 
+from dtnbus.effects import TransferredBlock
 from dtnbus.errors import PeerError
-from dtnbus.messages import Checkpoint, Commit, Message, batch_digest, block_hash
-from dtnbus.replica import TransferredBlock
-from dtnbus.storage import Ledger
-from dtnbus.wire import DEFAULT_MAX_FRAME, parse_request_frame
+from dtnbus.messages import Commit, Request, StateReply, batch_digest
+from dtnbus.wire import DEFAULT_MAX_FRAME, Envelope
 
-MAX_BLOCKS = 4096  # one reply; a replica further behind asks again from where it got to
+MAX_STATE_SIGNATURES = 4096  # commit signatures one reply may ask the requester to check
+MAX_STATE_BYTES = 16 * 1024 * 1024
+MAX_BLOCKS = 4096
 
 
-def encode_blocks(ledger: Ledger, start: int, end: int) -> list[bytes]:
-    """Blocks start..end (inclusive) as msgpack [seq, view, digests, [request frames]]."""
-    out = []
-    for block in ledger.blocks(start):
-        if block.seq > end:
+def blocks_per_reply(quorum: int) -> int:
+    """How many blocks one reply carries: bounded by the signatures their proofs cost."""
+    return max(1, min(MAX_BLOCKS, MAX_STATE_SIGNATURES // quorum))
+
+
+def serve_state(ledger: object, replica: int, from_seq: int, quorum: int,
+                new_view: bytes) -> StateReply:
+    """The reply to a StateRequest from our ledger: blocks from `from_seq` on, each with
+    its commit certificate, within the reply bounds."""
+    blocks: list[bytes] = []
+    proof: list[bytes] = []
+    size = 0
+    last = from_seq + blocks_per_reply(quorum) - 1
+    for block in ledger.blocks(from_seq, last):  # type: ignore[attr-defined]
+        frames = [r.frame for r in ledger.requests(block.seq)]  # type: ignore[attr-defined]
+        raw = msgpack.packb([block.seq, b"".join(block.digests), frames], use_bin_type=True)
+        size += len(raw) + sum(len(f) for f in block.proof)
+        if blocks and size > MAX_STATE_BYTES:
             break
-        frames = [frame for _c, _t, _d, frame, _e in ledger.requests(block.seq)]
-        out.append(msgpack.packb([block.seq, block.view, b"".join(block.digests), frames],
-                                 use_bin_type=True))
-    return out
+        blocks.append(raw)
+        proof.extend(block.proof[:quorum])
+    return StateReply(replica, from_seq, ledger.height, tuple(blocks), tuple(proof),  # type: ignore[attr-defined]
+                      (new_view,) if new_view else ())
 
 
-def verify_blocks(blocks: Sequence[bytes], start_seq: int, prev_head: bytes,
-                  proof: Sequence[Message], quorum: int) -> list[TransferredBlock]:
-    """Check that `blocks` extend `prev_head` at `start_seq`, each proven: up to the stable
-    checkpoint by q matching CHECKPOINTs on the hash there, after it by q matching COMMITs
-    (one view) on each block's batch digest. Return them as blocks to append; PeerError
-    if anything does not hold."""
-    anchors: dict[tuple[int, bytes], set[int]] = {}
-    commits: dict[tuple[int, int, bytes], set[int]] = {}
-    for msg in proof:
-        if isinstance(msg, Checkpoint):
-            anchors.setdefault((msg.seq, msg.state), set()).add(msg.replica)
-        elif isinstance(msg, Commit):
-            commits.setdefault((msg.seq, msg.view, msg.digest), set()).add(msg.replica)
-        else:
-            raise PeerError("malformed", "state proof holds something other than votes")
-    certified = [key for key, signers in anchors.items() if len(signers) >= quorum]
-    if len(certified) != 1:
-        raise PeerError("malformed", "state proof has no single certified checkpoint")
-    anchor_seq, anchor_state = certified[0]
-    committed = {(seq, digest) for (seq, _view, digest), signers in commits.items()
-                 if len(signers) >= quorum}
+def check_reply_shape(reply: StateReply, quorum: int) -> str | None:
+    """Before any signature is checked: is this reply within bounds?"""
+    if len(reply.blocks) > blocks_per_reply(quorum) or \
+            len(reply.proof) != quorum * len(reply.blocks) or len(reply.new_view) > 1:
+        return "malformed"
+    return None
+
+
+def verify_blocks(blocks: Sequence[bytes], proof: Sequence[Envelope], start_seq: int,
+                  quorum: int, authenticate: Callable[[bytes], Envelope]
+                  ) -> list[TransferredBlock]:
+    """Check that `blocks` run on from `start_seq`, each proven by q COMMITs from distinct
+    replicas on one view and its batch digest, each request frame signed by its client.
+    Return them as blocks to execute; PeerError if anything does not hold."""
+    commits: dict[int, list[Envelope]] = {}
+    for env in proof:
+        if not isinstance(env.msg, Commit):
+            raise PeerError("malformed", "state proof holds something other than COMMITs")
+        commits.setdefault(env.msg.seq, []).append(env)
     out: list[TransferredBlock] = []
-    prev, seq = prev_head, start_seq
+    seq = start_seq
     for raw in blocks:
         try:
-            item = msgpack.unpackb(raw, raw=False, use_list=True, max_bin_len=DEFAULT_MAX_FRAME)
-            block_seq, view, joined, frames = item
+            block_seq, joined, frames = msgpack.unpackb(raw, raw=False, use_list=True,
+                                                        max_bin_len=DEFAULT_MAX_FRAME)
         except Exception:
-            raise PeerError("malformed", "state block is not [seq, view, digests, frames]") \
-                from None
-        if not (type(block_seq) is int and type(view) is int and type(joined) is bytes
-                and type(frames) is list and len(joined) % 32 == 0):
+            raise PeerError("malformed", "state block is not [seq, digests, frames]") from None
+        if not (type(block_seq) is int and type(joined) is bytes and type(frames) is list
+                and len(joined) % 32 == 0 and all(type(f) is bytes for f in frames)):
             raise PeerError("malformed", "state block has the wrong types")
         if block_seq != seq:
             raise PeerError("malformed", f"state block {block_seq} where {seq} was due")
         digests = tuple(joined[i:i + 32] for i in range(0, len(joined), 32))
         digest = batch_digest(digests)
-        this = block_hash(prev, seq, digest)
-        if seq == anchor_seq and this != anchor_state:
-            raise PeerError("malformed", f"state block {seq} is not the certified checkpoint")
-        if seq > anchor_seq and (seq, digest) not in committed:
+        cert = commits.get(seq, [])
+        views = {e.msg.view for e in cert if e.msg.digest == digest}  # type: ignore[union-attr]
+        signers = {e.msg.replica for e in cert if e.msg.digest == digest}  # type: ignore[union-attr]
+        if len(views) != 1 or len(signers) < quorum:
             raise PeerError("malformed", f"state block {seq} has no commit certificate")
-        bodies = {}
+        bodies: dict[bytes, tuple[Request, bytes]] = {}
         for frame in frames:
-            request, request_digest = parse_request_frame(frame)
-            bodies[request_digest] = (request, frame)
-        if set(bodies) != set(digests):  # every ordered request, and nothing else
+            env = authenticate(frame)  # PeerError on a forged or unknown client's request
+            if not isinstance(env.msg, Request):
+                raise PeerError("malformed", f"state block {seq} holds a non-request")
+            bodies[env.digest] = (env.msg, frame)
+        if set(bodies) != set(digests) or len(frames) != len(digests):
             raise PeerError("malformed", f"state block {seq}: requests differ from its order")
-        out.append(TransferredBlock(seq, view, digests, bodies))
-        prev, seq = this, seq + 1
-    if out and seq - 1 < anchor_seq:
-        raise PeerError("malformed", "state blocks stop before the certified checkpoint")
+        out.append(TransferredBlock(seq, views.pop(), digests, bodies,
+                                    tuple(e.frame for e in cert)[:quorum]))
+        seq += 1
     return out

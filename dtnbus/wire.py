@@ -1,20 +1,30 @@
 """The wire format: msgpack frames, signed by their sender, checked before use.
 
 A frame is ``msgpack([payload, signature])`` where ``payload`` is
-``msgpack([kind, *fields])`` and the signature covers ``sha256(payload)``. The
-decoder checks size, then shape and types against the message's schema, then that
-the claimed sender is a member of the right kind, then the signature. Any failure
-raises `PeerError` with the drop reason; nothing malformed reaches the replica.
+``msgpack([kind, *fields])`` and the signature covers ``sha256(payload)``. Decoding is
+two steps so that no signature is checked for work nobody needs:
+
+- `Codec.parse`: size, then shape and types against the message's schema (integers in
+  range, digests of 32 bytes, bounded lists), then that the claimed sender is a member of
+  the right kind; for nested proofs the same, but only when first looked at. Cheap.
+- `Codec.authenticate`: the signatures, the frame's and every nested one's. The caller
+  first asks the replica whether it wants the message and whether its proofs are of a
+  sane shape and size (`Replica.admit`), so a bomb of proofs costs a parse, not 600,000
+  signature checks.
+
+Any failure raises `PeerError` with the drop reason; nothing malformed reaches the replica.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 
 import msgpack
 
+from dtnbus import admission
 from dtnbus.crypto import Signer, Verifier
 from dtnbus.errors import PeerError
 from dtnbus.messages import (
@@ -22,6 +32,9 @@ from dtnbus.messages import (
     BYTES,
     BYTES_LIST,
     CLIENT_KINDS,
+    DIGEST,
+    DIGEST_LIST,
+    DIGEST_SIZE,
     FLOAT,
     INT,
     MESSAGE_TYPES,
@@ -37,6 +50,8 @@ MAX_LIST = 1_000_000
 MAX_STR = 256
 MAX_INT = 2**63 - 1
 MAX_NESTING = 2  # NEW-VIEW > VIEW-CHANGE > proofs
+MAX_NESTED = 200_000  # nested frames in one message, all levels together
+OPEN_CACHE = 10_000  # verifiers of open-admission clients kept ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +75,39 @@ def request_digest(msg: Message) -> bytes:
 
 
 class Codec:
-    """Encodes and signs as one member; decodes and authenticates frames from the others."""
+    """Encodes and signs as one member; decodes and authenticates frames from the others.
+
+    `clients` may change while the node runs (admission is ordered: the node adds and
+    removes verifiers as it executes admission commands). With `open_clients`, a client
+    id of the form "pk:<base64 Ed25519 key>" is its own verifier, unless the key is a
+    replica's: a replica's key never signs a request the bus accepts as a client's."""
 
     def __init__(self, signer: Signer, replicas: dict[int, Verifier],
-                 clients: dict[str, Verifier], max_frame: int = DEFAULT_MAX_FRAME) -> None:
+                 clients: dict[str, Verifier], max_frame: int = DEFAULT_MAX_FRAME,
+                 open_clients: bool = False) -> None:
         self.signer = signer
         self.replicas = replicas
         self.clients = clients
         self.max_frame = max_frame
+        self.open_clients = open_clients
+        self._replica_keys = {v.raw_key for v in replicas.values()}
+        self._open_cache: OrderedDict[str, Verifier] = OrderedDict()
+
+    def client_verifier(self, client: str) -> Verifier | None:
+        """The verifier of a client: listed, or (open admission) named by its key."""
+        verifier = self.clients.get(client)
+        if verifier is not None or not self.open_clients:
+            return verifier
+        verifier = self._open_cache.get(client)
+        if verifier is None:
+            raw = admission.open_key(client)
+            if raw is None or raw in self._replica_keys:
+                return None
+            verifier = Verifier.from_raw_ed25519(raw)
+            self._open_cache[client] = verifier
+            while len(self._open_cache) > OPEN_CACHE:
+                self._open_cache.popitem(last=False)
+        return verifier
 
     def encode(self, msg: Message) -> bytes:
         return self.encode_with_digest(msg)[0]
@@ -77,13 +117,14 @@ class Codec:
         digest = hashlib.sha256(payload).digest()
         return msgpack.packb([payload, self.signer.sign(digest)], use_bin_type=True), digest
 
-    def decode(self, frame: bytes, depth: int = 0) -> Envelope:
+    def decode(self, frame: bytes) -> Envelope:
         """Parse and authenticate one frame (nested proofs included)."""
-        return self.authenticate(self.parse(frame), depth)
+        return self.authenticate(self.parse(frame))
 
-    def parse(self, frame: bytes) -> Unverified:
-        """Size, shape, types and membership: everything but the signature, which costs
-        ~20x more; the caller may skip it for a message it will not use."""
+    def parse(self, frame: bytes, depth: int = 0) -> Unverified:
+        """Size, shape, types and membership: everything but the signatures, which cost
+        ~20x more; the caller may skip them for a message it will not use. Nested proofs
+        are parsed when first looked at (`Unverified.nested`)."""
         if len(frame) > self.max_frame:
             raise PeerError("oversized", f"{len(frame)} bytes > {self.max_frame}")
         try:
@@ -98,42 +139,70 @@ class Codec:
         msg = _parse_payload(payload, self.max_frame)
         sender = sender_of(msg)
         if msg.KIND in CLIENT_KINDS:
-            verifier = self.clients.get(sender) if isinstance(sender, str) else None
+            verifier = self.client_verifier(sender) if isinstance(sender, str) else None
         else:
             verifier = self.replicas.get(sender) if isinstance(sender, int) else None
-        if verifier is None:
-            raise PeerError("unknown_sender", f"{type(msg).__name__} from {sender!r}")
-        return Unverified(msg, payload, signature, verifier, frame)
+        if verifier is None:  # (the message rides along: a client may be told why)
+            raise PeerError("unknown_sender", f"{type(msg).__name__} from {sender!r}", msg,
+                            hashlib.sha256(payload).digest())
+        return Unverified(msg, payload, signature, verifier, frame, self, depth)
 
-    def authenticate(self, raw: Unverified, depth: int = 0) -> Envelope:
-        """Check the signature (and every nested proof's); raise PeerError if any fails."""
+    def parse_nested(self, raw: Unverified) -> tuple[Unverified, ...]:
+        """The nested proofs of a parsed message, parsed the same way (not verified).
+        Called lazily (`Unverified.nested`): a message the replica refuses on its outer
+        fields costs no parsing of its proofs at all."""
+        nested_field = getattr(type(raw.msg), "NESTED", None)
+        if nested_field is None:
+            return ()
+        parts = getattr(raw.msg, nested_field)
+        if not parts:
+            return ()
+        if raw.depth >= MAX_NESTING:
+            raise PeerError("malformed", f"{type(raw.msg).__name__} nested too deep")
+        if len(parts) > MAX_NESTED:
+            raise PeerError("malformed", "too many nested proofs")
+        if len(set(parts)) != len(parts):
+            raise PeerError("malformed", f"{type(raw.msg).__name__} repeats a proof")
+        nested = tuple(self.parse(part, raw.depth + 1) for part in parts)
+        if any(inner.msg.KIND in CLIENT_KINDS for inner in nested):
+            raise PeerError("malformed", "a client message cannot be a proof")
+        if raw.depth == 0 and sum(len(n.nested) for n in nested) + len(nested) > MAX_NESTED:
+            raise PeerError("malformed", "too many nested proofs")
+        return nested
+
+    def authenticate(self, raw: Unverified) -> Envelope:
+        """Check the signature and every nested proof's; raise PeerError if any fails."""
         msg = raw.msg
         digest = hashlib.sha256(raw.payload).digest()
         if not raw.verifier.verify(raw.signature, digest):
             raise PeerError("bad_signature", f"{type(msg).__name__} from {sender_of(msg)!r}")
-        nested_field = getattr(type(msg), "NESTED", None)
-        if nested_field is None:
-            return Envelope(msg, digest, raw.frame)
-        if depth >= MAX_NESTING:
-            raise PeerError("malformed", f"{type(msg).__name__} nested too deep")
-        inner = []
-        for part in getattr(msg, nested_field):
-            env = self.decode(part, depth + 1)  # a bad proof makes the whole message bad
-            if env.msg.KIND in CLIENT_KINDS:
-                raise PeerError("malformed", "a client message cannot be a proof")
-            inner.append(env)
-        return Envelope(msg, digest, raw.frame, tuple(inner))
+        # a bad proof makes the whole message bad
+        return Envelope(msg, digest, raw.frame, tuple(self.authenticate(n) for n in raw.nested))
 
 
-@dataclass(frozen=True, slots=True)
 class Unverified:
-    """A well-formed frame from a known member whose signature is not checked yet."""
+    """A well-formed frame from a known member whose signature is not checked yet. Its
+    nested proofs are parsed on first access to `nested` (PeerError if they are bad)."""
 
-    msg: Message
-    payload: bytes
-    signature: bytes
-    verifier: Verifier
-    frame: bytes
+    __slots__ = ("_codec", "_nested", "depth", "frame", "msg", "payload", "signature",
+                 "verifier")
+
+    def __init__(self, msg: Message, payload: bytes, signature: bytes, verifier: Verifier,
+                 frame: bytes, codec: Codec, depth: int = 0) -> None:
+        self.msg = msg
+        self.payload = payload
+        self.signature = signature
+        self.verifier = verifier
+        self.frame = frame
+        self.depth = depth
+        self._codec = codec
+        self._nested: tuple[Unverified, ...] | None = None
+
+    @property
+    def nested(self) -> tuple[Unverified, ...]:
+        if self._nested is None:
+            self._nested = self._codec.parse_nested(self)
+        return self._nested
 
 
 def _parse_payload(payload: bytes, max_frame: int) -> Message:
@@ -171,6 +240,10 @@ def _bytes(v: object) -> bytes | None:
     return v if type(v) is bytes else None
 
 
+def _digest(v: object) -> bytes | None:
+    return v if type(v) is bytes and len(v) == DIGEST_SIZE else None
+
+
 def _bool(v: object) -> bool | None:
     return v if type(v) is bool else None
 
@@ -183,6 +256,12 @@ def _float(v: object) -> float | None:
 
 def _bytes_list(v: object) -> tuple[bytes, ...] | None:
     if type(v) is not list or not all(type(x) is bytes for x in v):
+        return None
+    return tuple(v)
+
+
+def _digest_list(v: object) -> tuple[bytes, ...] | None:
+    if type(v) is not list or not all(type(x) is bytes and len(x) == DIGEST_SIZE for x in v):
         return None
     return tuple(v)
 
@@ -201,8 +280,8 @@ def _phase_list(v: object) -> tuple[tuple[str, int, float], ...] | None:
     return tuple(out)
 
 
-_CHECKS = {INT: _int, STR: _str, BYTES: _bytes, BOOL: _bool, FLOAT: _float,
-           BYTES_LIST: _bytes_list, PHASE_LIST: _phase_list}
+_CHECKS = {INT: _int, STR: _str, BYTES: _bytes, BOOL: _bool, FLOAT: _float, DIGEST: _digest,
+           BYTES_LIST: _bytes_list, DIGEST_LIST: _digest_list, PHASE_LIST: _phase_list}
 
 
 def parse_request_frame(frame: bytes) -> tuple[Request, bytes]:

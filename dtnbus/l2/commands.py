@@ -91,12 +91,44 @@ def start_chain_for(config: Any, directory: Path, chain: str, threshold: int | N
             f"payout agents started (logs/payout-N.log)")
 
 
-def stop_chain_for(directory: Path) -> str:
+def stop_chain_for(directory: Path, ids: list[int] | None = None) -> str:
+    """With `cluster stop`: the payout agents of `ids` (default all) and, when the whole
+    cluster stops, the local chain (anvil saves its state for `cluster start`)."""
     from dtnbus.l2.launch import stop_chain_side
 
-    stopped = stop_chain_side(directory)
+    names = None if ids is None else [f"payout-{i}" for i in ids]
+    stopped = stop_chain_side(directory, names)
     return f"stopped {stopped} chain-side process(es) (payout agents, local chain)" \
         if stopped else ""
+
+
+def restart_chain_for(directory: Path, ids: list[int] | None = None) -> str:
+    """With `cluster start`: the local chain from its saved state if it is not running, and
+    the payout agents of `ids` (default all) that are not. Nothing without a [chain] table."""
+    import tomllib
+
+    from dtnbus.l2.chain_config import load_chain
+    from dtnbus.l2.launch import running, start_agents, start_local_chain, wait_agents_ready
+
+    try:
+        has_chain = "chain" in tomllib.loads((directory / "cluster.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return ""
+    if not has_chain:
+        return ""
+    chain = load_chain(directory / "cluster.toml")
+    alive = running(directory)
+    said = []
+    if chain.network == "development" and "anvil" not in alive:
+        start_local_chain(chain, directory)
+        said.append("the local chain (from its saved state)")
+    wanted = [i for i in (ids if ids is not None else range(chain.n))
+              if f"payout-{i}" not in alive]
+    if wanted:
+        start_agents(chain, directory, wanted)
+        wait_agents_ready(chain, directory, wanted)
+        said.append(f"payout agent(s) {','.join(map(str, wanted))}")
+    return f"started {' and '.join(said)}" if said else ""
 
 
 @click.command()

@@ -1,8 +1,9 @@
 """The rewards a node's committed ledger holds, in ledger order, read beside the running node.
 
 Read-only, through storage.py's public reader (blocks(), requests(seq)) and wire.py's stored-
-frame parser, so schema additions do not concern us. Only requests the ledger marks executed
-count: a request ordered again after it was executed (a replay) is skipped, as the node did.
+frame parser, so schema additions do not concern us. Only requests whose outcome is executed
+count: one ordered again after it executed (a replay), a conflicting, stale or refused one is
+skipped, as the node did.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dtnbus.errors import LocalError, PeerError
+from dtnbus.messages import Outcome
 from dtnbus.reward import Reward, RewardError, is_reward, parse_reward
 from dtnbus.storage import Ledger
 from dtnbus.wire import parse_request_frame
@@ -69,11 +71,12 @@ class LedgerFeed:
 def rewards_of_block(ledger: Ledger, seq: int) -> BlockRewards:
     found: list[CommittedReward] = []
     malformed: list[str] = []
-    for position, (client, _ts, _digest, frame, executed) in enumerate(ledger.requests(seq)):
-        if not executed:
-            continue
+    for position, stored in enumerate(ledger.requests(seq)):
+        if stored.outcome != Outcome.EXECUTED:
+            continue  # a replay, a conflict, a stale or refused request: nothing executed
+        client = stored.client
         try:
-            request, _ = parse_request_frame(frame)
+            request, _ = parse_request_frame(stored.frame)
         except PeerError as exc:  # the node stored it, so this would be a bug or a bad disk
             malformed.append(f"seq {seq} request {position}: {exc}")
             continue

@@ -15,7 +15,7 @@ from pathlib import Path
 from dtnbus.client import Client
 from dtnbus.cluster import resolve_config
 from dtnbus.config import ClusterConfig
-from dtnbus.errors import LocalError
+from dtnbus.errors import LocalError, ProblemFound
 from dtnbus.l2.agent import state_path
 from dtnbus.l2.agent_state import AgentState
 from dtnbus.l2.chain_config import ChainConfig, load_chain
@@ -51,8 +51,8 @@ class RewardStatus:
         return asdict(self)
 
 
-def _chain_error(chain: ChainConfig, exc: Exception) -> LocalError:
-    return LocalError(f"chain {chain.network} ({chain.rpc or '$' + str(chain.rpc_env)}) does "
+def _chain_error(chain: ChainConfig, exc: Exception) -> ProblemFound:
+    return ProblemFound(f"chain {chain.network} ({chain.rpc or '$' + str(chain.rpc_env)}) does "
                       f"not answer: {exc}")
 
 
@@ -219,16 +219,19 @@ def submit_reward(directory: Path | None, config_file: Path | None, reward: Rewa
     if first is None:
         with Client(config) as client:
             result = client.submit([(reward.encode(),)], timeout=min(timeout, 60.0))
-        if result.seconds_f1 is None:
-            raise LocalError(f"the reward was not committed on Layer 1 within "
-                             f"{min(timeout, 60.0):.0f}s (fewer than f+1 = {config.f + 1} "
-                             "matching replies): is the cluster up?")
+        if result.refused:
+            raise ProblemFound(f"Layer 1 refused the reward request: {result.refused} "
+                               "(is this client admitted?)")
+        if not result.results:
+            raise ProblemFound(f"the reward was not committed on Layer 1 within "
+                               f"{min(timeout, 60.0):.0f}s (fewer than f+1 = {config.f + 1} "
+                               "matching replies): is the cluster up?")
         seq = next(iter(result.results.values()))[0]
         seconds["l1_commit"] = time.monotonic() - start
         wall_commit = time.time()
         first = committed_rewards(config, at_least=seq).get(reward.reward_id)
         if first is None:
-            raise LocalError(f"committed at seq {seq} but no ledger here shows it")
+            raise ProblemFound(f"committed at seq {seq} but no ledger here shows it")
         if not first.reward.same_payment(reward):  # another client's entry came first
             raise LocalError(_conflict(first))
     status = _wait_paid(config, chain, first, reward, start, seconds, timeout, already)

@@ -62,6 +62,13 @@ def start_cluster(tmp_path: Path) -> Iterator[Callable[..., RunningCluster]]:
             assert_all_gone(known, directory)
         except BaseException as exc:  # pytest.fail is a BaseException; stop the rest first
             errors.append(f"{directory}: {exc}")
+        # the boundary: an exception while handling a message is counted as internal_error
+        # and logged with its traceback; the node goes on, but the test must not
+        for log in sorted((directory / "logs").glob("node-*.log")):
+            text = log.read_text(errors="replace")
+            if "Traceback" in text:
+                at = text.index("Traceback")
+                errors.append(f"{log.name} logged an internal error:\n{text[at - 200:at + 1500]}")
     if errors:
         pytest.fail("; ".join(errors))
 

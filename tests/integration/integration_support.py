@@ -120,12 +120,12 @@ class RunningCluster:
         finally:
             ledger.close()
 
-    def ledger_requests(self, node_id: int) -> list[tuple[str, int]]:
-        """Every executed (client, timestamp) in node `node_id`'s ledger, in order."""
+    def ledger_requests(self, node_id: int) -> list[tuple[str, int, int]]:
+        """Every executed (client, session, number) in node `node_id`'s ledger, in order."""
         ledger = Ledger(self.config.node(node_id).ledger, synchronous="NORMAL")
         try:
-            return [(c, ts) for block in ledger.blocks()
-                    for c, ts, _d, _f, executed in ledger.requests(block.seq) if executed]
+            return [(r.client, r.session, r.number) for block in ledger.blocks()
+                    for r in ledger.requests(block.seq) if r.outcome == 0]
         finally:
             ledger.close()
 

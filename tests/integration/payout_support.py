@@ -43,7 +43,7 @@ class ChainCluster:
         """Commit a reward transaction on Layer 1 (f+1 replies); returns its seq."""
         with Client(self.config) as client:
             result = client.submit([(reward.encode(),)], timeout=30)
-        assert result.seconds_f1 is not None, "reward not committed"
+        assert result.results, f"reward not committed: {result.refused}"
         return next(iter(result.results.values()))[0]
 
     def entries(self, node: int = 0) -> dict[bytes, CommittedReward]:

@@ -133,13 +133,14 @@ def test_three_nodes_still_commit_after_a_backup_is_killed(
     rows = _status_lines(out.stdout)
     assert sorted(rows) == [0, 1, 2, 3], out.stdout
     assert re.fullmatch(r"\s*3\s+down\s*", rows[3]), rows[3]
-    for node in (0, 1, 2):  # node state view executed checkpoint pending txs head
+    for node in (0, 1, 2):  # node state height lag view checkpoint pending txs head
         fields = rows[node].split()
         assert fields[1] == "ready", rows[node]
-        assert fields[2] == "0", rows[node]  # no view change: still view 0
-        assert fields[3] == str(statuses[node].last_executed), rows[node]
-        assert fields[6] == "500", rows[node]
-        assert fields[7] == statuses[node].head.hex()[:16], rows[node]
+        assert fields[2] == str(statuses[node].last_executed), rows[node]
+        assert fields[3] == "0", rows[node]  # not behind the quorum
+        assert fields[4] == "0", rows[node]  # no view change: still view 0
+        assert fields[7] == "500", rows[node]
+        assert fields[8] == statuses[node].head.hex()[:16], rows[node]
 
     out = run_cli("ledger", "verify", "--dir", cluster.directory)
     assert out.returncode == 0, out.stderr  # identical up to the shortest (node 3's)
@@ -224,7 +225,7 @@ def _hostile_frames(cluster: RunningCluster) -> tuple[list[list[bytes]], dict[st
         [msgpack.packb({"a": 1})],
         [msgpack.packb([b"\x93\x01\x02", b"sig"])],  # payload is a truncated array
         [msgpack.packb([msgpack.packb([99, 1]), b"sig"])],  # unknown kind
-        [msgpack.packb([msgpack.packb([1, client_id, -5, [b"x"]]), b"sig"])],  # negative ts
+        [msgpack.packb([msgpack.packb([1, client_id, 1, -5, [b"x"]]), b"sig"])],  # negative no.
         [msgpack.packb([msgpack.packb([3, 0, 1, 2]), b"sig"])],  # wrong field count
         [b"part one", b"part two"],  # multipart: not one frame
         # oversized-looking: a bin32 header claiming 2 GiB, followed by a few bytes
@@ -233,11 +234,11 @@ def _hostile_frames(cluster: RunningCluster) -> tuple[list[list[bytes]], dict[st
         [msgpack.packb([b"\xdd\xff\xff\xff\xff" + b"\x01" * 8, b"sig"])],
     ]
     forged = [  # well-formed, signed by a key that is not the claimed member's
-        [stranger.encode(Request(client_id, ts, (b"forged transaction",)))],
+        [stranger.encode(Request(client_id, ts, 1, (b"forged transaction",)))],
         [stranger.encode(Prepare(0, 1, 2, digest))],
     ]
     unknown = [  # well-formed, from a member that does not exist
-        [stranger.encode(Request("mallory", ts, (b"who am I",)))],
+        [stranger.encode(Request("mallory", ts, 1, (b"who am I",)))],
         [stranger.encode(Commit(0, 1, 7, digest))],
     ]
     frames = malformed + forged + unknown
@@ -297,7 +298,7 @@ def test_hostile_frames_are_dropped_counted_and_the_node_keeps_working(
 
 
 def _collect_replies(codec: Codec, socks: dict[int, zmq.Socket], frame: bytes,
-                     timestamp: int, timeout: float = 10.0) -> dict[int, Reply]:
+                     number: int, timeout: float = 10.0) -> dict[int, Reply]:
     """Send `frame` to every replica and wait (bounded) for a Reply from each."""
     for sock in socks.values():
         sock.send(frame)
@@ -312,7 +313,7 @@ def _collect_replies(codec: Codec, socks: dict[int, zmq.Socket], frame: bytes,
             pytest.fail(f"replies from {sorted(replies)} only, within {timeout}s")
         for sock, _ in poller.poll(int(left * 1000) + 1):
             env = codec.decode(sock.recv())
-            if isinstance(env.msg, Reply) and env.msg.timestamp == timestamp:
+            if isinstance(env.msg, Reply) and env.msg.number == number:
                 replies[env.msg.replica] = env.msg
     return replies
 
@@ -323,24 +324,23 @@ def test_replayed_request_is_answered_from_the_reply_cache_not_executed_twice(
     spec = config.client()
     codec = Codec(config.signer(spec.key_file, "client"), config.replica_verifiers(),
                   config.client_verifiers())
-    ts = time.time_ns() // 1000
-    frame = codec.encode(Request(spec.id, ts, tuple(make_transactions(10, 300, seed=7))))
+    ts = time.time_ns() // 1000  # the session
+    frame = codec.encode(Request(spec.id, ts, 1, tuple(make_transactions(10, 300, seed=7))))
     ctx = zmq.Context()
     try:
         socks = {s.id: _dealer(ctx, s.router) for s in config.nodes}
-        first = _collect_replies(codec, socks, frame, ts)
+        first = _collect_replies(codec, socks, frame, 1)
         answers = {(r.seq, r.result) for r in first.values()}
         assert len(answers) == 1, first
         cluster.wait_executed(10)
 
-        replayed = _collect_replies(codec, socks, frame, ts)  # the exact same signed bytes
+        replayed = _collect_replies(codec, socks, frame, 1)  # the exact same signed bytes
         assert {(r.seq, r.result) for r in replayed.values()} == answers
 
         # A new request behind the replay on the same connections: once it has executed
         # everywhere, each node has certainly handled the replay before it.
-        frame2 = codec.encode(Request(spec.id, ts + 1, tuple(make_transactions(5, 300,
-                                                                                 seed=8))))
-        second = _collect_replies(codec, socks, frame2, ts + 1)
+        frame2 = codec.encode(Request(spec.id, ts, 2, tuple(make_transactions(5, 300, seed=8))))
+        second = _collect_replies(codec, socks, frame2, 2)
         assert len({(r.seq, r.result) for r in second.values()}) == 1
     finally:
         ctx.destroy(linger=0)
@@ -349,8 +349,8 @@ def test_replayed_request_is_answered_from_the_reply_cache_not_executed_twice(
     for i in range(cluster.n):
         assert cluster.ledger_txs(i) == 15, f"node {i} executed the replay"
         executed = cluster.ledger_requests(i)
-        assert executed.count((spec.id, ts)) == 1, executed
-        assert executed.count((spec.id, ts + 1)) == 1, executed
+        assert executed.count((spec.id, ts, 1)) == 1, executed
+        assert executed.count((spec.id, ts, 2)) == 1, executed
     _assert_ledgers_identical(cluster, list(range(cluster.n)), 15)
 
 

@@ -1,28 +1,41 @@
 """An in-memory network of real replicas with real signatures, for deterministic tests.
 
-Messages go through the real wire codec (encode, sign, decode, verify), so the tests
-exercise the same path a node does, minus sockets. Delivery order is under the test's
-control: `deliver_all` is FIFO; tests can hold, drop, reorder or duplicate frames.
+Frames go through the real wire codec (sign, parse, admit, verify) and effects are carried
+out as the node does: durable ones into a `MemoryLedger` per replica (which a restart
+reads back through `Replica.restore`), state requests served from it, replays answered
+from it. Delivery order is under the test's control: `deliver_all` is FIFO; tests can
+hold, drop, reorder or duplicate frames (`tamper`, `queue`). Any exception a replica
+raises propagates: a test fails on it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dtnbus.crypto import Signer, Verifier, generate_key
-from dtnbus.errors import PeerError
-from dtnbus.messages import Request
-from dtnbus.replica import (
+from dtnbus.crypto import Signer, Verifier, generate_key, public_key_text
+from dtnbus.effects import (
+    DURABLE,
     Broadcast,
     Drop,
     Execute,
     Forward,
-    Replica,
-    ReplicaConfig,
+    LookupReply,
     Send,
     SendClient,
     ViewEntered,
 )
+from dtnbus.errors import PeerError
+from dtnbus.messages import (
+    Outcome,
+    Reply,
+    Request,
+    StateReply,
+    StateRequest,
+    commit_quorum,
+)
+from dtnbus.replica import UNNEEDED, Replica, ReplicaConfig
+from dtnbus.state_transfer import serve_state, verify_blocks
+from dtnbus.storage import MemoryLedger
 from dtnbus.wire import Codec
 
 _KEYS: dict[object, object] = {}
@@ -39,34 +52,50 @@ class Cluster:
     n: int
     config_overrides: dict = field(default_factory=dict)
     clients: tuple[str, ...] = ("c0",)
+    admitted: tuple[str, ...] | None = None  # admission control: these at genesis
+    operators: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         replica_keys = {i: _key(("r", i)) for i in range(self.n)}
         client_keys = {c: _key(("c", c)) for c in self.clients}
+        self.client_keys = {c: public_key_text(k.public_key()) for c, k in client_keys.items()}
         verifiers = {i: Verifier(k.public_key()) for i, k in replica_keys.items()}
         client_verifiers = {c: Verifier(k.public_key()) for c, k in client_keys.items()}
         self.codecs = {i: Codec(Signer(k), verifiers, client_verifiers)
                        for i, k in replica_keys.items()}
         self.client_codecs = {c: Codec(Signer(k), verifiers, client_verifiers)
                               for c, k in client_keys.items()}
-        self.replicas = [Replica(ReplicaConfig(i, self.n, **self.config_overrides))
-                         for i in range(self.n)]
+        self.ledgers = [MemoryLedger() for _ in range(self.n)]
+        self.replicas = [self._new_replica(i) for i in range(self.n)]
         self.queue: list[tuple[int, bytes]] = []  # (destination, frame)
-        self.replies: list[tuple[str, object]] = []
+        self.replies: list[tuple[str, Reply]] = []
         self.blocks: dict[int, list[Execute]] = {i: [] for i in range(self.n)}
         self.drops: dict[int, list[str]] = {i: [] for i in range(self.n)}
         self.views: dict[int, list[int]] = {i: [] for i in range(self.n)}
+        self.sent: dict[int, list[object]] = {i: [] for i in range(self.n)}
         self.skipped: dict[int, int] = dict.fromkeys(range(self.n), 0)
         self.down: set[int] = set()
         self.now = 0.0
-        self._ts = 0
+        self.sessions = {c: 1 for c in self.clients}
+        self._numbers: dict[str, int] = dict.fromkeys(self.clients, 0)
+
+    def _new_replica(self, i: int) -> Replica:
+        admitted = None if self.admitted is None else {
+            c: self.client_keys[c] for c in self.admitted}
+        return Replica(ReplicaConfig(i, self.n, **self.config_overrides), self.codecs[i].encode,
+                       admitted, frozenset(self.operators))
+
+    # ------------------------------------------------------------ clients
 
     def request(self, txs: tuple[bytes, ...] = (b"tx",), client: str = "c0",
-                to: list[int] | None = None, timestamp: int | None = None) -> bytes:
-        if timestamp is None:
-            self._ts += 1
-            timestamp = self._ts
-        frame = self.client_codecs[client].encode(Request(client, timestamp, txs))
+                to: list[int] | None = None, number: int | None = None,
+                session: int | None = None) -> bytes:
+        if number is None:
+            self._numbers[client] += 1
+            number = self._numbers[client]
+        req = Request(client, self.sessions[client] if session is None else session, number,
+                      txs)
+        frame = self.client_codecs[client].encode(req)
         for i in range(self.n) if to is None else to:
             self.queue.append((i, frame))
         return frame
@@ -74,37 +103,72 @@ class Cluster:
     def inject(self, dest: int, frame: bytes) -> None:
         self.queue.append((dest, frame))
 
+    # ------------------------------------------------------------ delivery
+
     def deliver(self, dest: int, frame: bytes) -> None:
         if dest in self.down:
             return
         codec, replica = self.codecs[dest], self.replicas[dest]
         try:
             raw = codec.parse(frame)
-            if not replica.wants(raw.msg):  # as the node does: skip what is not needed
-                self.skipped[dest] += 1
+            verdict = replica.admit(raw, self.now)
+            if verdict is not None:
+                if verdict == UNNEEDED:  # as the node does: skip what is not needed
+                    self.skipped[dest] += 1
+                else:
+                    self.drops[dest].append(verdict)
                 return
             env = codec.authenticate(raw)
         except PeerError as exc:
             self.drops[dest].append(exc.reason)
             return
+        msg = env.msg
+        if isinstance(msg, StateRequest):
+            reply = serve_state(self.ledgers[dest], dest, msg.from_seq, commit_quorum(self.n),
+                                replica.new_view_frame)
+            self.queue.append((msg.replica, codec.encode(reply)))
+            return
+        if isinstance(msg, StateReply):
+            try:
+                blocks = verify_blocks(msg.blocks, env.nested, msg.from_seq,
+                                       commit_quorum(self.n), codec.decode)
+            except PeerError as exc:
+                self.drops[dest].append(exc.reason)
+                blocks = []
+            self._apply(dest, replica.adopt_state(msg.replica, msg.height, blocks, self.now))
+            for nv in msg.new_view:
+                self.deliver(dest, nv)
+            return
         self._apply(dest, replica.step(env, self.now))
 
     def _apply(self, i: int, effects: list) -> None:
-        codec = self.codecs[i]
-        replica = self.replicas[i]
+        self.ledgers[i].write([e for e in effects if isinstance(e, DURABLE)])
         for eff in effects:
             if isinstance(eff, Broadcast | Send):
-                frame = self.tamper(i, eff.msg, codec.encode(eff.msg))
+                self.sent[i].append(eff.msg)
+                frame = self.tamper(i, eff.msg, eff.frame)
                 if frame is None:
                     continue
                 targets = [j for j in range(self.n) if j != i] if isinstance(eff, Broadcast) \
                     else [eff.to]
                 self.queue.extend((j, frame) for j in targets)
-                self._apply(i, replica.note_signed(eff.msg, frame, self.now))
-            elif isinstance(eff, Forward):
-                self.queue.append((eff.to, eff.frame))
+            elif isinstance(eff, Forward):  # a frame passed on unchanged: same network
+                frame = self.tamper(i, self.codecs[i].parse(eff.frame).msg, eff.frame)
+                if frame is not None:
+                    self.queue.append((eff.to, frame))
             elif isinstance(eff, SendClient):
                 self.replies.append((eff.client, eff.msg))
+            elif isinstance(eff, LookupReply):
+                found = self.ledgers[i].lookup(eff.client, eff.session, eff.number)
+                if found is None:
+                    reply = Reply(eff.view, i, eff.client, eff.session, eff.number, eff.digest,
+                                  0, 0, b"", Outcome.STALE)
+                else:
+                    reply = Reply(eff.view, i, eff.client, eff.session, eff.number, eff.digest,
+                                  found.seq, found.position, found.block_hash,
+                                  Outcome.EXECUTED if found.digest == eff.digest
+                                  else Outcome.CONFLICT)
+                self.replies.append((eff.client, reply))
             elif isinstance(eff, Execute):
                 self.blocks[i].append(eff)
             elif isinstance(eff, Drop):
@@ -132,13 +196,29 @@ class Cluster:
 
     def run(self, rounds: int = 50, dt: float = 0.01) -> None:
         """Deliver everything, let time pass, repeat: until nothing is queued and no
-        replica has a timer pending, or out of rounds."""
+        replica has protocol work pending (status heartbeats aside), or out of rounds."""
         for _ in range(rounds):
             self.deliver_all()
             self.tick(dt)
-            if not self.queue and all(r.next_wakeup() is None
+            if not self.queue and all(r.next_wakeup(heartbeat=False) is None
                                       for i, r in enumerate(self.replicas) if i not in self.down):
                 return
 
+    # ------------------------------------------------------------ faults
+
+    def restart(self, i: int) -> Replica:
+        """Replica i crashes and comes back from what it made durable (its ledger and its
+        protocol records), exactly as a node process does."""
+        replica = self._new_replica(i)
+        replica.restore(self.ledgers[i].durable_state())
+        self.replicas[i] = replica
+        self.queue = [(d, f) for d, f in self.queue if d != i]  # lost with the process
+        return replica
+
+    # ------------------------------------------------------------ observations
+
     def heads(self) -> list[bytes]:
         return [r.head for i, r in enumerate(self.replicas) if i not in self.down]
+
+    def committed_replies(self, client: str = "c0") -> list[Reply]:
+        return [m for c, m in self.replies if c == client and not m.tentative]

@@ -6,6 +6,7 @@ import pytest
 from harness import Cluster
 
 from dtnbus.crypto import Signer, generate_key
+from dtnbus.effects import Broadcast
 from dtnbus.messages import (
     Commit,
     Prepare,
@@ -18,7 +19,7 @@ from dtnbus.messages import (
     prepare_quorum,
     reply_quorum,
 )
-from dtnbus.replica import Broadcast, Replica, ReplicaConfig
+from dtnbus.replica import UNNEEDED, Replica, ReplicaConfig
 from dtnbus.wire import Codec, Envelope, request_digest
 
 
@@ -183,7 +184,7 @@ def test_message_from_a_non_member_is_dropped() -> None:
     c = Cluster(4)
     outsider = Codec(Signer(generate_key()), c.codecs[0].replicas, c.codecs[0].clients)
     c.deliver(1, outsider.encode(Prepare(0, 1, 9, b"\x00" * 32)))
-    c.deliver(1, outsider.encode(Request("mallory", 1, (b"x",))))
+    c.deliver(1, outsider.encode(Request("mallory", 1, 1, (b"x",))))
     assert c.drops[1] == ["unknown_sender", "unknown_sender"]
 
 
@@ -238,7 +239,7 @@ def test_checkpoint_becomes_stable_and_collects_the_log() -> None:
         c.run()
     assert all(r.stable_checkpoint == 12 for r in c.replicas)
     assert all(min(r.slots, default=13) > 12 for r in c.replicas)
-    assert all(not r.pool for r in c.replicas)
+    assert all(not len(r.pool) for r in c.replicas)
 
 
 def test_window_stops_the_primary_until_a_checkpoint_is_stable() -> None:
@@ -273,10 +274,9 @@ def test_lost_votes_are_retransmitted() -> None:
 def test_replica_is_pure_same_inputs_same_outputs() -> None:
     def trace() -> list[str]:
         c = Cluster(4)
-        c._ts = 100
         out = []
         for i in range(3):
-            c.request((b"d%d" % i,), timestamp=1000 + i)
+            c.request((b"d%d" % i,), number=1000 + i)
         c.run()
         for i, r in enumerate(c.replicas):
             out.append(f"{i}:{r.last_executed}:{r.head.hex()}")
@@ -288,7 +288,7 @@ def test_request_digest_names_the_signed_bytes() -> None:
     c = Cluster(4)
     frame = c.request((b"abc",))
     env = c.codecs[1].decode(frame)
-    assert env.digest == request_digest(Request("c0", 1, (b"abc",)))
+    assert env.digest == request_digest(Request("c0", c.sessions["c0"], 1, (b"abc",)))
 
 
 def test_config_rejects_impossible_parameters() -> None:
@@ -299,8 +299,8 @@ def test_config_rejects_impossible_parameters() -> None:
 
 
 def test_primary_broadcasts_only_digests_never_payload() -> None:
-    r = Replica(ReplicaConfig(0, 4))
-    big = Request("c0", 1, (b"x" * 10_000,))
+    r = Replica(ReplicaConfig(0, 4), lambda m: b"signed")
+    big = Request("c0", 1, 1, (b"x" * 10_000,))
     out = r.step(Envelope(big, request_digest(big), b"frame"), 0.0)
     pps = [e.msg for e in out if isinstance(e, Broadcast)]
     assert len(pps) == 1 and pps[0].digests == (request_digest(big),)
@@ -312,13 +312,17 @@ def test_votes_a_slot_no_longer_needs_are_not_wanted_but_repeats_are() -> None:
     r = c.replicas[6]
     digest = batch_digest(pp.digests)
     r.step(c.codecs[6].decode(c.codecs[0].encode(pp)), 0.0)
+
+    def verdict(msg: object) -> str | None:
+        return r.admit(c.codecs[6].parse(c.codecs[msg.replica].encode(msg)), 0.0)
+
     for i in (1, 2, 3):
-        assert r.wants(Prepare(0, 1, i, digest))
+        assert verdict(Prepare(0, 1, i, digest)) is None
         r.step(Envelope(Prepare(0, 1, i, digest), b"", b""), 0.0)
     assert r.slots[1].prepared
-    assert not r.wants(Prepare(0, 1, 4, digest))  # prepared: a fifth prepare adds nothing
-    assert r.wants(Prepare(0, 1, 2, digest))  # a repeat: that peer may have lost our votes
-    assert r.wants(Commit(0, 1, 4, digest))  # commits are still needed
+    assert verdict(Prepare(0, 1, 4, digest)) == UNNEEDED  # prepared: a fifth adds nothing
+    assert verdict(Prepare(0, 1, 2, digest)) is None  # a repeat: that peer lost our votes
+    assert verdict(Commit(0, 1, 4, digest)) is None  # commits are still needed
 
 
 def test_large_cluster_skips_verifying_surplus_votes() -> None:

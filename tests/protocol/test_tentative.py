@@ -29,8 +29,8 @@ def test_tentative_result_is_the_block_that_commits() -> None:
     for i in range(5):
         c.request((b"t%d" % i,))
     c.run()
-    tentative = {(m.replica, m.timestamp): (m.seq, m.result) for m in _replies(c, True)}
-    final = {(m.replica, m.timestamp): (m.seq, m.result) for m in _replies(c, False)}
+    tentative = {(m.replica, m.number): (m.seq, m.result) for m in _replies(c, True)}
+    final = {(m.replica, m.number): (m.seq, m.result) for m in _replies(c, False)}
     assert final and all(tentative[k] == v for k, v in final.items() if k in tentative)
     assert len(tentative) >= 4  # at least the first batch was answered tentatively
 
@@ -57,10 +57,21 @@ def test_prepared_and_tentatively_answered_batch_survives_a_view_change() -> Non
 
 
 def test_client_rule_f_plus_1_committed_or_q_of_any_kind() -> None:
-    key = (1, b"h" * 32)
-    other = (1, b"x" * 32)
+    key = (1, 0, b"h" * 32, 0)
+    other = (1, 0, b"x" * 32, 0)
     n = 4  # f = 1, q = 3
-    assert accepts(key, {0: key, 1: key}, {0, 1}, n)  # f+1 committed
-    assert not accepts(key, {0: key, 1: key}, set(), n)  # f+1 tentative: not enough
-    assert accepts(key, {0: key, 1: key, 2: key}, set(), n)  # q tentative
-    assert not accepts(key, {0: key, 1: key, 2: other}, {2}, n)
+    assert accepts(key, {0: key, 1: key}, {}, n)  # f+1 committed
+    assert not accepts(key, {}, {0: key, 1: key}, n)  # f+1 tentative: not enough
+    assert accepts(key, {}, {0: key, 1: key, 2: key}, n)  # q tentative
+    assert accepts(key, {2: key}, {0: key, 1: key}, n)  # q of any kind
+    assert not accepts(key, {2: other}, {0: key, 1: key}, n)
+
+
+def test_a_tentative_answer_never_counts_as_a_committed_one() -> None:
+    """Issue 9: each of f+1 replicas first answered tentatively with one result, then
+    committed another; the client must not accept the tentative result as durable."""
+    promised, committed = (1, 0, b"a" * 32, 0), (1, 0, b"b" * 32, 0)
+    tentative = {0: promised, 1: promised}
+    durable = {0: committed, 1: committed}
+    assert not accepts(promised, durable, tentative, 4)
+    assert accepts(committed, durable, tentative, 4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from harness import Cluster
 
 from dtnbus.crypto import Signer, generate_key
-from dtnbus.messages import Commit, NewView, PrePrepare, ViewChange
+from dtnbus.messages import Commit, NewView, Prepare, PrePrepare, ViewChange, batch_digest
 from dtnbus.wire import Codec
 
 FAST = {"view_change_timeout": 0.5, "retransmit_after": 0.3}
@@ -120,9 +120,27 @@ def test_new_view_with_too_few_votes_is_dropped() -> None:
 def test_forged_proof_inside_a_view_change_rejects_the_whole_message() -> None:
     c = Cluster(4, config_overrides=FAST)
     forger = Codec(Signer(generate_key()), c.codecs[0].replicas, c.codecs[0].clients)
-    fake_pp = forger.encode(PrePrepare(0, 1, 0, (b"\x01" * 32,)))  # "from" the primary
-    c.deliver(1, c.codecs[2].encode(ViewChange(1, 2, 0, (fake_pp,))))
+    pp = PrePrepare(0, 1, 0, (b"\x01" * 32,))
+    fake_pp = forger.encode(pp)  # "from" the primary
+    prepares = tuple(c.codecs[r].encode(Prepare(0, 1, r, batch_digest(pp.digests)))
+                     for r in (2, 3))
+    c.deliver(1, c.codecs[2].encode(ViewChange(1, 2, 0, (fake_pp, *prepares))))
     assert c.drops[1] == ["bad_signature"]
+
+
+def test_a_view_change_that_does_not_form_its_certificates_costs_no_signature_check() -> None:
+    c = Cluster(4, config_overrides=FAST)
+    pp = c.codecs[0].encode(PrePrepare(0, 1, 0, (b"\x01" * 32,)))  # no prepares with it
+    checks = []
+    for verifier in c.codecs[1].replicas.values():
+        original = verifier.verify
+        verifier.verify = lambda sig, d, original=original: checks.append(1) or original(sig, d)
+    try:
+        c.deliver(1, c.codecs[2].encode(ViewChange(1, 2, 0, (pp,))))
+    finally:
+        for verifier in c.codecs[1].replicas.values():
+            del verifier.verify
+    assert c.drops[1] == ["malformed"] and not checks
 
 
 def test_f_plus_1_view_changes_make_a_replica_join() -> None:

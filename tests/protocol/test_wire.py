@@ -31,7 +31,7 @@ def test_round_trip_of_every_shape(codecs: tuple[Codec, Codec]) -> None:
     for msg, codec in [
         (PrePrepare(3, 7, 0, (b"a" * 32, b"b" * 32)), replica),
         (Commit(0, 1, 0, b"d" * 32), replica),
-        (Request("c", 12, (b"tx1", b"")), client),
+        (Request("c", 12, 3, (b"tx1", b"")), client),
         (Status(0, 1, 0, 5, b"h" * 32, 0, True, 0, 10, (("p", 2, 0.5),)), replica),
     ]:
         assert replica.decode(codec.encode(msg)).msg == msg
@@ -55,13 +55,13 @@ def test_wrong_field_types_are_malformed(codecs: tuple[Codec, Codec]) -> None:
 
 def test_oversized_frame_is_refused_before_parsing(codecs: tuple[Codec, Codec]) -> None:
     replica, client = codecs
-    frame = client.encode(Request("c", 1, (b"x" * 5000,)))
+    frame = client.encode(Request("c", 1, 1, (b"x" * 5000,)))
     assert _reason(replica, frame) == "oversized"
 
 
 def test_forged_signature_is_refused(codecs: tuple[Codec, Codec]) -> None:
     replica, client = codecs
-    frame = client.encode(Request("c", 1, (b"pay me",)))
+    frame = client.encode(Request("c", 1, 1, (b"pay me",)))
     payload, sig = msgpack.unpackb(frame)
     tampered = msgpack.packb([payload.replace(b"pay me", b"pay us"), sig])
     assert _reason(replica, tampered) == "bad_signature"
@@ -73,6 +73,6 @@ def test_forged_signature_is_refused(codecs: tuple[Codec, Codec]) -> None:
 def test_sender_must_be_a_member_of_the_right_kind(codecs: tuple[Codec, Codec]) -> None:
     replica, client = codecs
     assert _reason(replica, replica.encode(Commit(0, 1, 7, b"d" * 32))) == "unknown_sender"
-    assert _reason(replica, client.encode(Request("eve", 1, ()))) == "unknown_sender"
+    assert _reason(replica, client.encode(Request("eve", 1, 1, ()))) == "unknown_sender"
     # a client cannot vote: a Commit claiming replica 1, signed with the client's key
     assert _reason(replica, client.encode(Commit(0, 1, 1, b"d" * 32))) == "bad_signature"

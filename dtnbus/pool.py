@@ -1,0 +1,151 @@
+"""The request pool: request bodies by digest, the order they wait in, who needs them.
+
+One invariant, owned here: **a body leaves the pool only when no live slot refers to it
+and it is not waiting to be ordered.** A faulty primary may order one request at two
+sequence numbers; garbage-collecting the first slot must not free a body the second
+still needs (that freed body once crashed every correct replica at once).
+
+The pool is bounded by count and by bytes. It also keeps the arrival order of requests
+not yet executed, so the view-change timer can run on the oldest one (a primary that
+orders everyone but one client is suspected all the same).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dtnbus.messages import Request
+
+
+@dataclass(slots=True)
+class Pooled:
+    msg: Request
+    frame: bytes
+    arrived: float
+    slots: set[int] = field(default_factory=set)  # live sequences that order it
+    executed: bool = False
+
+
+class RequestPool:
+    """Bodies, the pending (unordered) queue, and the slots that wait for missing bodies."""
+
+    def __init__(self, max_requests: int, max_bytes: int) -> None:
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self.bodies: dict[bytes, Pooled] = {}
+        self.pending: dict[bytes, None] = {}  # not yet ordered, in arrival order
+        self.pending_txs = 0
+        self.unexecuted: dict[bytes, float] = {}  # digest -> arrival, in arrival order
+        self.missing: dict[bytes, set[int]] = {}  # digest we lack -> slots that need it
+        self.bytes = 0
+
+    def __contains__(self, digest: bytes) -> bool:
+        return digest in self.bodies
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    def get(self, digest: bytes) -> Pooled | None:
+        return self.bodies.get(digest)
+
+    def has_room(self, size: int) -> bool:
+        return len(self.bodies) < self.max_requests and self.bytes + size <= self.max_bytes
+
+    def add(self, digest: bytes, msg: Request, frame: bytes, now: float) -> set[int]:
+        """Hold a new body. Returns the slots that were waiting for it (they now order it);
+        with none, it waits to be ordered."""
+        self.bodies[digest] = Pooled(msg, frame, now)
+        self.bytes += len(frame)
+        self.unexecuted[digest] = now
+        waiting = self.missing.pop(digest, set())
+        if waiting:
+            self.bodies[digest].slots |= waiting
+        else:
+            self.pending[digest] = None
+            self.pending_txs += len(msg.txs)
+        return waiting
+
+    def oldest_waiting(self) -> float | None:
+        """Arrival time of the oldest request not yet executed (None: nothing waits)."""
+        return next(iter(self.unexecuted.values()), None)
+
+    def oldest_pending(self) -> float | None:
+        first = next(iter(self.pending), None)
+        return None if first is None else self.bodies[first].arrived
+
+    def take_batch(self, max_requests: int, max_txs: int) -> list[bytes]:
+        """The next batch to order, oldest first (the caller then calls `order`)."""
+        digests: list[bytes] = []
+        txs = 0
+        for digest in self.pending:
+            if len(digests) >= max_requests:
+                break
+            size = len(self.bodies[digest].msg.txs)
+            if digests and txs + size > max_txs:
+                break
+            digests.append(digest)
+            txs += size
+        return digests
+
+    def order(self, seq: int, digests: tuple[bytes, ...]) -> set[bytes]:
+        """Slot `seq` orders these digests: take them off the pending queue and note the
+        reference. Returns the digests whose bodies we lack (to fetch)."""
+        missing: set[bytes] = set()
+        for digest in digests:
+            pooled = self.bodies.get(digest)
+            if pooled is None:
+                missing.add(digest)
+                self.missing.setdefault(digest, set()).add(seq)
+                continue
+            pooled.slots.add(seq)
+            if digest in self.pending:
+                del self.pending[digest]
+                self.pending_txs -= len(pooled.msg.txs)
+        return missing
+
+    def release(self, seq: int, digests: tuple[bytes, ...], requeue: bool) -> None:
+        """Slot `seq` no longer orders these digests (collected below a stable checkpoint,
+        or dropped by a view change). A body no live slot needs leaves the pool, unless
+        `requeue` and it was never executed: then it waits to be ordered again."""
+        for digest in digests:
+            waiting = self.missing.get(digest)
+            if waiting is not None:
+                waiting.discard(seq)
+                if not waiting:
+                    del self.missing[digest]
+            pooled = self.bodies.get(digest)
+            if pooled is None:
+                continue
+            pooled.slots.discard(seq)
+            if pooled.slots or digest in self.pending:
+                continue
+            if requeue and not pooled.executed:
+                self.pending[digest] = None
+                self.pending_txs += len(pooled.msg.txs)
+            else:
+                self._remove(digest)
+
+    def executed(self, digest: bytes) -> None:
+        """Its batch executed: it no longer waits (the body stays while a slot needs it)."""
+        self.unexecuted.pop(digest, None)
+        pooled = self.bodies.get(digest)
+        if pooled is not None:
+            pooled.executed = True
+            if not pooled.slots and digest not in self.pending:
+                self._remove(digest)
+
+    def discard_pending(self, digest: bytes) -> None:
+        """A pending request turned out to be decided already (e.g. by state transfer)."""
+        pooled = self.bodies.get(digest)
+        if pooled is None or digest not in self.pending:
+            return
+        del self.pending[digest]
+        self.pending_txs -= len(pooled.msg.txs)
+        self.unexecuted.pop(digest, None)
+        if not pooled.slots:
+            self._remove(digest)
+
+    def _remove(self, digest: bytes) -> None:
+        pooled = self.bodies.pop(digest)
+        self.bytes -= len(pooled.frame)
+        self.unexecuted.pop(digest, None)
