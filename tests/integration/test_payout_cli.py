@@ -79,3 +79,31 @@ def test_bsc_test_takes_rpc_and_keys_from_the_environment(run_cli, tmp_path, bsc
         down = run_cli("cluster", "down", "--dir", directory)
     assert down.returncode == 0 and "payout agents" in down.stdout
     assert not processes_mentioning(str(directory))
+
+
+def test_stop_and_start_keep_the_wallet_and_its_payments(run_cli, tmp_path):
+    directory = tmp_path / "c"
+    trainer = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+    reward = ("reward", "--dir", directory, "--trainer", trainer, "--model-id")
+    try:
+        assert run_cli("cluster", "up", "--dir", directory, "--chain", "development",
+                       "--takeover", "1").returncode == 0
+        first = run_cli(*reward, "m-1", "--amount", "1", "--json")
+        assert first.returncode == 0, first.stdout + first.stderr
+        stop = run_cli("cluster", "stop", "--dir", directory)
+        assert "payout agents, local chain" in stop.stdout
+        assert not processes_mentioning(str(directory))
+        start = run_cli("cluster", "start", "--dir", directory)
+        assert start.returncode == 0, start.stderr
+        assert "local chain (from its saved state)" in start.stdout
+        second = run_cli(*reward, "m-2", "--amount", "2", "--json")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert json.loads(second.stdout.strip().splitlines()[-1])["owed_wei"] == 3 * 10**18
+        again = run_cli(*reward, "m-1", "--amount", "1", "--json")
+        out = json.loads(again.stdout.strip().splitlines()[-1])
+        assert out["already_committed"] and out["owed_wei"] == 3 * 10**18
+        assert out["executed_tx"] == json.loads(first.stdout.strip().splitlines()[-1])[
+            "executed_tx"]
+    finally:
+        run_cli("cluster", "down", "--dir", directory)
+    assert not processes_mentioning(str(directory))

@@ -106,7 +106,7 @@ def test_same_reward_twice_and_a_replayed_request_are_paid_once(cluster: ChainCl
     second_seq = cluster.commit(reward)
     entry = cluster.entries()[reward.reward_id]
     ledger = Ledger(cluster.config.node(0).ledger, readonly=True)
-    frame = ledger.requests(entry.seq)[entry.position][3]
+    frame = ledger.requests(entry.seq)[entry.position].frame
     ledger.close()
     with Client(cluster.config) as client:
         for sock in client.sockets.values():
