@@ -61,6 +61,7 @@ class PendingReward:
     designated: int
     index: int
     seen: float  # monotonic: when this run of the agent first knew it was committed
+    state: str = "committed"  # committed | proposed | confirmed (then paid: no longer pending)
     why: str = ""
     blocker: str | None = None
     confirmations: int = 0
@@ -127,7 +128,7 @@ class PayoutAgent:
             self.by_index[reward.index] = reward.reward_id
             if st != "paid":
                 self.pending[reward.reward_id] = PendingReward(
-                    reward, seq, designated, reward.index, now, confirmations=conf)
+                    reward, seq, designated, reward.index, now, state=st, confirmations=conf)
 
     def _verify_chain(self) -> None:
         """Once the chain answers: is it the chain and the wallet the cluster file names?"""
@@ -316,10 +317,25 @@ class PayoutAgent:
                  p.executor)
 
     def _mark(self, pending: PendingReward, state: str, **times: float) -> None:
+        """Move a reward forward (never back) to `state`, noting when it got there."""
+        order = ("committed", "proposed", "confirmed")
+        if order.index(state) <= order.index(pending.state):
+            return
+        pending.state = state
         sets = ", ".join(f"{k} = COALESCE({k}, ?)" for k in times)
         self.state.db.execute(
             f"UPDATE rewards SET state = ?, {sets}, updated = ? WHERE reward_id = ?",
             (state, *times.values(), time.time(), pending.reward.reward_id))
+
+    def _catch_up(self, pending: PendingReward, p: ProposalState, now: float) -> None:
+        """A reward this ledger committed after the chain had moved on (this node was behind):
+        take in what the chain already did with it."""
+        self._mark(pending, "proposed", proposed_at=time.time())
+        if len(p.confirmations) >= self.q:
+            self.threshold_seen.setdefault(p.index, now)
+            self._mark(pending, "confirmed", confirmed_at=time.time())
+        if p.executed:
+            self._paid(pending, p, now)
 
     def _facts(self, p: ProposalState) -> ProposalFacts:
         node = self.chain.node_of
@@ -381,6 +397,10 @@ class PayoutAgent:
                     break  # paid meanwhile
                 p = self.view.proposals.get(pending.index)
                 pending.confirmations = len(p.confirmations) if p else 0
+                if p is not None:
+                    self._catch_up(pending, p, now)
+                    if pending.reward.reward_id not in self.pending:
+                        break  # it was paid before this ledger committed it
                 backoff = self.backoffs.get(pending.reward.reward_id)
                 if backoff is not None and now < backoff.until:
                     break  # its blocker and why stay as they were set

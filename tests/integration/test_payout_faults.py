@@ -115,6 +115,26 @@ def test_killed_executor_is_taken_over_and_paid_once(cluster: ChainCluster):
     _restart_and_reconcile(cluster, killed, reward, "execute")
 
 
+def test_a_validator_that_was_down_catches_up_and_sends_nothing(cluster: ChainCluster):
+    down = 3
+    kill_node(cluster.directory, down)
+    kill_agent(cluster.directory, down)
+    trainer = new_trainer()
+    reward = reward_for(trainer, 0.5, "m-64")
+    cluster.commit(reward)
+    cluster.wait_paid(reward)  # three validators are the threshold
+    owner = cluster.chain.owners[down]
+    nonce = cluster.rpc.nonce(owner, "latest")
+    start_nodes(cluster.config, cluster.directory, [down])
+    start_agents(cluster.chain, cluster.directory, [down])
+    wait_until(lambda: cluster.agent_rows(
+        down, "SELECT state FROM rewards WHERE reward_id = ?", (reward.reward_id,))
+        == [("paid",)], 30, "the returning validator to catch up and see the payment")
+    assert cluster.rpc.nonce(owner, "pending") == nonce
+    assert len(cluster.executions_of(reward)) == 1
+    assert cluster.owed(trainer) == reward.amount_wei
+
+
 def test_chain_down_is_retried_with_backoff_and_pays_once_it_is_back(cluster: ChainCluster,
                                                                        run_cli):
     trainer = new_trainer()
