@@ -62,13 +62,16 @@ FRESH_OPTION = click.option("--fresh", is_flag=True,
                    "advertised one (NAT, cloud): e.g. 0.0.0.0.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True,
               help="Address /metrics listens on; loopback keeps it off the network.")
+@click.option("--operator", is_flag=True,
+              help="With --client: this client may admit and remove clients.")
 @click.option("--base-port", type=click.IntRange(1, 65535), default=None,
               help="First of 3 consecutive ports per node (default: free ports; 7000 with "
                    "--hosts or --node).")
 @FRESH_OPTION
 def keygen(nodes: int | None, node_id: int | None, client_name: str | None, extra_clients: int,
            out: Path, scheme: str, host: str, hosts: str | None, advertise: str | None,
-           bind: str | None, metrics_host: str, base_port: int | None, fresh: bool) -> None:
+           bind: str | None, metrics_host: str, operator: bool, base_port: int | None,
+           fresh: bool) -> None:
     """Create key pairs (mode 0600) and a cluster file, or one host's key and fragment."""
     if sum(x is not None for x in (nodes, node_id, client_name)) != 1:
         raise LocalError("give exactly one of --nodes N (all keys here), --node K (this "
@@ -87,7 +90,7 @@ def keygen(nodes: int | None, node_id: int | None, client_name: str | None, extr
     if client_name is not None:
         from dtnbus.provision import client_fragment
 
-        path = client_fragment(out, client_name, scheme, fresh=fresh)
+        path = client_fragment(out, client_name, scheme, fresh=fresh, operator=operator)
         click.echo(f"wrote {path} (public); private key {out / 'keys' / f'{client_name}.key'} "
                    "(0600)")
         return

@@ -137,8 +137,16 @@ class Client:
     DEALER connection to every replica. Requests are numbered 1, 2, 3, ... in the session."""
 
     def __init__(self, config: ClusterConfig, client_id: str | None = None,
-                 session: int | None = None, next_number: int = 1) -> None:
+                 session: int | None = None, next_number: int = 1,
+                 authentication: str = "mac") -> None:
+        """`authentication`: "mac" (PBFT's authenticator: a tag for each replica, ~1 us;
+        Ed25519 clusters) or "signature" (a client signature any third party can check).
+        Replicas accept both; replies come back MAC-authenticated when they can."""
+        if authentication not in ("mac", "signature"):
+            raise LocalError(f"authentication must be 'mac' or 'signature', got "
+                             f"{authentication!r}")
         spec = config.client(client_id)
+        self.authentication = authentication
         self.session = new_session() if session is None else session
         self.next_number = next_number
         self.config = config
@@ -180,8 +188,8 @@ class Client:
         """Number and sign the next request: (number, request digest, frame)."""
         number = self.next_number
         self.next_number += 1
-        frame, digest = self.codec.encode_with_digest(Request(self.id, self.session, number,
-                                                              tuple(txs)))
+        frame, digest = self.codec.encode_request(Request(self.id, self.session, number,
+                                                          tuple(txs)), self.authentication)
         return number, digest, frame
 
     def _send(self, replica: int, frame: bytes, now: float) -> float:

@@ -21,6 +21,7 @@ as `internal_error` with its traceback logged, and the node goes on.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections import OrderedDict
@@ -88,8 +89,9 @@ class Node:
         self.config = config
         self.id = node_id
         self.codec = Codec(config.node_signer(node_id), config.replica_verifiers(),
-                           config.client_verifiers(), open_clients=config.open_admission)
-        self.ledger = Ledger(spec.ledger)
+                           config.client_verifiers(), open_clients=config.open_admission,
+                           me=node_id)
+        self.ledger = Ledger(spec.ledger, os.environ.get("DTNBUS_SYNC", "FULL"))
         self.replica = Replica(config.replica_config(node_id), self.codec.encode,
                                config.admitted_at_genesis(), config.operators(),
                                config.open_admission)
@@ -408,7 +410,9 @@ class Node:
         identity = self.routes.get(key) if msg.tentative else self.routes.pop(key, None)
         if identity is None:
             return  # the request did not come to us directly: nowhere to send
-        frame = self._encode(msg)
+        verifier = self.codec.client_verifier(client)  # a MAC for it, when it can take one
+        frame = self.codec.encode_reply(msg, verifier.raw_key if verifier else None)
+        self.metrics.message_sent("reply", len(frame))
         if self.shaper is not None and not self.shaper.is_unshaped(client):
             self.shaper.submit(now, client, len(frame), (identity, frame))
         elif not self.transport.send_routed(identity, frame):
