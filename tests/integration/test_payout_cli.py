@@ -4,7 +4,6 @@ node starts, and `--chain bsc-test` taking its RPC URL and deployer key from the
 
 from __future__ import annotations
 
-import json
 import subprocess
 
 import pytest
@@ -12,7 +11,9 @@ from integration_support import processes_mentioning, wait_until
 
 from dtnbus.config import free_ports
 from dtnbus.l2.chain_ops import ANVIL_DEV_KEY, anvil_path
+from dtnbus.l2.payments import submit_reward
 from dtnbus.l2.rpc import Rpc, RpcUnavailable
+from dtnbus.reward import derive_reward_id, make_reward
 
 
 def test_chain_options_are_checked_before_any_node_starts(run_cli, tmp_path, monkeypatch):
@@ -68,13 +69,12 @@ def test_bsc_test_takes_rpc_and_keys_from_the_environment(run_cli, tmp_path, bsc
         toml = (directory / "cluster.toml").read_text()
         assert bsc_standin not in toml and 'rpc_env = "BSC_TESTNET_RPC"' in toml
         trainer = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
-        paid = run_cli("reward", "--dir", directory, "--trainer", trainer, "--amount", "1.5",
-                       "--model-id", "m-97", "--json")
-        assert paid.returncode == 0, paid.stdout + paid.stderr
-        assert json.loads(paid.stdout.strip().splitlines()[-1])["owed_wei"] == 15 * 10**17
+        paid = submit_reward(directory, None, make_reward(
+            derive_reward_id(trainer, "m-97", 15 * 10**17), trainer, 15 * 10**17, "m-97"))
+        assert paid.state == "paid" and paid.owed_wei == 15 * 10**17, paid
         for key in sorted((directory / "keys").glob("*.owner.key")):
             assert key.stat().st_mode & 0o777 == 0o600
-            assert key.read_text().strip() not in up.stdout + paid.stdout  # never printed
+            assert key.read_text().strip() not in up.stdout + up.stderr  # never printed
     finally:
         down = run_cli("cluster", "down", "--dir", directory)
     assert down.returncode == 0 and "payout agents" in down.stdout
@@ -84,26 +84,27 @@ def test_bsc_test_takes_rpc_and_keys_from_the_environment(run_cli, tmp_path, bsc
 def test_stop_and_start_keep_the_wallet_and_its_payments(run_cli, tmp_path):
     directory = tmp_path / "c"
     trainer = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
-    reward = ("reward", "--dir", directory, "--trainer", trainer, "--model-id")
+
+    def pay(model: str, bnb: int):
+        wei = bnb * 10**18
+        return submit_reward(directory, None, make_reward(
+            derive_reward_id(trainer, model, wei), trainer, wei, model))
+
     try:
         assert run_cli("cluster", "up", "--dir", directory, "--chain", "development",
                        "--takeover", "1").returncode == 0
-        first = run_cli(*reward, "m-1", "--amount", "1", "--json")
-        assert first.returncode == 0, first.stdout + first.stderr
+        first = pay("m-1", 1)
+        assert first.state == "paid", first
         stop = run_cli("cluster", "stop", "--dir", directory)
         assert "payout agents, local chain" in stop.stdout
         assert not processes_mentioning(str(directory))
         start = run_cli("cluster", "start", "--dir", directory)
         assert start.returncode == 0, start.stderr
         assert "local chain (from its saved state)" in start.stdout
-        second = run_cli(*reward, "m-2", "--amount", "2", "--json")
-        assert second.returncode == 0, second.stdout + second.stderr
-        assert json.loads(second.stdout.strip().splitlines()[-1])["owed_wei"] == 3 * 10**18
-        again = run_cli(*reward, "m-1", "--amount", "1", "--json")
-        out = json.loads(again.stdout.strip().splitlines()[-1])
-        assert out["already_committed"] and out["owed_wei"] == 3 * 10**18
-        assert out["executed_tx"] == json.loads(first.stdout.strip().splitlines()[-1])[
-            "executed_tx"]
+        second = pay("m-2", 2)
+        assert second.state == "paid" and second.owed_wei == 3 * 10**18, second
+        again = pay("m-1", 1)
+        assert again.already_committed and again.executed_tx == first.executed_tx
     finally:
         run_cli("cluster", "down", "--dir", directory)
     assert not processes_mentioning(str(directory))

@@ -127,13 +127,10 @@ def test_same_reward_twice_and_a_replayed_request_are_paid_once(cluster: ChainCl
                                   (reward.reward_id,))[0][0] >= 1
 
 
+# every refusal is in tests/l2/test_reward.py; here two, through the command, on a cluster
 @pytest.mark.parametrize("args, error", [
     (("--trainer", "0x5aaeb6053F3E94C9b9A09f33669435E7Ef1BeAed"), "EIP-55 checksum"),
-    (("--amount", "0"), "positive"),
-    (("--amount", "-2"), "positive"),
     (("--amount", "0.0000000001"), "whole gwei"),
-    (("--model-id", "model 17"), "model id"),
-    (("--reward-id", "0x12"), "reward id"),
 ])
 def test_malformed_reward_is_refused_and_never_reaches_the_ledger(cluster: ChainCluster,
                                                                    run_cli, args, error):
@@ -171,7 +168,7 @@ def test_unfunded_wallet_says_why_and_pays_once_funded(cluster: ChainCluster, ru
     trainer = new_trainer()
     balance = cluster.rpc.balance(cluster.chain.contract)
     reward = reward_for(trainer, balance / BNB + 50, "m-40")  # 50 BNB more than it holds
-    status = submit_reward(cluster.directory, None, reward, timeout=3 * TAKEOVER + 2)
+    status = submit_reward(cluster.directory, None, reward, timeout=2)
     assert status.state == "confirmed", status
     assert "deposit" in status.why and "needs" in status.why, status.why
 
