@@ -18,6 +18,7 @@ identical afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import secrets
@@ -62,6 +63,7 @@ class BenchResult:
     ledgers_identical: bool
     ledger_error: str | None
     authentication: str
+    durability: str = "fsync"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,7 +209,7 @@ def run_bench(nodes: int = 4, clients: int = 16, request_txs: int = 1, seconds: 
               tx_bytes: int = 300, pipeline: int = 32, rate: float | None = None,
               warmup: float = 2.0, protocol: dict[str, Any] | None = None,
               directory: Path | None = None, scheme: str = "ed25519",
-              authentication: str = "mac") -> BenchResult:
+              authentication: str = "mac", durability: str = "fsync") -> BenchResult:
     """Start a cluster (not timed), load it for `warmup` + `seconds`, stop it."""
     if clients < 1 or nodes < 4 or seconds <= 0:
         raise LocalError("bench needs --clients >= 1, --nodes >= 4 and --seconds > 0")
@@ -217,10 +219,11 @@ def run_bench(nodes: int = 4, clients: int = 16, request_txs: int = 1, seconds: 
         directory = Path(tmp.name)
     try:
         config = cluster_up(directory, nodes, scheme, protocol=protocol, fresh=True,
-                            extra_clients=clients)
+                            extra_clients=clients, durability=durability)
         try:
-            return _load(config, directory, clients, request_txs, seconds, tx_bytes,
-                         pipeline, rate, warmup, authentication)
+            result = _load(config, directory, clients, request_txs, seconds, tx_bytes,
+                           pipeline, rate, warmup, authentication)
+            return dataclasses.replace(result, durability=durability)
         finally:
             stop_nodes(directory)
     finally:

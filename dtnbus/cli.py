@@ -679,6 +679,68 @@ def _print_sync(r: SyncResult) -> None:
         click.echo(f"    node {node_id}: height {heights[node_id]} head {head[:16]}")
 
 
+@cli.command()
+@click.option("--nodes", type=click.IntRange(min=4), default=4, show_default=True,
+              help="Validator processes (n >= 3f+1).")
+@click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Independent clients, each with its own key and session.")
+@click.option("--request-txs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Transactions per request (1: every transaction its own request).")
+@click.option("--tx-bytes", type=click.IntRange(min=32), default=300, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=30.0, show_default=True,
+              help="Measured seconds (after --warmup).")
+@click.option("--warmup", type=click.FloatRange(min=0), default=3.0, show_default=True,
+              help="Seconds of load before measuring.")
+@click.option("--pipeline", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Closed loop: requests outstanding per client.")
+@click.option("--rate", type=click.FloatRange(min=1), default=None,
+              help="Open loop instead: offer this many requests per second in all.")
+@click.option("--auth", "authentication", type=click.Choice(["mac", "signature"]),
+              default="mac", show_default=True,
+              help="How clients authenticate requests (replicas accept both).")
+@click.option("--durability", type=click.Choice(["fsync", "process"]), default="fsync",
+              show_default=True,
+              help="fsync: every group commit survives power loss; process: it survives any "
+                   "crash of the node process.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"),
+              show_default=True, help="Folder for the CSV.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
+def bench(nodes: int, clients: int, request_txs: int, tx_bytes: int, seconds: float,
+          warmup: float, pipeline: int, rate: float | None, authentication: str,
+          durability: str, out: Path, as_json: bool) -> None:
+    """Throughput and latency under many independent clients (a fresh local cluster)."""
+    import csv
+
+    from dtnbus.bench import run_bench
+
+    result = run_bench(nodes, clients, request_txs, seconds, tx_bytes, pipeline, rate, warmup,
+                       authentication=authentication, durability=durability)
+    row = result.to_json()
+    click.echo(f"n={result.nodes} clients={result.clients} request_txs={result.request_txs} "
+               f"{result.mode} loop" + (f" at {rate:g}/s" if rate else
+                                        f", {pipeline} outstanding per client")
+               + f", {result.authentication}, durability {durability}")
+    click.echo(f"  {result.tx_per_s:,.0f} tx/s ({result.tx} tx in {result.seconds:.1f} s); "
+               f"latency p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, "
+               f"p99.9 {result.p999_ms} ms")
+    click.echo(f"  node CPU {result.cpu_us_per_tx} us per committed transaction (all nodes); "
+               f"nodes used {result.node_cpu_share:.0%} of the machine, the load generator "
+               f"{result.client_cpu_share:.0%}; ledgers identical: {result.ledgers_identical}")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "bench.csv"
+    new = not path.exists()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    click.echo(f"appended to {path}")
+    if as_json:
+        click.echo(json.dumps(row))
+    if not result.ledgers_identical:
+        raise ProblemFound(f"ledgers differ after the run: {result.ledger_error}")
+
+
 @cli.group()
 def ledger() -> None:
     """Inspect node ledgers."""

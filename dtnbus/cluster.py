@@ -280,7 +280,7 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
                protocol: dict[str, Any] | None = None, shaping: dict[str, Any] | None = None,
                links: list[dict[str, Any]] | None = None, ready_timeout: float | None = None,
                log_level: str = "INFO", fresh: bool = False,
-               extra_clients: int = 0) -> ClusterConfig:
+               extra_clients: int = 0, durability: str = "fsync") -> ClusterConfig:
     """Create a new cluster in `directory`, start it and wait until every node is ready.
 
     A directory that already holds keys, ledgers or a cluster file is refused unless
@@ -296,7 +296,8 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
                          "--fresh to discard it and create a new one")
     ensure_directory(directory, "--dir")
     path = generate_cluster(directory, nodes, scheme, protocol=protocol, shaping=shaping,
-                            links=links, fresh=fresh, clients=extra_clients)
+                            links=links, fresh=fresh, clients=extra_clients,
+                            durability=durability)
     config = load_cluster(path)
     write_targets(config, directory)
     pids = start_nodes(config, directory, log_level=log_level)

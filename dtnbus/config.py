@@ -25,6 +25,8 @@ Relative paths in the file (key files, ledgers) are relative to the file itself.
     public_key = "..."
     key_file = "keys/client.key"
     operator = true       # may admit and remove clients on the running cluster
+    [storage]             # optional
+    durability = "fsync"  # or "process": see docs/protocol.md, the fault model
     [admission]           # optional
     open = false          # true: any Ed25519 key is a client, named "pk:<its key>"
 """
@@ -59,6 +61,7 @@ from dtnbus.shaping import LinkProfile, Shaper, links_from_config
 
 MAX_PORT = 65535
 PROTOCOL_FIELDS = {f.name for f in dataclasses.fields(ReplicaConfig)} - {"replica_id", "n"}
+DURABILITY = ("fsync", "process")
 SHAPING_FIELDS = {"bandwidth_mbps", "latency_ms", "mode", "latency_dist", "jitter_ms",
                   "mbps_base", "burst_bytes", "seed"}
 
@@ -121,6 +124,13 @@ class ClusterConfig:
     links: tuple[dict[str, Any], ...] = ()
     regions: dict[str, list[int]] = field(default_factory=dict)
     open_admission: bool = False
+    durability: str = "fsync"
+
+    @property
+    def sqlite_synchronous(self) -> str:
+        """fsync: every group commit survives power loss (SQLite FULL). process: it reaches
+        the OS before anything is sent, so it survives any crash of the node (NORMAL)."""
+        return "FULL" if self.durability == "fsync" else "NORMAL"
 
     @property
     def n(self) -> int:
@@ -358,9 +368,18 @@ def load_cluster(path: Path) -> ClusterConfig:
         raise LocalError(f"{path}: [admission] has unknown keys {sorted(unknown)}; known: "
                          "['open']")
     open_admission = _optional(admission_table, "open", bool, f"{path}: [admission]", False)
+    storage = _table(raw, "storage", str(path))
+    unknown = set(storage) - {"durability"}
+    if unknown:
+        raise LocalError(f"{path}: [storage] has unknown keys {sorted(unknown)}; known: "
+                         "['durability']")
+    durability = _optional(storage, "durability", str, f"{path}: [storage]", "fsync")
+    if durability not in DURABILITY:
+        raise LocalError(f"{path}: [storage] durability must be one of {', '.join(DURABILITY)}"
+                         f", got {durability!r}")
     config = ClusterConfig(path, scheme, tuple(nodes), tuple(clients), dict(protocol),
                            dict(shaping), tuple(_tables(raw, "links", str(path))), dict(regions),
-                           open_admission)
+                           open_admission, durability)
     for spec in nodes:
         load_public_key_text(spec.public_key)
     node_keys = {spec.public_key: spec.id for spec in nodes}
@@ -435,7 +454,8 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
                      links: list[dict[str, Any]] | None = None,
                      regions: dict[str, list[int]] | None = None,
                      bind: str | None = None, metrics_host: str = "127.0.0.1",
-                     fresh: bool = False, clients: int = 0) -> Path:
+                     fresh: bool = False, clients: int = 0,
+                     durability: str = "fsync") -> Path:
     """Create keys (mode 0600) for N nodes, the operator client "client" and `clients` more
     ("client-1", ...), and write `out/cluster.toml`.
 
@@ -493,6 +513,8 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
             doc["protocol"] = protocol
         if shaping:
             doc["shaping"] = shaping
+        if durability != "fsync":
+            doc["storage"] = {"durability": durability}
         doc["nodes"] = node_tables
         doc["clients"] = [{"id": "client",
                            "public_key": public_key_text(client_key.public_key()),

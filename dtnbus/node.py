@@ -21,7 +21,6 @@ as `internal_error` with its traceback logged, and the node goes on.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from collections import OrderedDict
@@ -91,7 +90,7 @@ class Node:
         self.codec = Codec(config.node_signer(node_id), config.replica_verifiers(),
                            config.client_verifiers(), open_clients=config.open_admission,
                            me=node_id)
-        self.ledger = Ledger(spec.ledger, os.environ.get("DTNBUS_SYNC", "FULL"))
+        self.ledger = Ledger(spec.ledger, config.sqlite_synchronous)
         self.replica = Replica(config.replica_config(node_id), self.codec.encode,
                                config.admitted_at_genesis(), config.operators(),
                                config.open_admission)
