@@ -21,6 +21,10 @@ DIR_OPTION = click.option("--dir", "directory", type=click.Path(path_type=Path),
                           help=f"Cluster directory (default {DEFAULT_DIR}).")
 CONFIG_OPTION = click.option("--config", "config_file", type=click.Path(path_type=Path),
                              default=None, help="Cluster file (instead of --dir).")
+CURVE_OPTION = click.option(
+    "--curve", is_flag=True,
+    help="CurveZMQ on every connection: encrypted, and only keys in the cluster file may "
+         "connect (docs/security.md).")
 SCHEME_OPTION = click.option("--scheme", type=click.Choice(["ed25519", "rsa2048"]),
                              default="ed25519", show_default=True, help="Signature scheme.")
 
@@ -68,14 +72,18 @@ FRESH_OPTION = click.option("--fresh", is_flag=True,
               help="First of 3 consecutive ports per node (default: free ports; 7000 with "
                    "--hosts or --node).")
 @FRESH_OPTION
+@CURVE_OPTION
 def keygen(nodes: int | None, node_id: int | None, client_name: str | None, extra_clients: int,
            out: Path, scheme: str, host: str, hosts: str | None, advertise: str | None,
            bind: str | None, metrics_host: str, operator: bool, base_port: int | None,
-           fresh: bool) -> None:
+           fresh: bool, curve: bool) -> None:
     """Create key pairs (mode 0600) and a cluster file, or one host's key and fragment."""
     if sum(x is not None for x in (nodes, node_id, client_name)) != 1:
         raise LocalError("give exactly one of --nodes N (all keys here), --node K (this "
                          "host's key) or --client NAME")
+    if curve and nodes is None:
+        raise LocalError("--curve makes every key on this machine: use it with --nodes N "
+                         "(per-host CURVE keys are not built yet)")
     if node_id is not None:
         from dtnbus.provision import DEFAULT_BASE_PORT, node_fragment
 
@@ -101,9 +109,10 @@ def keygen(nodes: int | None, node_id: int | None, client_name: str | None, extr
     _note_discarded(out, fresh, existing_cluster_files(out) if out.is_dir() else [])
     path = generate_cluster(out, nodes, scheme, host=host, base_port=base_port,
                             hosts=host_list, bind=bind, metrics_host=metrics_host, fresh=fresh,
-                            clients=extra_clients)
+                            clients=extra_clients, curve=curve)
     who = f" and {extra_clients + 1} clients" if extra_clients else ""
-    click.echo(f"wrote {path} ({nodes} nodes{who}, {scheme}); private keys in "
+    click.echo(f"wrote {path} ({nodes} nodes{who}, {scheme}{', CURVE' if curve else ''}); "
+               f"private keys in "
                f"{out / 'keys'} (0600)")
 
 
@@ -151,10 +160,11 @@ READY_TIMEOUT_OPTION = click.option("--timeout", "ready_timeout", type=click.Flo
 @click.option("--latency", type=click.FloatRange(min=0), default=0.0,
               help="Per-link one-way latency in ms (0: none).")
 @FRESH_OPTION
+@CURVE_OPTION
 @chain_options
 def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: float,
-                   latency: float, fresh: bool, chain: str | None, threshold: int | None,
-                   deposit: str | None, takeover: float) -> None:
+                   latency: float, fresh: bool, curve: bool, chain: str | None,
+                   threshold: int | None, deposit: str | None, takeover: float) -> None:
     """Create a new cluster in DIR and start it; returns when every node is ready.
 
     A directory that already holds a cluster is refused: start it with 'cluster start',
@@ -171,8 +181,9 @@ def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: f
                if bandwidth or latency else None)
     _note_discarded(directory, fresh,
                     existing_cluster_files(directory) if directory.is_dir() else [])
-    config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh)
-    click.echo(f"cluster of {config.n} nodes (f={config.f}) ready in {directory}")
+    config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh, curve=curve)
+    click.echo(f"cluster of {config.n} nodes (f={config.f}{', CURVE' if curve else ''}) "
+               f"ready in {directory}")
     if chain:
         _start_chain(config, directory, chain, threshold, deposit, takeover)
 
@@ -404,7 +415,10 @@ def submit(directory: Path | None, config_file: Path | None, count: int | None, 
     with Client(config, spec.id, session=session) as client:
         answered = client.status(PROBE_SECONDS)
         if len(answered) < q:
-            raise ProblemFound(_down_message(config, answered, q, directory, config_file))
+            refused = client.refused_by()  # CURVE: the nodes may have refused our key
+            raise ProblemFound(f"{len(answered)} of {config.n} nodes answered: {refused}"
+                               if refused else
+                               _down_message(config, answered, q, directory, config_file))
         silent = [s.id for s in config.nodes if s.id not in answered]
         if silent:
             click.echo(f"note: node(s) {','.join(map(str, silent))} did not answer; "
@@ -543,10 +557,12 @@ class ListOf(click.ParamType):
               help="Token bucket depth in bytes (default: max(1 frame, 5 ms of the rate)).")
 @click.option("--request-txs", type=click.IntRange(min=1), default=256, show_default=True,
               help="Transactions per signed client request.")
-@click.option("--tentative", is_flag=True,
-              help="PBFT tentative execution: reply once prepared; the client then needs a "
-                   "commit quorum of matching replies. Saves one latency hop.")
+@click.option("--tentative/--no-tentative", default=True, show_default=True,
+              help="PBFT tentative execution: replicas reply once prepared (the prepared "
+                   "certificate durable first); the client accepts q matching replies, or "
+                   "f+1 committed ones. Saves the commit hop.")
 @SCHEME_OPTION
+@CURVE_OPTION
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Keep the cluster directory here (default: a temporary one); a grid "
                    "keeps one sub-directory per cell. An existing cluster is refused.")
@@ -556,7 +572,7 @@ class ListOf(click.ParamType):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
          latency: list[float], mode: str, latency_dist: str, jitter: float, mbps_base: str,
-         burst: int | None, request_txs: int, tentative: bool, scheme: str,
+         burst: int | None, request_txs: int, tentative: bool, scheme: str, curve: bool,
          directory: Path | None, fresh: bool, out: Path, as_json: bool) -> None:
     """Synchronize TX transactions across NODES nodes and report how long it took.
 
@@ -591,7 +607,7 @@ def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
             click.echo(f"[{i}/{len(cells)}] n={n} tx={t} {bw:g} Mbps {lat:g} ms", err=True)
         result = synchronize(n, t, bw, lat, tx_bytes=tx_bytes, request_txs=request_txs,
                              scheme=scheme, directory=dirs[i - 1], shaping=shaping,
-                             fresh=fresh,
+                             fresh=fresh, curve=curve,
                              tentative=tentative,
                              on_progress=_progress_printer(t, request_txs))
         _print_sync(result)
@@ -651,6 +667,8 @@ def _print_sync(r: SyncResult) -> None:
     q = commit_quorum(r.nodes)
     shaped = (f"{r.bandwidth_mbps:g} Mbps, {r.latency_ms:g} ms"
               if r.bandwidth_mbps or r.latency_ms else "unshaped")
+    if r.extra.get("curve"):
+        shaped += ", CURVE"
     click.echo(f"synchronized {r.tx} tx x {r.tx_bytes} B across {r.nodes} nodes "
                f"(f={f}, {shaped}, {r.requests} requests)")
     if r.tentative:

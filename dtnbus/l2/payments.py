@@ -85,6 +85,16 @@ def committed_rewards(config: ClusterConfig, at_least: int = 0) -> dict[bytes, C
     return first_entries(path)
 
 
+def _wait_ledger(config: ClusterConfig, seq: int, timeout: float = 15.0) -> None:
+    """Until a ledger here holds block `seq` (bounded: the replies said it commits)."""
+    deadline = time.monotonic() + timeout
+    while _ledgers(config)[0][0] < seq:
+        if time.monotonic() > deadline:
+            raise ProblemFound(f"the cluster answered that the reward is at seq {seq}, but no "
+                               f"ledger here holds that block after {timeout:.0f}s")
+        time.sleep(POLL)  # another process appends the block: nothing to block on
+
+
 def _duplicates(config: ClusterConfig) -> dict[bytes, int]:
     counts: dict[bytes, int] = {}
     for spec in config.nodes:
@@ -229,6 +239,7 @@ def submit_reward(directory: Path | None, config_file: Path | None, reward: Rewa
         seq = next(iter(result.results.values()))[0]
         seconds["l1_commit"] = time.monotonic() - start
         wall_commit = time.time()
+        _wait_ledger(config, seq)  # a quorum's tentative replies may come before any block
         first = committed_rewards(config, at_least=seq).get(reward.reward_id)
         if first is None:
             raise ProblemFound(f"committed at seq {seq} but no ledger here shows it")
