@@ -124,19 +124,29 @@ def _split(raw: bytes) -> tuple[bytes, ...]:
 class Ledger:
     """One node's durable state: appended in group commits, read by state transfer."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, synchronous: str = "FULL", readonly: bool = False) -> None:
+        """`readonly`: a reader beside the node (a payout agent, the CLI) that must never
+        create the file or change its schema."""
         if synchronous not in ("FULL", "NORMAL", "OFF"):
             raise LocalError(f"unknown sqlite synchronous mode {synchronous!r}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.executescript(_SCHEMA)
+            if readonly:
+                if not path.exists():
+                    raise LocalError(f"ledger {path} does not exist (yet)")
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                           isolation_level=None, check_same_thread=False)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(path), isolation_level=None,
+                                           check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(f"PRAGMA synchronous={synchronous}")
+                self._db.executescript(_SCHEMA)
+            row = self._db.execute(
+                "SELECT seq, hash FROM blocks ORDER BY seq DESC LIMIT 1").fetchone()
         except (sqlite3.Error, OSError) as exc:
             raise LocalError(f"cannot open ledger {path}: {exc}") from None
         self.path = path
-        row = self._db.execute("SELECT seq, hash FROM blocks ORDER BY seq DESC LIMIT 1").fetchone()
         self.height, self.head = (row[0], bytes(row[1])) if row else (0, GENESIS)
 
     # ------------------------------------------------------------ writing
