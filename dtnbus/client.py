@@ -61,6 +61,10 @@ class _Pending:
     accepted_at: float = 0.0
 
 
+def _early_retry(key: ReplyKey, p: _Pending, f1: int) -> bool:
+    return sum(1 for k in p.tentative.values() if k == key) >= f1
+
+
 def accepts(key: ReplyKey, committed: dict[int, ReplyKey], tentative: dict[int, ReplyKey],
             n: int) -> bool:
     """The client's rule: f+1 matching committed replies (one is from a correct replica that
@@ -332,6 +336,10 @@ class Client:
                 answers[replica] = key
                 p.busy.discard(replica)
                 now = time.monotonic()
+                if p.accepted is None and msg.tentative and _early_retry(key, p, f1):
+                    # f+1 promised the same result but q have not: a slow or faulty
+                    # replica; the committed answers are a retransmission away
+                    p.next_retry = min(p.next_retry, now + max(0.05, now - p.first_sent))
                 if p.accepted is None and accepts(key, p.committed, p.tentative, n):
                     p.accepted, p.accepted_at = key, now
                     decided += 1
@@ -395,7 +403,8 @@ class Client:
         were too busy to take it), backing off so a loaded cluster is not flooded."""
         p.retries += 1
         self.metrics.request_retransmitted()
-        targets = [r for r in self.sockets if r not in p.committed and r not in p.tentative]
+        # a replica that answered tentatively holds the committed answer by now: ask it too
+        targets = [r for r in self.sockets if r not in p.committed]
         arrived = max((self._send(r, p.frame, now) for r in targets), default=now)
         if p.backing_off:
             p.backing_off = False

@@ -413,8 +413,9 @@ class Node:
 
     def _send_client(self, client: str, msg: Reply, now: float) -> None:
         key = (client, msg.session, msg.number)
-        # a tentative reply is followed by the committed one: keep the route until then
-        identity = self.routes.get(key) if msg.tentative else self.routes.pop(key, None)
+        # a tentative reply is followed by the committed one only when the cluster says so
+        keep = msg.tentative and self.replica.config.reply_after_tentative
+        identity = self.routes.get(key) if keep else self.routes.pop(key, None)
         if identity is None:
             return  # the request did not come to us directly: nowhere to send
         verifier = self.codec.client_verifier(client)  # a MAC for it, when it can take one
