@@ -856,13 +856,14 @@ def client_new(directory: Path | None, config_file: Path | None, name: str,
     every node admits the client at the same point in the order; no restart."""
     from dtnbus import admission
     from dtnbus.cluster import resolve_config
-    from dtnbus.identities import admit, new_identity, operator_of
+    from dtnbus.identities import admit, curve_key_of, new_identity, operator_of
 
     config = resolve_config(directory, config_file)
     operator_of(config)  # before a key is made: can this host admit anyone?
     spec = new_identity(config, name)
     click.echo(f"made client {name}: private key {spec.key_file} (0600)", err=True)
-    result = admit(config, admission.AdmissionChange("add", name, spec.public_key), timeout)
+    result = admit(config, admission.AdmissionChange("add", name, spec.public_key,
+                                                     curve_key_of(config, name)), timeout)
     _admission_result(result, f"client {name} admitted", timeout)
 
 

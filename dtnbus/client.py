@@ -158,7 +158,10 @@ class Client:
         self.id = spec.id
         self.codec = Codec(config.client_signer(spec.id), config.replica_verifiers(),
                            config.client_verifiers())
-        curve = config.curve.client_end(spec.id) if config.curve is not None else None
+        curve = None
+        if config.curve is not None:
+            local = config.local_curve_key(spec.id)
+            curve = config.curve.client_end(spec.id, local)
         self.ctx = zmq.Context()
         self.sockets: dict[int, zmq.Socket] = {}
         self.poller = zmq.Poller()

@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     PRIMARY KEY (client, session)
 );
 CREATE TABLE IF NOT EXISTS floors (client TEXT PRIMARY KEY, floor INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS admitted (client TEXT PRIMARY KEY, public_key TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS admitted (client TEXT PRIMARY KEY, public_key TEXT NOT NULL,
+                                     curve_key TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS protocol (
     kind TEXT NOT NULL,
     key BLOB NOT NULL,
@@ -198,7 +199,7 @@ class Ledger:
                        [(s.client, s.session, s.low, _pack(list(s.done)), s.touched)
                         for s in changes.sessions])
         db.executemany("INSERT OR REPLACE INTO floors VALUES (?,?)", changes.floors)
-        db.executemany("INSERT OR REPLACE INTO admitted VALUES (?,?)", changes.admitted)
+        db.executemany("INSERT OR REPLACE INTO admitted VALUES (?,?,?)", changes.admitted)
 
     # ------------------------------------------------------------ reading
 
@@ -251,7 +252,8 @@ class Ledger:
                     for c, s, low, done, touched in self._db.execute(
                         "SELECT client, session, low, done, touched FROM sessions")]
         floors = dict(self._db.execute("SELECT client, floor FROM floors").fetchall())
-        admitted = dict(self._db.execute("SELECT client, public_key FROM admitted").fetchall())
+        admitted = {c: (k, ck) for c, k, ck in self._db.execute(
+            "SELECT client, public_key, curve_key FROM admitted")}
         return DurableState(self.height, self.head, self.transaction_count(), digests,
                             sessions, floors, records, admitted)
 
@@ -268,7 +270,7 @@ class MemoryLedger:
         self.records: dict[tuple[str, tuple], Persist] = {}
         self.sessions: dict[tuple[str, int], SessionState] = {}
         self.floors: dict[str, int] = {}
-        self.admitted: dict[str, str] = {}
+        self.admitted: dict[str, tuple[str, str]] = {}
         self._index: dict[tuple[str, int, int], Decided] = {}
 
     @property
@@ -294,7 +296,7 @@ class MemoryLedger:
                 for state in eff.clients.sessions:
                     self.sessions[(state.client, state.session)] = state
                 self.floors.update(eff.clients.floors)
-                self.admitted.update(eff.clients.admitted)
+                self.admitted.update({c: (k, ck) for c, k, ck in eff.clients.admitted})
             elif isinstance(eff, Persist):
                 self.records[(eff.kind, eff.key)] = eff
             else:

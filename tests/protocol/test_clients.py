@@ -83,7 +83,7 @@ def test_admission_applies_at_the_same_point_inside_one_batch() -> None:
     assert table.preview(batch) == bytes([Outcome.REFUSED, Outcome.EXECUTED, Outcome.EXECUTED])
     expected = table.preview(batch)
     assert table.execute_batch(batch) == expected
-    assert table.admits("x") and table.drain().admitted == (("x", "kx"),)
+    assert table.admits("x") and table.drain().admitted == (("x", "kx", ""),)
 
 
 def test_only_an_operator_can_admit() -> None:
