@@ -118,7 +118,12 @@ class Cluster:
                 else:
                     self.drops[dest].append(verdict)
                 return
-            env = codec.authenticate(raw)
+            env = codec.authenticate(raw, nested=False)  # as the node does: who, then how
+            verdict = replica.charge(env.msg, self.now)  # much, then the proofs
+            if verdict is not None:
+                self.drops[dest].append(verdict)
+                return
+            env = codec.authenticate_nested(raw, env)
         except PeerError as exc:
             self.drops[dest].append(exc.reason)
             return
