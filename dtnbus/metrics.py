@@ -209,6 +209,10 @@ class NodeMetrics:
         self._phase_children = {phase: self._phase.labels(phase=phase) for phase in PHASES}
         self._drop_children = {r: self._dropped.labels(reason=r) for r in DROP_REASONS}
         self._message_children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+        # per-message counts are kept as plain integers and handed to prometheus_client
+        # by `flush` (the node does every 0.25 s): four locked increments per request were
+        # ~5% of a node's CPU under many small requests
+        self._tally: dict[tuple[str, str], list[int]] = {}
         self._curve_refused = Counter(
             "dtnbus_curve_refused_total",
             "Connections or frames the CurveZMQ layer refused, by reason (curve = true).",
@@ -229,12 +233,27 @@ class NodeMetrics:
         child.observe(seconds)
 
     def message_sent(self, kind: str, nbytes: int) -> None:
-        """Count an outgoing message and its encoded size."""
-        self._count_message("out", kind, nbytes)
+        """Count an outgoing message and its encoded size (exported at the next flush)."""
+        tally = self._tally.get(("out", kind))
+        if tally is None:
+            tally = self._tally[("out", kind)] = [0, 0]
+        tally[0] += 1
+        tally[1] += nbytes
 
     def message_received(self, kind: str, nbytes: int) -> None:
-        """Count an incoming message (after decoding) and its encoded size."""
-        self._count_message("in", kind, nbytes)
+        """Count an incoming message (after decoding) and its encoded size (exported at the
+        next flush)."""
+        tally = self._tally.get(("in", kind))
+        if tally is None:
+            tally = self._tally[("in", kind)] = [0, 0]
+        tally[0] += 1
+        tally[1] += nbytes
+
+    def flush(self) -> None:
+        """Hand the message counts gathered since the last flush to the exported counters."""
+        tallies, self._tally = self._tally, {}
+        for (direction, kind), (count, nbytes) in tallies.items():
+            self._count_message(direction, kind, nbytes, count)
 
     def dropped(self, reason: str, sender: int | str | None = None) -> None:
         """Count a dropped frame; `reason` is one of DROP_REASONS. With a `sender` (a
@@ -314,7 +333,7 @@ class NodeMetrics:
         """
         return _histogram_summary(self._phase, "phase")
 
-    def _count_message(self, direction: str, kind: str, nbytes: int) -> None:
+    def _count_message(self, direction: str, kind: str, nbytes: int, count: int = 1) -> None:
         children = self._message_children.get((direction, kind))
         if children is None:
             label = self._bounded_kind(kind)
@@ -324,7 +343,7 @@ class NodeMetrics:
             )
             if len(self._message_children) < _MAX_CACHED_KINDS:  # raw spellings: bound them
                 self._message_children[(direction, kind)] = children
-        children[0].inc()
+        children[0].inc(count)
         children[1].inc(nbytes)
 
     def _bounded_kind(self, kind: str) -> str:

@@ -178,6 +178,7 @@ class Node:
         self.stopping = True
 
     def close(self) -> None:
+        self.metrics.flush()
         self.transport.close()
         self.ledger.close()
         log.info("node %d stopped at seq %d", self.id, self.replica.last_executed)
@@ -479,6 +480,7 @@ class Node:
     def _update_gauges(self) -> None:
         r = self.replica
         m = self.metrics
+        m.flush()
         m.set_view(r.view)
         m.set_last_executed(r.last_executed)
         m.set_inflight(r.in_flight())

@@ -304,6 +304,7 @@ def feed(nodes: list[NodeMetrics], stop: threading.Event) -> None:
             node.message_sent("prepare", 153)
             node.message_received("commit", 153)
             node.message_received("preprepare", 20_368)
+            node.flush()
             node.batch_cut(100)
             node.executed(1, 100)
             node.set_last_executed(seq)
