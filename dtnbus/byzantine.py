@@ -421,7 +421,7 @@ class Garbage(_Periodic):
         if kind == 3:
             return frame + rng.randbytes(rng.randrange(1, 64))
         # the right outer shape, nonsense inside: huge, negative or mistyped fields
-        inner = rng.choice([[2, -1, 2**64, self.me, []], [3, 0, 1, self.me, b"short"],
+        inner = rng.choice([[2, -1, 2**64 - 1, self.me, []], [3, 0, 1, self.me, b"short"],
                             [99, 1], [11, 1, self.me, 0, [b"x" * 10] * 3], "text", [None]])
         return msgpack.packb([msgpack.packb(inner), rng.randbytes(64)])
 

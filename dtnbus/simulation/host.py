@@ -38,10 +38,11 @@ from dtnbus.wire import Codec, Envelope, Unverified
 class Packet:
     """A frame in flight, with what parsing and authenticating it found (computed once)."""
 
-    __slots__ = ("auth_error", "env", "frame", "parse_error", "raw")
+    __slots__ = ("auth_error", "env", "frame", "parse_error", "raw", "src")
 
-    def __init__(self, frame: bytes) -> None:
+    def __init__(self, frame: bytes, src: int | str | None = None) -> None:
         self.frame = frame
+        self.src = src  # who put it on the wire (for traces)
         self.raw: Unverified | None = None
         self.env: Envelope | None = None
         self.parse_error: str | None = None
