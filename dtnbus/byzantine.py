@@ -89,6 +89,7 @@ class Context:
     rng: random.Random = dataclasses.field(default_factory=random.Random)
     max_frame: int = DEFAULT_MAX_FRAME
     base_delay: float = 0.01
+    collusion: dict | None = None  # shared by the Byzantine replicas of one simulation
 
 
 class Behaviour:
@@ -225,8 +226,12 @@ class Slow(Behaviour):
 
 
 class Equivocate(Behaviour):
-    """Says one thing to half of the replicas and another to the rest, consistently
-    (a retransmission repeats the same lie to the same replica)."""
+    """Says one thing to some replicas and another to the rest, consistently (a
+    retransmission repeats the same lie to the same replica) and in collusion: every
+    equivocating replica tells the same lie to the same replicas, backups vote for the
+    batch the primary lied about, and each COMMITs both sides at once without waiting to
+    be prepared. More than f of them fork the ledger (the simulator shows it); f of them
+    are the strongest equivocation PBFT must survive."""
 
     name = "equivocate"
     MEMORY = 4096
@@ -237,19 +242,36 @@ class Equivocate(Behaviour):
         self.lies: OrderedDict[tuple, tuple[frozenset[int], Message, bytes]] = OrderedDict()
         self.by_frame: dict[bytes, tuple] = {}  # our honest frame -> its lie's key
 
+    @staticmethod
+    def other_batch(view: int, seq: int, digests: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """The batch every equivocator claims instead of `digests` (a function of them)."""
+        if len(digests) >= 2:
+            return tuple(reversed(digests))
+        if digests:
+            return ()
+        return (_fake_digest("equivocate", view, seq),)
+
+    def _fooled(self, view: int, seq: int) -> frozenset[int]:
+        """Who hears the lie: the same replicas for every equivocator, about half."""
+        return frozenset(p for p in self.peers() if (p + view + seq) % 2)
+
     def _lie(self, msg: Message) -> Message | None:
+        told = self.ctx.collusion if self.ctx.collusion is not None else {}
         if isinstance(msg, PrePrepare):
-            digests = msg.digests
-            if len(digests) >= 2:
-                other = tuple(reversed(digests))
-            elif digests:
-                other = ()
-            else:
-                other = (_fake_digest("equivocate", msg.view, msg.seq),)
+            other = self.other_batch(msg.view, msg.seq, msg.digests)
+            told[(msg.view, msg.seq)] = (batch_digest(msg.digests), batch_digest(other))
             return PrePrepare(msg.view, msg.seq, msg.replica, other)
         if isinstance(msg, Prepare | Commit):
-            return type(msg)(msg.view, msg.seq, msg.replica,
-                             _fake_digest("vote", msg.view, msg.seq, msg.digest))
+            pair = told.get((msg.view, msg.seq))  # what the lying primary said, both ways
+            slot = self.ctx.replica.slots.get(msg.seq)  # type: ignore[attr-defined]
+            pp = getattr(slot, "preprepare", None)
+            if pair is not None and msg.digest in pair:
+                other = pair[1] if msg.digest == pair[0] else pair[0]
+            elif pp is not None and batch_digest(pp.digests) == msg.digest:
+                other = batch_digest(self.other_batch(msg.view, msg.seq, pp.digests))
+            else:
+                other = _fake_digest("vote", msg.view, msg.seq, msg.digest)
+            return type(msg)(msg.view, msg.seq, msg.replica, other)
         if isinstance(msg, Checkpoint):
             return Checkpoint(msg.replica, msg.seq, _fake_digest("state", msg.seq, msg.state))
         return None
@@ -258,23 +280,30 @@ class Equivocate(Behaviour):
         msg = eff.msg
         if getattr(msg, "replica", None) != self.me:
             return None
-        key = (type(msg).__name__, getattr(msg, "view", 0), getattr(msg, "seq", 0))
+        view, seq = getattr(msg, "view", 0), getattr(msg, "seq", 0)
+        key = (type(msg).__name__, view, seq)
         held = self.lies.get(key)
         if held is None:
             lie = self._lie(msg)
             if lie is None:
                 return None
-            peers = self.peers()
-            self.rng.shuffle(peers)
-            held = (frozenset(peers[: len(peers) // 2 or 1]), lie, self.sign(lie))
+            held = (self._fooled(view, seq), lie, self.sign(lie))
             self.lies[key] = held
             self.by_frame[eff.frame] = key
             while len(self.lies) > self.MEMORY:
                 old, _ = self.lies.popitem(last=False)
                 self.by_frame = {f: k for f, k in self.by_frame.items() if k != old}
         fooled, lie, lie_frame = held
-        return [Send(p, lie, lie_frame) if p in fooled else Send(p, msg, eff.frame)
-                for p in self.peers()]
+        out: list[Effect] = [Send(p, lie, lie_frame) if p in fooled else Send(p, msg, eff.frame)
+                             for p in self.peers()]
+        if isinstance(msg, PrePrepare | Prepare):  # vote for both sides at once, unprepared
+            digest = batch_digest(msg.digests) if isinstance(msg, PrePrepare) else msg.digest
+            out += self._split(Broadcast(*self._signed(Commit(view, seq, self.me, digest)))) \
+                or []
+        return out
+
+    def _signed(self, msg: Message) -> tuple[Message, bytes]:
+        return msg, self.sign(msg)
 
     def outgoing(self, effects: list[Effect], now: float) -> list[Effect]:
         out: list[Effect] = []
@@ -463,6 +492,17 @@ class ProofBomb(_Periodic):
     def __init__(self, ctx: Context, arg: str = "") -> None:
         super().__init__(ctx, arg)
         self.round = 0
+        self.built: OrderedDict[tuple, list[tuple[Message, bytes]]] = OrderedDict()
+
+    def _cached(self, key: tuple, build: Callable[[], list[Message]]
+                ) -> list[tuple[Message, bytes]]:
+        """Bombs are costly to sign and the same ones serve again: build each once."""
+        bombs = self.built.get(key)
+        if bombs is None:
+            bombs = self.built[key] = [(b, self.sign(b)) for b in build()]
+            while len(self.built) > 64:
+                self.built.popitem(last=False)
+        return bombs
 
     @property
     def q(self) -> int:
@@ -499,6 +539,15 @@ class ProofBomb(_Periodic):
         bombs.append(ViewChange(new_view, me, stable, tuple(certs)))  # fabricated certs
         return bombs
 
+    def _new_view(self, view: int, stable: int) -> NewView:
+        votes = []
+        for r in range(self.n):
+            certs: list[bytes] = []
+            for seq in range(stable + 1, stable + 3):
+                certs += self._certificate(max(0, view - 1), seq)
+            votes.append(self.sign(ViewChange(view, r, stable, tuple(certs))))
+        return NewView(view, self.me, tuple(votes))
+
     def _state_bombs(self, reply: StateReply) -> list[StateReply]:
         q = self.q
         fake_commits = tuple(self.sign(Commit(0, reply.from_seq + i // q, i % q,
@@ -515,8 +564,9 @@ class ProofBomb(_Periodic):
             out.append(eff)
             msg = getattr(eff, "msg", None)
             if isinstance(eff, Broadcast) and isinstance(msg, ViewChange):
-                out.extend(Broadcast(b, self.sign(b))
-                           for b in self._view_changes(msg.new_view, msg.stable_seq, msg.proofs))
+                out.extend(Broadcast(b, f) for b, f in self._cached(
+                    ("vc", msg.new_view, msg.stable_seq, len(msg.proofs)),
+                    lambda m=msg: self._view_changes(m.new_view, m.stable_seq, m.proofs)))
             elif isinstance(eff, Send) and isinstance(msg, StateReply):
                 out.extend(Send(eff.to, b, self.sign(b)) for b in self._state_bombs(msg))
         return out
@@ -528,18 +578,14 @@ class ProofBomb(_Periodic):
         self.round += 1
         kind = self.round % 3
         if kind == 0:
-            bomb = self.rng.choice(self._view_changes(view + 1, stable.seq, stable.proof))
-            return [Broadcast(bomb, self.sign(bomb))]
+            bomb, frame = self.rng.choice(self._cached(
+                ("vc", view + 1, stable.seq, len(stable.proof)),
+                lambda: self._view_changes(view + 1, stable.seq, stable.proof)))
+            return [Broadcast(bomb, frame)]
         if kind == 1:  # a NEW-VIEW for the next view we would lead, from fabricated votes
             nv_view = view + 1 + (self.me - view - 1) % self.n
-            votes = []
-            for r in range(self.n):
-                certs: list[bytes] = []
-                for seq in range(stable.seq + 1, stable.seq + 3):
-                    certs += self._certificate(max(0, nv_view - 1), seq)
-                votes.append(self.sign(ViewChange(nv_view, r, stable.seq, tuple(certs))))
-            nv = NewView(nv_view, self.me, tuple(votes))
-            return [Broadcast(nv, self.sign(nv))]
+            return [Broadcast(b, f) for b, f in self._cached(
+                ("nv", nv_view, stable.seq), lambda: [self._new_view(nv_view, stable.seq)])]
         reply = StateReply(self.me, replica.last_executed + 1,  # type: ignore[attr-defined]
                            2**62, (), (), ())
         return [Send(p, b, self.sign(b)) for p in self.peers()
