@@ -4,14 +4,14 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-python test-contracts lint bench bench-matrix clean
+.PHONY: setup run test test-python test-contracts lint bench bench-matrix clean chain
 
 setup:
 	@bash tools/setup.sh
 
 ## run: start a local 4-node cluster, synchronize 100 tx of 300 B, verify ledgers, stop.
 run: setup
-	$(BIN)/dtnbus sync --nodes 4 --tx 100 --tx-bytes 300 --dir .dtnbus/run
+	$(BIN)/dtnbus sync --nodes 4 --tx 100 --tx-bytes 300 --dir .dtnbus/run --fresh
 
 ## test: every test, Python and Solidity.
 test: setup lint test-python test-contracts
@@ -25,6 +25,10 @@ test-python:
 test-contracts:
 	@if [ -d tests/contracts ] && ls tests/contracts/test_*.py >/dev/null 2>&1; then \
 	  bash tools/contracts_test.sh; else echo "no contract tests yet"; fi
+
+## chain: a persistent local chain (anvil, brownie network dtnbus-local) for docs/contracts.md.
+chain: setup
+	@bash tools/chain.sh
 
 bench: setup
 	$(PY) -m benchmarks.throughput

@@ -12,7 +12,7 @@ import click
 
 from dtnbus.byzantine import MODE_HELP
 from dtnbus.cluster import DEFAULT_DIR
-from dtnbus.errors import LocalError
+from dtnbus.errors import LocalError, ProblemFound
 
 if TYPE_CHECKING:
     from dtnbus.sync import SyncResult
@@ -31,26 +31,85 @@ def cli() -> None:
     """dtnbus: a PBFT message bus of validator processes over ZeroMQ."""
 
 
+FRESH_OPTION = click.option("--fresh", is_flag=True,
+                            help="Discard the keys, ledgers and cluster file already in the "
+                                 "directory (never done without this flag).")
+
+
 @cli.command()
-@click.option("--nodes", type=click.IntRange(min=1), required=True, help="Number of nodes.")
+@click.option("--nodes", type=click.IntRange(min=1), default=None,
+              help="Make keys for N nodes on this machine and the whole cluster file.")
+@click.option("--node", "node_id", type=click.IntRange(min=0), default=None,
+              help="Make only node K's key, on the host that will run it, and its public "
+                   "fragment node-K.toml (see docs/deploy.md).")
+@click.option("--client", "client_name", default=None,
+              help="Make only a client's key and its public fragment client-NAME.toml.")
+@click.option("--clients", "extra_clients", type=click.IntRange(min=0), default=0,
+              show_default=True,
+              help="With --nodes: also make K client keys client-1..K, admitted at genesis "
+                   "(one per client program; 'client' is the operator).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Directory for keys/ and cluster.toml.")
+              help="Directory for keys/ and cluster.toml (or the fragment).")
 @SCHEME_OPTION
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address nodes bind to.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address of every node (--nodes).")
 @click.option("--hosts", default=None,
               help="Comma list: one address per node (separate machines or namespaces).")
-@click.option("--base-port", type=click.IntRange(1, 65000), default=None,
+@click.option("--advertise", default=None,
+              help="With --node: the address peers and clients reach this node at.")
+@click.option("--bind", default=None,
+              help="Local address the node sockets bind to, when it differs from the "
+                   "advertised one (NAT, cloud): e.g. 0.0.0.0.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address /metrics listens on; loopback keeps it off the network.")
+@click.option("--operator", is_flag=True,
+              help="With --client: this client may admit and remove clients.")
+@click.option("--base-port", type=click.IntRange(1, 65535), default=None,
               help="First of 3 consecutive ports per node (default: free ports; 7000 with "
-                   "--hosts).")
-def keygen(nodes: int, out: Path, scheme: str, host: str, hosts: str | None,
-           base_port: int | None) -> None:
-    """Create one key pair per node (and a client key) and a cluster file."""
-    from dtnbus.config import generate_cluster
+                   "--hosts or --node).")
+@FRESH_OPTION
+def keygen(nodes: int | None, node_id: int | None, client_name: str | None, extra_clients: int,
+           out: Path, scheme: str, host: str, hosts: str | None, advertise: str | None,
+           bind: str | None, metrics_host: str, operator: bool, base_port: int | None,
+           fresh: bool) -> None:
+    """Create key pairs (mode 0600) and a cluster file, or one host's key and fragment."""
+    if sum(x is not None for x in (nodes, node_id, client_name)) != 1:
+        raise LocalError("give exactly one of --nodes N (all keys here), --node K (this "
+                         "host's key) or --client NAME")
+    if node_id is not None:
+        from dtnbus.provision import DEFAULT_BASE_PORT, node_fragment
 
+        if advertise is None:
+            raise LocalError("--node needs --advertise ADDR: the address peers reach it at")
+        path = node_fragment(out, node_id, advertise, scheme, bind=bind,
+                             base_port=base_port or DEFAULT_BASE_PORT,
+                             metrics_host=metrics_host, fresh=fresh)
+        click.echo(f"wrote {path} (public: send it to whoever assembles the cluster file); "
+                   f"private key {out / 'keys' / f'node-{node_id}.key'} (0600, stays here)")
+        return
+    if client_name is not None:
+        from dtnbus.provision import client_fragment
+
+        path = client_fragment(out, client_name, scheme, fresh=fresh, operator=operator)
+        click.echo(f"wrote {path} (public); private key {out / 'keys' / f'{client_name}.key'} "
+                   "(0600)")
+        return
+    from dtnbus.config import existing_cluster_files, generate_cluster
+
+    assert nodes is not None
     host_list = [h.strip() for h in hosts.split(",")] if hosts else None
+    _note_discarded(out, fresh, existing_cluster_files(out) if out.is_dir() else [])
     path = generate_cluster(out, nodes, scheme, host=host, base_port=base_port,
-                            hosts=host_list)
-    click.echo(f"wrote {path} ({nodes} nodes, {scheme}); private keys in {out / 'keys'} (0600)")
+                            hosts=host_list, bind=bind, metrics_host=metrics_host, fresh=fresh,
+                            clients=extra_clients)
+    who = f" and {extra_clients + 1} clients" if extra_clients else ""
+    click.echo(f"wrote {path} ({nodes} nodes{who}, {scheme}); private keys in "
+               f"{out / 'keys'} (0600)")
+
+
+def _note_discarded(directory: Path, fresh: bool, existing: list[str]) -> None:
+    if fresh and existing:
+        click.echo(f"--fresh: discarding {', '.join(existing)}", err=True)
 
 
 @cli.command()
@@ -60,7 +119,10 @@ def keygen(nodes: int, out: Path, scheme: str, host: str, hosts: str | None,
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def node(config_file: Path, node_id: int, log_level: str) -> None:
-    """Run one validator node in the foreground (one OS process)."""
+    """Run one validator node in the foreground (one OS process).
+
+    Refuses to start with a key file others can read, with a key that is not this node's,
+    or over a ledger another node is using."""
     from dtnbus.config import load_cluster
     from dtnbus.node import run_node
 
@@ -69,62 +131,184 @@ def node(config_file: Path, node_id: int, log_level: str) -> None:
 
 @cli.group()
 def cluster() -> None:
-    """Start, stop and inspect a local cluster of node processes."""
+    """Create, start, stop and inspect a cluster of node processes."""
+
+
+IDS_OPTION = click.option("--id", "ids", type=click.IntRange(min=0), multiple=True,
+                          help="Only this node (repeat for several; default: every node).")
+READY_TIMEOUT_OPTION = click.option("--timeout", "ready_timeout", type=click.FloatRange(min=1),
+                                    default=None,
+                                    help="Seconds to wait for readiness (default 30 + 0.6 n).")
 
 
 @cluster.command("up")
-@click.option("--nodes", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--nodes", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Number of validator nodes (at least 4: n >= 3f+1 with f >= 1).")
 @DIR_OPTION
 @SCHEME_OPTION
 @click.option("--bandwidth", type=click.FloatRange(min=0), default=0.0,
               help="Per-link bandwidth in Mbps (0: unlimited).")
 @click.option("--latency", type=click.FloatRange(min=0), default=0.0,
               help="Per-link one-way latency in ms (0: none).")
+@FRESH_OPTION
 def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: float,
-                   latency: float) -> None:
-    """Create a fresh cluster in DIR and start it; returns when every node is ready."""
-    from dtnbus.cluster import cluster_up
+                   latency: float, fresh: bool) -> None:
+    """Create a new cluster in DIR and start it; returns when every node is ready.
+
+    A directory that already holds a cluster is refused: start it with 'cluster start',
+    or add --fresh to discard it."""
+    from dtnbus.cluster import check_cluster_dir, cluster_up, refuse_running
+    from dtnbus.config import existing_cluster_files
 
     directory = directory or DEFAULT_DIR
+    check_cluster_dir(directory)
+    refuse_running(directory)
     shaping = ({"bandwidth_mbps": bandwidth, "latency_ms": latency}
                if bandwidth or latency else None)
-    config = cluster_up(directory, nodes, scheme, shaping=shaping)
+    _note_discarded(directory, fresh,
+                    existing_cluster_files(directory) if directory.is_dir() else [])
+    config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh)
     click.echo(f"cluster of {config.n} nodes (f={config.f}) ready in {directory}")
+
+
+@cluster.command("start")
+@DIR_OPTION
+@IDS_OPTION
+@READY_TIMEOUT_OPTION
+def cluster_start_cmd(directory: Path | None, ids: tuple[int, ...],
+                      ready_timeout: float | None) -> None:
+    """Start the existing cluster in DIR over its own keys and ledgers.
+
+    Nodes already running are left alone; restarted nodes catch up from their peers."""
+    from dtnbus.cluster import cluster_start
+
+    directory = directory or DEFAULT_DIR
+    config, started = cluster_start(directory, list(ids) or None, ready_timeout)
+    if started:
+        click.echo(f"started node(s) {','.join(map(str, started))} of {config.n} in "
+                   f"{directory}; ready (see 'dtnbus cluster status --dir {directory}')")
+    else:
+        click.echo(f"every requested node of {directory} was already running")
+
+
+def _stop(directory: Path | None, config_file: Path | None, ids: tuple[int, ...]) -> None:
+    from dtnbus.cluster import STOP_TIMEOUT, resolve_config, stop_cluster
+
+    config = resolve_config(directory, config_file)
+    home = config.path.parent if config_file is not None else (directory or DEFAULT_DIR)
+    report = stop_cluster(config, home, list(ids) or None)
+    click.echo(f"{report.describe(STOP_TIMEOUT)}; keys and ledgers kept in {home}")
+
+
+@cluster.command("stop")
+@DIR_OPTION
+@CONFIG_OPTION
+@IDS_OPTION
+def cluster_stop_cmd(directory: Path | None, config_file: Path | None,
+                     ids: tuple[int, ...]) -> None:
+    """Stop every node of the cluster on this machine, however it was started.
+
+    Nodes are found by the lock each holds on its ledger and by command line, not only by
+    the launcher's pid file: SIGTERM, then SIGKILL after 10 s. Keys and ledgers stay."""
+    _stop(directory, config_file, ids)
 
 
 @cluster.command("down")
 @DIR_OPTION
-def cluster_down_cmd(directory: Path | None) -> None:
-    """Stop every node of the cluster in DIR (SIGTERM, then SIGKILL after 10 s)."""
-    from dtnbus.cluster import stop_nodes
+@CONFIG_OPTION
+@IDS_OPTION
+def cluster_down_cmd(directory: Path | None, config_file: Path | None,
+                     ids: tuple[int, ...]) -> None:
+    """The same as 'cluster stop': every node stops, keys and ledgers stay."""
+    _stop(directory, config_file, ids)
 
-    stopped = stop_nodes(directory or DEFAULT_DIR)
-    click.echo(f"stopped {stopped} node(s)")
+
+@cluster.command("restart")
+@DIR_OPTION
+@IDS_OPTION
+@READY_TIMEOUT_OPTION
+def cluster_restart_cmd(directory: Path | None, ids: tuple[int, ...],
+                        ready_timeout: float | None) -> None:
+    """Stop, then start the cluster in DIR (or only --id K): ledgers are kept and the
+    restarted nodes catch up."""
+    from dtnbus.cluster import STOP_TIMEOUT, cluster_start, resolve_config, stop_cluster
+
+    directory = directory or DEFAULT_DIR
+    config = resolve_config(directory, None)
+    report = stop_cluster(config, directory, list(ids) or None)
+    click.echo(report.describe(STOP_TIMEOUT))
+    config, started = cluster_start(directory, list(ids) or None, ready_timeout)
+    click.echo(f"started node(s) {','.join(map(str, started))}; ready")
 
 
 @cluster.command("status")
 @DIR_OPTION
 @CONFIG_OPTION
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Seconds to wait for the nodes' answers.")
 def cluster_status_cmd(directory: Path | None, config_file: Path | None,
                        timeout: float) -> None:
-    """Show view, last executed sequence and ledger head per node."""
-    from dtnbus.cluster import cluster_status, resolve_config
+    """Each node's state, height, lag behind the quorum, view and ledger head.
+
+    States: ready; catching-up (below the height a quorum has reached); joining (has not
+    heard every peer yet); view-change (not in the view a quorum is in); down (no
+    answer). Exit status 1 unless every node is ready."""
+    from dtnbus.cluster import assess, cluster_status, resolve_config
+    from dtnbus.messages import commit_quorum
 
     config = resolve_config(directory, config_file)
-    statuses = cluster_status(config, timeout)
-    click.echo(f"{'node':>4} {'state':>7} {'view':>5} {'executed':>9} {'checkpoint':>10} "
-               f"{'pending':>7} {'txs':>8}  head")
-    for spec in config.nodes:
-        s = statuses.get(spec.id)
+    health, quorum_height = assess(config, cluster_status(config, timeout))
+    click.echo(f"{'node':>4} {'state':>11} {'height':>7} {'lag':>5} {'view':>5} "
+               f"{'checkpoint':>10} {'pending':>7} {'txs':>9}  head")
+    for h in health:
+        s = h.status
         if s is None:
-            click.echo(f"{spec.id:>4} {'down':>7}")
+            click.echo(f"{h.node_id:>4} {h.state:>11}")
             continue
-        click.echo(f"{s.replica:>4} {'ready' if s.ready else 'joining':>7} {s.view:>5} "
-                   f"{s.last_executed:>9} {s.stable_checkpoint:>10} {s.pending:>7} "
-                   f"{s.executed_txs:>8}  {s.head.hex()[:16]}")
-    if len(statuses) < config.n:
+        click.echo(f"{h.node_id:>4} {h.state:>11} {s.last_executed:>7} {h.lag:>5} "
+                   f"{s.view:>5} {s.stable_checkpoint:>10} {s.pending:>7} "
+                   f"{s.executed_txs:>9}  {s.head.hex()[:16]}")
+    counts: dict[str, int] = {}
+    for h in health:
+        counts[h.state] = counts.get(h.state, 0) + 1
+    summary = ", ".join(f"{c} {state}" for state, c in sorted(counts.items()))
+    answering = sum(1 for h in health if h.status is not None)
+    q = commit_quorum(config.n)
+    quorum = ("" if answering >= q else
+              f"; NO QUORUM: {answering} of {config.n} answer, {q} needed to commit")
+    click.echo(f"quorum height {quorum_height}; {summary}{quorum}")
+    if counts.get("ready", 0) < config.n:
         sys.exit(1)
+
+
+@cluster.command("assemble")
+@click.argument("fragments", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The cluster file to write.")
+@click.option("--settings", type=click.Path(path_type=Path), default=None,
+              help="A TOML file whose [protocol], [shaping] etc. go into the cluster file.")
+@FRESH_OPTION
+def cluster_assemble_cmd(fragments: tuple[Path, ...], out: Path, settings: Path | None,
+                         fresh: bool) -> None:
+    """Join node-K.toml and client-NAME.toml fragments (public keys and endpoints from
+    each host's 'keygen --node') into one checked cluster file."""
+    import tomllib
+
+    from dtnbus.provision import assemble
+
+    base = None
+    if settings is not None:
+        try:
+            base = tomllib.loads(settings.read_text())
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise LocalError(f"cannot read --settings {settings}: {exc}") from None
+        base = {k: v for k, v in base.items() if k not in ("nodes", "clients", "scheme")}
+    path = assemble(list(fragments), out, fresh=fresh, base=base)
+    from dtnbus.config import load_cluster
+
+    config = load_cluster(path)
+    click.echo(f"wrote {path}: {config.n} nodes (f={config.f}), {len(config.clients)} "
+               "client(s); copy it to every host, next to its keys/")
 
 
 @cli.command()
@@ -132,17 +316,38 @@ def cluster_status_cmd(directory: Path | None, config_file: Path | None,
 @CONFIG_OPTION
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Generate this many transactions.")
-@click.option("--tx-bytes", type=click.IntRange(min=12), default=300, show_default=True)
+@click.option("--tx-bytes", type=click.IntRange(min=12), default=300, show_default=True,
+              help="Bytes per generated transaction.")
+@click.option("--seed", type=int, default=None,
+              help="With --count: generate these transactions (default: fresh random ones).")
 @click.option("--file", "source", type=click.File("rb"), default=None,
               help="Read transactions from a file ('-' for stdin), one per line.")
 @click.option("--request-txs", type=click.IntRange(min=1), default=256, show_default=True,
               help="Transactions per signed request.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
+@click.option("--client", "client_name", default=None,
+              help="Submit as this client (its own key; see 'dtnbus client new'). Makes the "
+                   "submission resumable: run the same command again after a crash and "
+                   "nothing executes twice. Default: the cluster's first client, in a fresh "
+                   "session of its own (concurrent submitters never collide).")
+@click.option("--window", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Requests outstanding at once.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds to wait for every request to be decided.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def submit(directory: Path | None, config_file: Path | None, count: int | None, tx_bytes: int,
-           source: object, request_txs: int, timeout: float) -> None:
-    """Send transactions and wait for f+1 matching replies for each."""
+           seed: int | None, source: object, request_txs: int, client_name: str | None,
+           window: int, timeout: float, as_json: bool) -> None:
+    """Send transactions and wait until each is decided (f+1 matching replies).
+
+    First asks every node for its status: with fewer than a commit quorum answering it
+    says so within seconds (exit 1) instead of waiting out --timeout. Prints how many
+    transactions committed, how many were refused and why, how many requests were sent
+    again and how long the cluster's full pools made it wait; exit 1 unless all
+    committed."""
     from dtnbus.client import Client
     from dtnbus.cluster import resolve_config
+    from dtnbus.identities import resume_session, work_digest
+    from dtnbus.messages import commit_quorum
     from dtnbus.sync import chunk, make_transactions
 
     if (count is None) == (source is None):
@@ -150,17 +355,115 @@ def submit(directory: Path | None, config_file: Path | None, count: int | None, 
     if source is not None:
         txs = [line.rstrip(b"\n") for line in source if line.strip()]  # type: ignore[attr-defined]
     else:
-        txs = make_transactions(count or 0, tx_bytes)
+        txs = make_transactions(count or 0, tx_bytes, seed=seed)
+    if not txs:
+        raise LocalError("no transactions to send (the file holds no non-empty line)")
     config = resolve_config(directory, config_file)
-    with Client(config) as client:
-        result = client.submit(chunk(txs, request_txs), timeout=timeout)
+    spec = config.client(client_name)
+    requests = chunk(txs, request_txs)
+    session, resumed = None, False
+    if client_name is not None:
+        session, resumed = resume_session(config, spec.id, work_digest(requests))
+        if resumed:
+            click.echo(f"resuming session {session} of client {spec.id}: requests decided "
+                       "before are answered with their results, not executed again", err=True)
+    q = commit_quorum(config.n)
+    with Client(config, spec.id, session=session) as client:
+        answered = client.status(PROBE_SECONDS)
+        if len(answered) < q:
+            raise ProblemFound(_down_message(config, answered, q, directory, config_file))
+        silent = [s.id for s in config.nodes if s.id not in answered]
+        if silent:
+            click.echo(f"note: node(s) {','.join(map(str, silent))} did not answer; "
+                       f"{len(answered)} of {config.n} did (a quorum is {q})", err=True)
+        progress = _SubmitProgress(config.n, timeout)
+        result = client.submit(requests, timeout=timeout, on_tick=progress, window=window)
+        progress.done()
+        now = client.status(PROBE_SECONDS) if result.seconds_f1 is None else answered
+    summary = result.summary()
+    if as_json:
+        click.echo(json.dumps({**summary, "client": spec.id, "session": result.session,
+                               "resumed": resumed}))
+    else:
+        click.echo(_submit_line(summary, config.f + 1))
     if result.seconds_f1 is None:
-        raise LocalError(f"only {len(result.results)}/{result.requests} requests got "
-                         f"{config.f + 1} matching replies within {timeout:.0f}s")
-    last = max(result.results.values())
-    click.echo(f"{len(txs)} transactions in {result.requests} requests committed in "
-               f"{result.seconds_f1:.3f}s (f+1={config.f + 1} matching replies); "
-               f"last seq {last[0]}, head {last[1].hex()[:16]}")
+        raise ProblemFound(f"only {result.decided}/{result.requests} requests decided "
+                           f"({config.f + 1} matching replies) within {timeout:g} s; "
+                           f"{len(now)} of {config.n} nodes answer a status query now"
+                           + ("" if len(now) >= q else f" (a quorum is {q})")
+                           + "; run the same command again to resume"
+                           * (client_name is not None) + "; see 'dtnbus cluster status'")
+    if result.refused:
+        raise ProblemFound(f"{summary['refused_txs']} transactions were not committed: "
+                           + ", ".join(f"{k} {v}" for k, v in sorted(result.refused.items()))
+                           + " (requests; see docs/protocol.md: clients and exactly-once)")
+
+
+def _submit_line(s: dict, replies: int) -> str:
+    parts = [f"{s['committed_txs']}/{s['transactions']} transactions committed in "
+             f"{s['committed_requests']}/{s['requests']} requests"]
+    if s["seconds"] is not None:
+        parts.append(f"all decided in {s['seconds']:.3f}s ({replies} matching replies each)")
+    if s["refused"]:
+        parts.append("refused: " + ", ".join(f"{k} {v}" for k, v in sorted(s["refused"].items())))
+    if s["undecided_requests"]:
+        parts.append(f"{s['undecided_requests']} requests undecided")
+    parts.append(f"{s['retransmissions']} sent again")
+    if s["busy_answers"]:
+        parts.append(f"pools full: {s['busy_answers']} busy answers, backed off "
+                     f"{s['backed_off_s']:.2f}s")
+    if s["last_seq"] is not None:
+        parts.append(f"last seq {s['last_seq']}, head {s['head'][:16]}")
+    return "; ".join(parts)
+
+
+PROBE_SECONDS = 3.0
+
+
+def _down_message(config: object, answered: dict, q: int, directory: Path | None,
+                  config_file: Path | None) -> str:
+    where = f"--config {config_file}" if config_file else f"--dir {directory or DEFAULT_DIR}"
+    n = config.n  # type: ignore[attr-defined]
+    who = f" (node {','.join(map(str, sorted(answered)))})" if answered else ""
+    return (f"{len(answered)} of {n} nodes answered within {PROBE_SECONDS:g} s{who}; "
+            f"committing needs {q}: start the cluster ('dtnbus cluster start {where}') or "
+            f"check 'dtnbus cluster status {where}'")
+
+
+class _SubmitProgress:
+    """A progress line on stderr every 2 s while a submission waits (a terminal gets it
+    rewritten in place, a log gets one line per update)."""
+
+    EVERY = 2.0
+
+    def __init__(self, n: int, timeout: float) -> None:
+        import time
+
+        self.n, self.timeout = n, timeout
+        self.start = time.monotonic()
+        self.next = self.start + self.EVERY
+        self.shown = False
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, accepted: int, total: int, replied: dict[int, int]) -> None:
+        import time
+
+        now = time.monotonic()
+        if now < self.next:
+            return
+        self.next = now + self.EVERY
+        answering = sum(1 for c in replied.values() if c)
+        line = (f"waiting: {accepted}/{total} requests committed, replies from "
+                f"{answering}/{self.n} nodes, {now - self.start:.0f} s of {self.timeout:g} s")
+        if self.tty:
+            click.echo(f"\r{line}", err=True, nl=False)
+        else:
+            click.echo(line, err=True)
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown and self.tty:
+            click.echo("", err=True)
 
 
 class ListOf(click.ParamType):
@@ -212,15 +515,16 @@ class ListOf(click.ParamType):
                    "commit quorum of matching replies. Saves one latency hop.")
 @SCHEME_OPTION
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
-              help="Keep the cluster directory here (default: a temporary one).")
+              help="Keep the cluster directory here (default: a temporary one); a grid "
+                   "keeps one sub-directory per cell. An existing cluster is refused.")
+@FRESH_OPTION
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"),
               show_default=True, help="Where the CSV, markdown and PNG charts go.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
          latency: list[float], mode: str, latency_dist: str, jitter: float, mbps_base: str,
          burst: int | None, request_txs: int, tentative: bool, scheme: str,
-         directory: Path | None,
-         out: Path, as_json: bool) -> None:
+         directory: Path | None, fresh: bool, out: Path, as_json: bool) -> None:
     """Synchronize TX transactions across NODES nodes and report how long it took.
 
     Start-up is not timed. Prints the time to f+1 matching replies, to a commit quorum
@@ -243,16 +547,18 @@ def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
         raise LocalError(f"bad shaping option: {exc}") from None
     cells = list(itertools.product(nodes, tx, bandwidth, latency))
     grid = len(cells) > 1
+    dirs: list[Path | None] = [None] * len(cells)
     if directory is not None:
-        from dtnbus.cluster import stop_nodes
-
-        stop_nodes(directory)
+        dirs = ([directory / f"cell-{i}" for i in range(1, len(cells) + 1)] if grid
+                else [directory])
+        _check_sync_dirs(directory, dirs, fresh)  # all before the first cell runs
     rows, results = [], []
     for i, (n, t, bw, lat) in enumerate(cells, 1):
         if grid:
             click.echo(f"[{i}/{len(cells)}] n={n} tx={t} {bw:g} Mbps {lat:g} ms", err=True)
         result = synchronize(n, t, bw, lat, tx_bytes=tx_bytes, request_txs=request_txs,
-                             scheme=scheme, directory=directory, shaping=shaping,
+                             scheme=scheme, directory=dirs[i - 1], shaping=shaping,
+                             fresh=fresh,
                              tentative=tentative,
                              on_progress=_progress_printer(t, request_txs))
         _print_sync(result)
@@ -265,6 +571,25 @@ def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
     if as_json:
         payload = results[0].to_json() if not grid else [r.to_json() for r in results]
         click.echo(json.dumps(payload, separators=(",", ":")))
+
+
+def _check_sync_dirs(directory: Path, dirs: list[Path | None], fresh: bool) -> None:
+    """sync makes a new cluster: never over one that runs, nor (without --fresh) over
+    keys and ledgers already there."""
+    from dtnbus.cluster import check_cluster_dir, refuse_running
+    from dtnbus.config import existing_cluster_files
+
+    check_cluster_dir(directory)
+    for d in dirs:
+        assert d is not None
+        check_cluster_dir(d)
+        refuse_running(d)
+        existing = existing_cluster_files(d) if d.is_dir() else []
+        if existing and not fresh:
+            raise LocalError(f"{d} already holds a cluster ({', '.join(existing)}); sync "
+                             "creates a new one: give another --dir, or add --fresh to "
+                             "discard it (run a kept cluster with 'dtnbus cluster start')")
+        _note_discarded(d, fresh, existing)
 
 
 def _progress_printer(tx: int, request_txs: int) -> Callable[[int, int], None] | None:
@@ -436,21 +761,149 @@ def ledger() -> None:
 @ledger.command("verify")
 @DIR_OPTION
 @CONFIG_OPTION
-def ledger_verify(directory: Path | None, config_file: Path | None) -> None:
-    """Check every node's hash chain and that all are identical up to the shortest."""
+@click.option("--node", "node_ids", type=click.IntRange(min=0), multiple=True,
+              help="Only this node's ledger (repeat for several; default: every node whose "
+                   "ledger is on this machine is expected).")
+def ledger_verify(directory: Path | None, config_file: Path | None,
+                  node_ids: tuple[int, ...]) -> None:
+    """Find every kind of damage in each node's ledger, and where the ledgers disagree.
+
+    Checks each block's links and digests, each stored request's frame, client signature
+    (against the cluster file's keys), digest and transaction count, each block's
+    transaction count, requests without their block, and the chains against each other.
+    One line per problem (node, block, kind); exit status 1 if there is any."""
     from dtnbus.cluster import resolve_config
-    from dtnbus.storage import compare_ledgers
+    from dtnbus.ledger_check import check_cluster
 
     config = resolve_config(directory, config_file)
-    reports, error = compare_ledgers([s.ledger for s in config.nodes])
-    for spec, rep in zip(config.nodes, reports, strict=True):
-        state = "ok" if rep.error is None else f"BROKEN: {rep.error}"
-        click.echo(f"node {spec.id}: height {rep.height} txs {rep.transactions} "
+    for node_id in node_ids:
+        config.node(node_id)
+    reports, findings = check_cluster(config, set(node_ids) or None)
+    per_node: dict[int, int] = {}
+    for f in findings:
+        per_node[f.node] = per_node.get(f.node, 0) + 1
+    for rep in reports:
+        problems = per_node.get(rep.node, 0)
+        state = "ok" if not problems else f"{problems} problem(s)"
+        click.echo(f"node {rep.node}: height {rep.height} txs {rep.transactions} "
                    f"head {rep.head.hex()[:16]} {state}")
-    if error is not None:
-        raise LocalError(f"ledger verify failed: {error}")
-    shortest = min((r.height for r in reports), default=0)
-    click.echo(f"all {len(reports)} ledgers valid and identical up to block {shortest}")
+    for finding in findings:
+        click.echo(f"  {finding.line()}")
+    if findings:
+        kinds = sorted({f.kind for f in findings})
+        raise ProblemFound(f"ledger verify found {len(findings)} problem(s) in "
+                           f"{len(per_node)} ledger(s): {', '.join(kinds)}")
+    heights = sorted({r.height for r in reports})
+    click.echo(f"all {len(reports)} ledgers valid and identical up to block "
+               f"{heights[0] if heights else 0}"
+               + (f" (longest {heights[-1]}: the others are behind, not damaged)"
+                  if len(heights) > 1 else ""))
+
+
+@ledger.command("export")
+@DIR_OPTION
+@CONFIG_OPTION
+@click.option("--node", "node_id", type=click.IntRange(min=0), default=None,
+              help="Whose ledger (default: the first node whose ledger is on this machine).")
+@click.option("--format", "fmt", type=click.Choice(["lines", "jsonl"]), default="lines",
+              show_default=True,
+              help="lines: each executed transaction's bytes, one per line (diff it against "
+                   "what you submitted); jsonl: every ordered transaction with seq, position, "
+                   "client, session, number, request digest and outcome.")
+def ledger_export(directory: Path | None, config_file: Path | None, node_id: int | None,
+                  fmt: str) -> None:
+    """Print the global transaction pool, in ledger order."""
+    from dtnbus.cluster import resolve_config
+    from dtnbus.export import export
+
+    config = resolve_config(directory, config_file)
+    if node_id is None:
+        local = [s for s in config.nodes if s.ledger.exists()]
+        if not local:
+            raise LocalError(f"no node's ledger from {config.path} is on this machine; give "
+                             "--node K on the host that runs node K")
+        spec = local[0]
+    else:
+        spec = config.node(node_id)
+    out = click.get_binary_stream("stdout")
+    count = export(spec.ledger, fmt, out)
+    out.flush()
+    click.echo(f"node {spec.id}: {count} transactions", err=True)
+
+
+@cli.group()
+def client() -> None:
+    """Client identities: one key per client program, admitted by the cluster."""
+
+
+@client.command("new")
+@DIR_OPTION
+@CONFIG_OPTION
+@click.option("--name", required=True, help="The client's id (letters, digits, _ . -).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds to wait for the running cluster to admit it.")
+def client_new(directory: Path | None, config_file: Path | None, name: str,
+               timeout: float) -> None:
+    """Make a key pair for a new client (0600) and have the running cluster admit it.
+
+    The admission is an ordered command signed by an operator key of this directory, so
+    every node admits the client at the same point in the order; no restart."""
+    from dtnbus import admission
+    from dtnbus.cluster import resolve_config
+    from dtnbus.identities import admit, new_identity, operator_of
+
+    config = resolve_config(directory, config_file)
+    operator_of(config)  # before a key is made: can this host admit anyone?
+    spec = new_identity(config, name)
+    click.echo(f"made client {name}: private key {spec.key_file} (0600)", err=True)
+    result = admit(config, admission.AdmissionChange("add", name, spec.public_key), timeout)
+    _admission_result(result, f"client {name} admitted", timeout)
+
+
+@client.command("remove")
+@DIR_OPTION
+@CONFIG_OPTION
+@click.option("--name", required=True, help="The client to remove.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds to wait for the running cluster to remove it.")
+def client_remove(directory: Path | None, config_file: Path | None, name: str,
+                  timeout: float) -> None:
+    """Remove a client: every node refuses its requests from that point in the order on."""
+    from dtnbus import admission
+    from dtnbus.cluster import resolve_config
+    from dtnbus.identities import admit
+
+    config = resolve_config(directory, config_file)
+    result = admit(config, admission.AdmissionChange("remove", name, ""), timeout)
+    _admission_result(result, f"client {name} removed", timeout)
+
+
+def _admission_result(result: object, what: str, timeout: float) -> None:
+    if result.seconds_f1 is None:  # type: ignore[attr-defined]
+        raise ProblemFound(f"the cluster did not decide the admission command within "
+                           f"{timeout:g} s; is it running? (dtnbus cluster status)")
+    if not result.results:  # type: ignore[attr-defined]
+        raise ProblemFound(f"the admission command was refused: {result.refused}")  # type: ignore[attr-defined]
+    seq, head = next(iter(result.results.values()))  # type: ignore[attr-defined]
+    click.echo(f"{what} at seq {seq} (block {head.hex()[:16]})")
+
+
+@client.command("list")
+@DIR_OPTION
+@CONFIG_OPTION
+def client_list(directory: Path | None, config_file: Path | None) -> None:
+    """The clients this directory knows: admitted at genesis, or made here since."""
+    from dtnbus.cluster import resolve_config
+
+    config = resolve_config(directory, config_file)
+    for spec in config.clients:
+        role = "operator" if spec.operator else "client"
+        here = "key here" if spec.key_file is not None and spec.key_file.exists() else "no key"
+        click.echo(f"{spec.id}\tgenesis {role}\t{here}")
+    for spec in config.local_clients():
+        click.echo(f"{spec.id}\tadmitted by command\tkey here")
+    if config.open_admission:
+        click.echo("(admission is open: any Ed25519 key is a client, named pk:<its key>)")
 
 
 def _add_optional_commands() -> None:
@@ -465,9 +918,13 @@ _add_optional_commands()
 
 
 def main() -> None:
-    """Run the CLI; a usage or local error is one line on stderr and exit status 2."""
+    """Run the CLI; a usage or local error is one line on stderr and exit status 2, a
+    problem found (a damaged ledger, a cluster that does not answer) exit status 1."""
     try:
         cli.main(prog_name="dtnbus", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `dtnbus` / `dtnbus cluster`
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
@@ -484,5 +941,8 @@ def main() -> None:
     except LocalError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except ProblemFound as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

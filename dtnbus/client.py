@@ -54,6 +54,8 @@ class _Pending:
     committed: dict[int, ReplyKey] = field(default_factory=dict)  # replica -> its durable answer
     tentative: dict[int, ReplyKey] = field(default_factory=dict)
     busy: set[int] = field(default_factory=set)  # replicas whose pool was full
+    backing_off: bool = False
+    backoff: float = 0.025
     accepted: ReplyKey | None = None
     accepted_at: float = 0.0
 
@@ -90,10 +92,44 @@ class SubmitResult:
     busy_answers: int = 0  # "pool full" answers received (we backed off and sent again)
     committed_txs: int = 0
     session: int = 0
+    backed_off_seconds: float = 0.0  # waited because f+1 replicas had no room
+    refused_txs: int = 0  # transactions in requests decided but not executed
 
     @property
     def decided(self) -> int:
         return len(self.results) + sum(self.refused.values())
+
+    def summary(self) -> dict:
+        """What this submission achieved, as plain data: what `dtnbus submit` prints and
+        its --json carries, so the library and the command line say the same thing."""
+        last = max(self.results.values()) if self.results else None
+        return {
+            "transactions": self.transactions, "requests": self.requests,
+            "committed_txs": self.committed_txs, "committed_requests": len(self.results),
+            "refused": dict(self.refused), "refused_txs": self.refused_txs,
+            "undecided_requests": self.requests - self.decided,
+            "undecided_txs": self.transactions - self.committed_txs - self.refused_txs,
+            "retransmissions": self.retransmissions, "busy_answers": self.busy_answers,
+            "backed_off_s": round(self.backed_off_seconds, 3), "seconds": self.seconds_f1,
+            "last_seq": last[0] if last else None, "head": last[1].hex() if last else None,
+        }
+
+
+def check_frame_size(frame: bytes, index: int, txs: Sequence[bytes], limit: int) -> None:
+    """Refuse, before anything is sent, a request the nodes could never take: libzmq
+    drops a frame over its size cap unseen, so the client would only wait and time out."""
+    if len(frame) <= limit:
+        return
+    mib = f"{limit / 2**20:g} MiB"
+    biggest = max((len(t) for t in txs), default=0)
+    per_tx = len(frame) / max(1, len(txs))
+    fits = int(limit * 0.99 // per_tx)
+    if fits < 1:
+        raise LocalError(f"a transaction of {biggest:,} bytes does not fit in the {mib} "
+                         "frame limit of a request; split it into smaller transactions")
+    raise LocalError(f"request {index + 1} is {len(frame):,} bytes ({len(txs)} transactions), "
+                     f"over the {mib} frame limit; send at most {fits} transactions of this "
+                     f"size per request (--request-txs {fits})")
 
 
 class Client:
@@ -101,14 +137,22 @@ class Client:
     DEALER connection to every replica. Requests are numbered 1, 2, 3, ... in the session."""
 
     def __init__(self, config: ClusterConfig, client_id: str | None = None,
-                 session: int | None = None, next_number: int = 1) -> None:
+                 session: int | None = None, next_number: int = 1,
+                 authentication: str = "mac") -> None:
+        """`authentication`: "mac" (PBFT's authenticator: a tag for each replica, ~1 us;
+        Ed25519 clusters) or "signature" (a client signature any third party can check).
+        Replicas accept both; replies come back MAC-authenticated when they can."""
+        if authentication not in ("mac", "signature"):
+            raise LocalError(f"authentication must be 'mac' or 'signature', got "
+                             f"{authentication!r}")
         spec = config.client(client_id)
+        self.authentication = authentication
         self.session = new_session() if session is None else session
         self.next_number = next_number
         self.config = config
         self.id = spec.id
-        self.codec = Codec(config.signer(spec.key_file, f"client {spec.id}"),
-                           config.replica_verifiers(), config.client_verifiers())
+        self.codec = Codec(config.client_signer(spec.id), config.replica_verifiers(),
+                           config.client_verifiers())
         self.ctx = zmq.Context()
         self.sockets: dict[int, zmq.Socket] = {}
         self.poller = zmq.Poller()
@@ -144,8 +188,8 @@ class Client:
         """Number and sign the next request: (number, request digest, frame)."""
         number = self.next_number
         self.next_number += 1
-        frame, digest = self.codec.encode_with_digest(Request(self.id, self.session, number,
-                                                              tuple(txs)))
+        frame, digest = self.codec.encode_request(Request(self.id, self.session, number,
+                                                          tuple(txs)), self.authentication)
         return number, digest, frame
 
     def _send(self, replica: int, frame: bytes, now: float) -> float:
@@ -190,37 +234,62 @@ class Client:
 
     def submit(self, requests: Sequence[tuple[bytes, ...]], timeout: float = 60.0,
                wait_all: float = 0.0, retry_after: float = 2.0,
-               on_progress: Callable[[int, int], None] | None = None) -> SubmitResult:
-        """Send each request (a tuple of transactions) to every replica; return when all are
-        decided (f+1 matching committed replies, or q matching of any kind), or also when q
-        / all n executed them (within `wait_all` seconds more), or at `timeout`. A replica
-        whose pool is full says so: we back off and send it again."""
+               on_progress: Callable[[int, int], None] | None = None,
+               window: int | None = None,
+               on_tick: Callable[[int, int, dict[int, int]], None] | None = None,
+               ) -> SubmitResult:
+        """Send each request (a tuple of transactions) to every replica, at most `window`
+        outstanding at once (None: all at once); return when all are decided (f+1 matching
+        committed replies, or q matching of any kind), or also when q / all n executed them
+        (within `wait_all` seconds more), or at `timeout`. A replica whose pool is full
+        answers BUSY: once f+1 have, the request cannot be ordered now, so we back off
+        (exponentially, from 50 ms to 5 s) and send it again; the result says how long. A
+        request over the frame limit is refused before anything is sent. `on_tick(decided,
+        total, replies per replica)` is called each turn of the wait loop (at least every
+        50 ms), for a progress display."""
         start = time.monotonic()
         pending: dict[int, _Pending] = {}
-        for txs in requests:
+        for index, txs in enumerate(requests):
             number, digest, frame = self.request(tuple(txs))
+            check_frame_size(frame, index, txs, self.codec.max_frame)
             pending[number] = _Pending(number, digest, frame, len(txs), start, start)
-        for p in pending.values():  # request-major: every replica gets request 1 first
-            arrived = max(self._send(replica, p.frame, start) for replica in self.sockets)
-            # the retransmission clock starts when the request is there, not when it was
-            # queued behind the others on a slow emulated link
-            p.next_retry = arrived + retry_after
-            self.metrics.request_sent()
-        return self._collect(pending, start, timeout, wait_all, retry_after, on_progress)
+        return self._collect(pending, start, timeout, wait_all, retry_after, on_progress,
+                             window or len(pending) or 1, on_tick)
+
+    def _first_send(self, p: _Pending, now: float, retry_after: float) -> None:
+        arrived = max(self._send(replica, p.frame, now) for replica in self.sockets)
+        # the retransmission clock starts when the request is there, not when it was
+        # queued behind the others on a slow emulated link
+        p.first_sent = now
+        p.next_retry = arrived + retry_after
+        self.metrics.request_sent()
 
     def _collect(self, pending: dict[int, _Pending], start: float, timeout: float,
                  wait_all: float, retry_after: float,
-                 on_progress: Callable[[int, int], None] | None) -> SubmitResult:
-        n, q2 = self.config.n, commit_quorum(self.config.n)
+                 on_progress: Callable[[int, int], None] | None, window: int,
+                 on_tick: Callable[[int, int, dict[int, int]], None] | None = None,
+                 ) -> SubmitResult:
+        n, q2, f1 = self.config.n, commit_quorum(self.config.n), reply_quorum(self.config.n)
         replied = dict.fromkeys(self.sockets, 0)  # requests each replica answered
         executed = dict.fromkeys(self.sockets, 0)  # ... with a committed (durable) answer
         t_f1 = t_2f1 = t_all = t_2f1_done = t_all_done = None
         decided = retransmissions = mismatched = busy_answers = 0
+        backed_off = 0.0
         deadline = start + timeout
         all_deadline = deadline
         total = len(pending)
+        unsent = list(pending.values())  # request-major: every replica gets #1 first
+        unsent.reverse()
+        outstanding = 0
+        inflight: dict[int, _Pending] = {}
+        next_scan = 0.0
         while True:
             now = time.monotonic()
+            while unsent and outstanding < window:
+                p = unsent.pop()
+                self._first_send(p, now, retry_after)
+                inflight[p.number] = p
+                outstanding += 1
             self._release(now)
             for replica, msg in self._receive(self._wait(min(deadline, all_deadline))):
                 if not isinstance(msg, Reply) or msg.client != self.id \
@@ -233,6 +302,12 @@ class Client:
                 if msg.outcome == Outcome.BUSY:
                     busy_answers += 1
                     p.busy.add(replica)
+                    if len(p.busy) >= f1 and p.accepted is None and not p.backing_off:
+                        # f+1 replicas have no room: it cannot be ordered now; wait
+                        p.backing_off = True
+                        p.backoff = min(5.0, max(0.05, 2 * p.backoff))
+                        p.next_retry = time.monotonic() + p.backoff
+                        backed_off += p.backoff
                     continue
                 key: ReplyKey = (msg.seq, msg.position, msg.result, msg.outcome)
                 answers = p.tentative if msg.tentative else p.committed
@@ -248,6 +323,7 @@ class Client:
                 if p.accepted is None and accepts(key, p.committed, p.tentative, n):
                     p.accepted, p.accepted_at = key, now
                     decided += 1
+                    outstanding -= 1
                     self.metrics.request_accepted(now - p.first_sent)
                     if on_progress:
                         on_progress(decided, total)
@@ -264,28 +340,25 @@ class Client:
                     t_2f1_done = now - start
                 if t_all_done is None and done == n:
                     t_all_done = now - start
+            if on_tick is not None:
+                on_tick(decided, total, replied)
             now = time.monotonic()
             if t_f1 is not None and (t_all_done is not None or now >= all_deadline
                                      or (wait_all == 0.0)):
                 break
             if now >= deadline:
                 break
-            for p in pending.values():
-                if p.accepted is None and now >= p.next_retry:
-                    retransmissions += 1
-                    p.retries += 1
-                    self.metrics.request_retransmitted()
-                    # only replicas that have not answered it need it again (and those
-                    # that were too busy to take it)
-                    targets = [r for r in self.sockets
-                               if r not in p.committed and r not in p.tentative]
-                    arrived = max((self._send(r, p.frame, now) for r in targets), default=now)
-                    p.busy.clear()
-                    # back off: a loaded cluster must not be flooded with copies
-                    p.next_retry = arrived + min(60.0, retry_after * 2 ** p.retries)
+            if now >= next_scan:  # sent, not yet decided, and due: send again
+                next_scan = now + 0.01
+                for p in [p for p in inflight.values() if p.accepted is not None]:
+                    del inflight[p.number]
+                for p in inflight.values():
+                    if now >= p.next_retry:
+                        self._retransmit(p, now, retry_after)
+                        retransmissions += 1
         results: dict[int, tuple[int, bytes]] = {}
         refused: dict[str, int] = {}
-        committed_txs = 0
+        committed_txs = refused_txs = 0
         for p in pending.values():
             if p.accepted is None:
                 continue
@@ -298,10 +371,26 @@ class Client:
             else:
                 name = Outcome.NAMES.get(outcome, str(outcome))
                 refused[name] = refused.get(name, 0) + 1
+                refused_txs += p.txs
         return SubmitResult(total, sum(p.txs for p in pending.values()), t_f1, t_2f1, t_all,
                             sum(1 for c in executed.values() if c == total),
                             retransmissions, mismatched, results, t_2f1_done, t_all_done,
-                            refused, busy_answers, committed_txs, self.session)
+                            refused, busy_answers, committed_txs, self.session, backed_off,
+                            refused_txs)
+
+    def _retransmit(self, p: _Pending, now: float, retry_after: float) -> None:
+        """Send a request again to the replicas that have not answered it (and those that
+        were too busy to take it), backing off so a loaded cluster is not flooded."""
+        p.retries += 1
+        self.metrics.request_retransmitted()
+        targets = [r for r in self.sockets if r not in p.committed and r not in p.tentative]
+        arrived = max((self._send(r, p.frame, now) for r in targets), default=now)
+        if p.backing_off:
+            p.backing_off = False
+            p.busy.clear()
+            p.next_retry = arrived + retry_after
+        else:
+            p.next_retry = arrived + min(60.0, retry_after * 2 ** p.retries)
 
     # ------------------------------------------------------------ status
 

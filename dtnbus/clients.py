@@ -9,7 +9,10 @@ executed, with their request digests. Executing an ordered request is then one o
 - DUPLICATE: ordered again with the same digest (a faulty primary, or a view change);
 - CONFLICT: the identity executed with a different request: refused, never confused;
 - STALE: at or below the watermark, or in a session that expired: decided long ago
-  (the ledger says how), never executed now.
+  (the ledger says how), never executed now;
+- REFUSED: the client is not admitted at this point in the order (`dtnbus.admission`:
+  an operator's executed admission command changes the admitted set for every later
+  request, the same on every replica).
 
 Every decision depends only on the ordered history, never on time or on what a replica
 happened to keep in memory, so every correct replica decides the same; the block hash
@@ -27,8 +30,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from dtnbus import admission
 from dtnbus.effects import ClientChanges, SessionState
 from dtnbus.messages import Outcome
+
+Entry = tuple[str, int, int, bytes, tuple[bytes, ...]]  # client, session, number, digest, txs
 
 
 @dataclass(slots=True)
@@ -39,7 +45,17 @@ class _Session:
 
 class ClientTable:
     def __init__(self, window: int = 4096, sessions_per_client: int = 1024,
-                 max_sessions: int = 200_000) -> None:
+                 max_sessions: int = 200_000, admitted: dict[str, str] | None = None,
+                 operators: frozenset[str] = frozenset(), open_admission: bool = False
+                 ) -> None:
+        """`admitted`: client -> public key text at genesis (None: no admission control,
+        every client the wire layer authenticates may execute: tests and old clusters).
+        `operators` may admit and remove clients; `open_admission`: any "pk:" identity."""
+        self.control = admitted is not None or open_admission
+        self.listed: dict[str, str] = dict(admitted or {})  # "" = removed
+        self.operators = operators
+        self.open = open_admission
+        self._admission_changed: dict[str, str] = {}
         self.window = window
         self.sessions_per_client = sessions_per_client
         self.max_sessions = max_sessions
@@ -54,8 +70,19 @@ class ClientTable:
 
     # ------------------------------------------------------------ queries
 
+    def admits(self, client: str) -> bool:
+        """Is this client admitted at this point in the order?"""
+        if not self.control:
+            return True
+        key = self.listed.get(client)
+        if key is not None:
+            return key != ""
+        return self.open and admission.open_key(client) is not None
+
     def decide(self, client: str, session: int, number: int, digest: bytes) -> int:
         """What executing this request now would do (an Outcome), without doing it."""
+        if not self.admits(client):
+            return Outcome.REFUSED
         sess = self.sessions.get((client, session))
         if sess is None:
             return Outcome.STALE if session <= self.floors.get(client, -1) or number == 0 \
@@ -77,31 +104,54 @@ class ClientTable:
 
     # ------------------------------------------------------------ execution
 
-    def preview(self, requests: list[tuple[str, int, int, bytes]]) -> bytes:
+    def preview(self, requests: list[Entry]) -> bytes:
         """The outcomes executing this batch would have, one byte each, without executing
         it (tentative replies need the block hash before the batch commits)."""
-        seen: dict[tuple[str, int, int], bytes] = {}
-        out = bytearray()
-        for client, session, number, digest in requests:
-            key = (client, session, number)
-            held = seen.get(key)
-            if held is not None:
-                out.append(Outcome.DUPLICATE if held == digest else Outcome.CONFLICT)
-                continue
-            outcome = self.decide(client, session, number, digest)
-            if outcome == Outcome.EXECUTED:
-                seen[key] = digest
-            out.append(outcome)
-        return bytes(out)
+        return self._decide_batch(requests)[0]
 
-    def execute_batch(self, requests: list[tuple[str, int, int, bytes]]) -> bytes:
+    def _decide_batch(self, requests: list[Entry]
+                      ) -> tuple[bytes, list[admission.AdmissionChange]]:
+        """Outcomes in order: each request sees the table as it was before the batch plus
+        what the batch did before it (executions, admission changes)."""
+        seen: dict[tuple[str, int, int], bytes] = {}
+        changes: list[admission.AdmissionChange] = []
+        saved = dict(self.listed)
+        out = bytearray()
+        try:
+            for client, session, number, digest, txs in requests:
+                key = (client, session, number)
+                held = seen.get(key)
+                if held is not None and self.admits(client):
+                    out.append(Outcome.DUPLICATE if held == digest else Outcome.CONFLICT)
+                    continue
+                outcome = self.decide(client, session, number, digest)
+                if outcome == Outcome.EXECUTED:
+                    seen[key] = digest
+                    if client in self.operators:
+                        for tx in txs:
+                            change = admission.decode(tx)
+                            if change is not None:
+                                changes.append(change)
+                                self.listed[change.client] = \
+                                    change.public_key if change.action == "add" else ""
+                out.append(outcome)
+        finally:
+            self.listed = saved
+        return bytes(out), changes
+
+    def execute_batch(self, requests: list[Entry]) -> bytes:
         """Decide one ordered batch and record it; returns one Outcome byte per request.
         Decisions inside a batch see the table as it was before the batch plus what the
-        batch executed so far; windows and evictions apply after the batch, so `preview`
+        batch did so far; windows and evictions apply after the batch, so `preview`
         computes exactly the same outcomes."""
-        outcomes = self.preview(requests)
+        outcomes, changes = self._decide_batch(requests)
+        for change in changes:
+            key = change.public_key if change.action == "add" else ""
+            self.listed[change.client] = key
+            self._admission_changed[change.client] = key
         touched: list[tuple[str, int]] = []
-        for (client, session, number, digest), outcome in zip(requests, outcomes, strict=True):
+        for (client, session, number, digest, _txs), outcome in zip(requests, outcomes,
+                                                                    strict=True):
             if outcome != Outcome.EXECUTED:
                 continue
             key = (client, session)
@@ -160,10 +210,12 @@ class ClientTable:
         """The changes since the last drain, to persist with the block that made them."""
         sessions = tuple(self.state_of(k) for k in sorted(self._dirty, key=self._rank.get))
         changes = ClientChanges(sessions, tuple(self._evicted),
-                                tuple((c, self.floors[c]) for c in sorted(self._floors_changed)))
+                                tuple((c, self.floors[c]) for c in sorted(self._floors_changed)),
+                                tuple(sorted(self._admission_changed.items())))
         self._dirty.clear()
         self._evicted = []
         self._floors_changed.clear()
+        self._admission_changed = {}
         return changes
 
     def state_of(self, key: tuple[str, int]) -> SessionState:
@@ -171,9 +223,14 @@ class ClientTable:
         return SessionState(key[0], key[1], sess.low, tuple(sorted(sess.done.items())),
                             self._rank[key])
 
-    def restore(self, sessions: list[SessionState], floors: dict[str, int]) -> None:
-        """Resume from persisted state: the same sessions, in the same LRU order."""
+    def restore(self, sessions: list[SessionState], floors: dict[str, int],
+                admitted: dict[str, str]) -> None:
+        """Resume from persisted state: the same sessions, in the same LRU order, and the
+        admission changes the order made on top of the genesis list."""
+        control, listed, operators, open_ = self.control, self.listed, self.operators, self.open
         self.__init__(self.window, self.sessions_per_client, self.max_sessions)  # type: ignore[misc]
+        self.control, self.operators, self.open = control, operators, open_
+        self.listed = {**listed, **admitted}
         for state in sorted(sessions, key=lambda s: s.touched):
             key = (state.client, state.session)
             self.sessions[key] = _Session(state.low, dict(state.done))

@@ -13,16 +13,20 @@ Relative paths in the file (key files, ledgers) are relative to the file itself.
     mode = "link"
     [[nodes]]
     id = 0
-    pub = "tcp://127.0.0.1:7000"
+    pub = "tcp://127.0.0.1:7000"      # advertised: where peers and clients connect
     router = "tcp://127.0.0.1:7001"
-    metrics = "127.0.0.1:7002"
+    bind = "0.0.0.0"                  # optional: the local address the sockets bind to
+    metrics = "127.0.0.1:7002"        # /metrics; loopback unless you open it on purpose
     public_key = "MCowBQYDK2VwAyEA..."
     key_file = "keys/node-0.key"
     ledger = "ledgers/node-0.sqlite"
-    [[clients]]
+    [[clients]]           # admitted at genesis; more are admitted by ordered commands
     id = "client"
     public_key = "..."
     key_file = "keys/client.key"
+    operator = true       # may admit and remove clients on the running cluster
+    [admission]           # optional
+    open = false          # true: any Ed25519 key is a client, named "pk:<its key>"
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from dtnbus.messages import max_faulty
 from dtnbus.replica import ReplicaConfig
 from dtnbus.shaping import LinkProfile, Shaper, links_from_config
 
+MAX_PORT = 65535
 PROTOCOL_FIELDS = {f.name for f in dataclasses.fields(ReplicaConfig)} - {"replica_id", "n"}
 SHAPING_FIELDS = {"bandwidth_mbps", "latency_ms", "mode", "latency_dist", "jitter_ms",
                   "mbps_base", "burst_bytes", "seed"}
@@ -67,6 +72,34 @@ class NodeSpec:
     public_key: str
     key_file: Path | None
     ledger: Path
+    bind: str | None = None  # local address to bind (NAT, cloud): None = pub/router's host
+
+    @property
+    def bind_pub(self) -> str:
+        """The endpoint the PUB socket binds: `pub` with its host replaced by `bind`."""
+        return _rebind(self.pub, self.bind)
+
+    @property
+    def bind_router(self) -> str:
+        return _rebind(self.router, self.bind)
+
+
+def _rebind(endpoint: str, bind: str | None) -> str:
+    if bind is None or not endpoint.startswith("tcp://"):
+        return endpoint
+    _host, port = split_host_port(endpoint.removeprefix("tcp://"), endpoint)
+    return f"tcp://{bind}:{port}"
+
+
+def split_host_port(address: str, where: str) -> tuple[str, int]:
+    """'host:port' -> (host, port), the port checked to be 1..65535."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise LocalError(f"{where}: {address!r} is not HOST:PORT")
+    port = int(port_text)
+    if not 1 <= port <= MAX_PORT:
+        raise LocalError(f"{where}: port {port} in {address!r} is outside 1..{MAX_PORT}")
+    return host, port
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +107,7 @@ class ClientSpec:
     id: str
     public_key: str
     key_file: Path | None
+    operator: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +120,7 @@ class ClusterConfig:
     shaping: dict[str, Any] = field(default_factory=dict)
     links: tuple[dict[str, Any], ...] = ()
     regions: dict[str, list[int]] = field(default_factory=dict)
+    open_admission: bool = False
 
     @property
     def n(self) -> int:
@@ -102,10 +137,30 @@ class ClusterConfig:
         raise LocalError(f"node {node_id} is not in {self.path} (ids 0..{self.n - 1})")
 
     def client(self, client_id: str | None = None) -> ClientSpec:
-        for spec in self.clients:
+        """A client by id: genesis ([[clients]]) or created later with `dtnbus client new`
+        (a record in clients/ beside this file); None: the first genesis client."""
+        known = (*self.clients, *self.local_clients())
+        for spec in known:
             if client_id is None or spec.id == client_id:
                 return spec
-        raise LocalError(f"client {client_id!r} is not in {self.path}")
+        raise LocalError(f"client {client_id!r} is not in {self.path} nor in "
+                         f"{self.path.parent / 'clients'}; known: "
+                         f"{', '.join(s.id for s in known)}; create it with: dtnbus client new "
+                         f"--dir {self.path.parent} --name {client_id}")
+
+    def local_clients(self) -> list[ClientSpec]:
+        """Clients created with `dtnbus client new` beside this cluster file (admitted by
+        an ordered command, not at genesis: the nodes never read these records)."""
+        out = []
+        for path in sorted((self.path.parent / "clients").glob("*.toml")):
+            try:
+                table = tomllib.loads(path.read_text())
+                out.append(ClientSpec(table["id"], table["public_key"],
+                                      self.path.parent / table["key_file"]))
+            except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
+                raise LocalError(f"client record {path} is unreadable ({exc}); remove it or "
+                                 "create the client again") from None
+        return out
 
     def replica_config(self, node_id: int) -> ReplicaConfig:
         try:
@@ -140,10 +195,42 @@ class ClusterConfig:
     def client_verifiers(self) -> dict[str, Verifier]:
         return {s.id: Verifier(load_public_key_text(s.public_key)) for s in self.clients}
 
-    def signer(self, key_file: Path | None, who: str) -> Signer:
+    def admitted_at_genesis(self) -> dict[str, str]:
+        """Client id -> public key text: who may submit before any admission command."""
+        return {s.id: s.public_key for s in self.clients}
+
+    def operators(self) -> frozenset[str]:
+        return frozenset(s.id for s in self.clients if s.operator)
+
+    def signer(self, key_file: Path | None, who: str, public_key: str | None = None) -> Signer:
+        """The signer of `who`, refusing (like ssh) a key file that group or others can
+        read, and a key that is not the one the cluster file lists for `who`: peers would
+        drop every message it signs as a bad signature."""
         if key_file is None:
             raise LocalError(f"{self.path} has no key_file for {who}; run this where its key is")
-        return Signer(read_private_key(key_file))
+        key = read_private_key(key_file)
+        check_key_file_mode(key_file)
+        if public_key is not None and public_key_text(key.public_key()) != public_key:
+            raise LocalError(f"key file {key_file} is not {who}'s key: its public key differs "
+                             f"from the one {self.path} lists for {who}; use {who}'s own key "
+                             "file or regenerate the cluster file")
+        return Signer(key)
+
+    def node_signer(self, node_id: int) -> Signer:
+        spec = self.node(node_id)
+        return self.signer(spec.key_file, f"node {node_id}", spec.public_key)
+
+    def client_signer(self, client_id: str | None = None) -> Signer:
+        spec = self.client(client_id)
+        return self.signer(spec.key_file, f"client {spec.id}", spec.public_key)
+
+
+def check_key_file_mode(path: Path) -> None:
+    """A private key readable by group or others is refused (as ssh refuses 0644 keys)."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise LocalError(f"key file {path} is readable by group or others (mode {mode:04o}); "
+                         f"run: chmod 600 {path}")
 
 
 def _need(table: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -193,6 +280,21 @@ def _check_protocol(protocol: dict, where: str) -> None:
 def _endpoint(value: str, where: str) -> str:
     if not value.startswith(("tcp://", "ipc://")):
         raise LocalError(f"{where}: endpoint {value!r} must start with tcp:// or ipc://")
+    if value.startswith("tcp://"):
+        split_host_port(value.removeprefix("tcp://"), where)
+    return value
+
+
+def _metrics(value: str, where: str) -> str:
+    if value:
+        split_host_port(value, f"{where}: metrics")
+    return value
+
+
+def _bind(value: str | None, where: str) -> str | None:
+    if value is not None and (not value or any(c in value for c in "/: ")):
+        raise LocalError(f"{where}: bind {value!r} must be a host address such as 0.0.0.0 "
+                         "(the ports come from pub and router)")
     return value
 
 
@@ -217,10 +319,11 @@ def load_cluster(path: Path) -> ClusterConfig:
             id=_need(table, "id", int, where),
             pub=_endpoint(_need(table, "pub", str, where), where),
             router=_endpoint(_need(table, "router", str, where), where),
-            metrics=_optional(table, "metrics", str, where, ""),
+            metrics=_metrics(_optional(table, "metrics", str, where, ""), where),
             public_key=_need(table, "public_key", str, where),
             key_file=base / key_file if key_file else None,
             ledger=base / _need(table, "ledger", str, where),
+            bind=_bind(_optional(table, "bind", str, where, None), where),
         ))
     if len(nodes) < 1:
         raise LocalError(f"{path}: no [[nodes]]; a cluster needs at least 4 for f >= 1")
@@ -233,7 +336,8 @@ def load_cluster(path: Path) -> ClusterConfig:
         key_file = _optional(table, "key_file", str, where, None)
         clients.append(ClientSpec(_need(table, "id", str, where),
                                   _need(table, "public_key", str, where),
-                                  base / key_file if key_file else None))
+                                  base / key_file if key_file else None,
+                                  _optional(table, "operator", bool, where, False)))
     protocol = _table(raw, "protocol", str(path))
     _check_protocol(protocol, str(path))
     unknown = set(protocol) - PROTOCOL_FIELDS
@@ -248,10 +352,26 @@ def load_cluster(path: Path) -> ClusterConfig:
     regions = raw.get("regions", {})
     if not isinstance(regions, dict):
         raise LocalError(f"{path}: [regions] must map a region name to a list of node ids")
+    admission_table = _table(raw, "admission", str(path))
+    unknown = set(admission_table) - {"open"}
+    if unknown:
+        raise LocalError(f"{path}: [admission] has unknown keys {sorted(unknown)}; known: "
+                         "['open']")
+    open_admission = _optional(admission_table, "open", bool, f"{path}: [admission]", False)
     config = ClusterConfig(path, scheme, tuple(nodes), tuple(clients), dict(protocol),
-                           dict(shaping), tuple(_tables(raw, "links", str(path))), dict(regions))
+                           dict(shaping), tuple(_tables(raw, "links", str(path))), dict(regions),
+                           open_admission)
     for spec in nodes:
         load_public_key_text(spec.public_key)
+    node_keys = {spec.public_key: spec.id for spec in nodes}
+    for spec in clients:
+        load_public_key_text(spec.public_key)
+        if spec.public_key in node_keys:  # a replica's key must never sign as a client
+            raise LocalError(f"{path}: client {spec.id!r} has node {node_keys[spec.public_key]}'s "
+                             "public key; give the client a key of its own "
+                             f"(dtnbus client new --name {spec.id})")
+    if len({spec.id for spec in clients}) != len(clients):
+        raise LocalError(f"{path}: a client id appears twice in [[clients]]; ids are unique")
     config.replica_config(0)  # validates [protocol]
     config.shaper(0)  # validates [shaping], [regions] and [[links]]
     return config
@@ -272,22 +392,74 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def check_port_range(base_port: int, count: int, flag: str = "--base-port") -> None:
+    """`count` consecutive ports from `base_port` must all be valid TCP ports."""
+    last = base_port + count - 1
+    if base_port < 1 or last > MAX_PORT:
+        raise LocalError(f"{flag} {base_port} needs ports {base_port}..{last}, past "
+                         f"{MAX_PORT}; use {flag} {max(1, MAX_PORT - count + 1)} or lower")
+
+
+def existing_cluster_files(out: Path) -> list[str]:
+    """What in `out` a new cluster would overwrite: key files, ledgers, the cluster file."""
+    found = []
+    keys = sorted((out / "keys").glob("*.key")) if (out / "keys").is_dir() else []
+    if keys:
+        found.append(f"{len(keys)} key file(s) in {out / 'keys'}")
+    ledgers = sorted((out / "ledgers").glob("*.sqlite")) if (out / "ledgers").is_dir() else []
+    if ledgers:
+        found.append(f"{len(ledgers)} ledger(s) in {out / 'ledgers'}")
+    if (out / "cluster.toml").exists():
+        found.append(str(out / "cluster.toml"))
+    return found
+
+
+def ensure_directory(out: Path, what: str = "--out") -> None:
+    """Create `out` (and parents) or say in one line why it cannot be."""
+    if out.exists() and not out.is_dir():
+        raise LocalError(f"{what} {out} is a file, not a directory; give a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".dtnbus-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise LocalError(f"cannot write to {what} {out}: {exc.strerror or exc}; "
+                         "choose a directory you can write to") from None
+
+
 def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str = "127.0.0.1",
                      base_port: int | None = None, hosts: list[str] | None = None,
                      protocol: dict[str, Any] | None = None,
                      shaping: dict[str, Any] | None = None,
                      links: list[dict[str, Any]] | None = None,
-                     regions: dict[str, list[int]] | None = None) -> Path:
-    """Create keys (mode 0600) for N nodes and one client, and write `out/cluster.toml`.
+                     regions: dict[str, list[int]] | None = None,
+                     bind: str | None = None, metrics_host: str = "127.0.0.1",
+                     fresh: bool = False, clients: int = 0) -> Path:
+    """Create keys (mode 0600) for N nodes, the operator client "client" and `clients` more
+    ("client-1", ...), and write `out/cluster.toml`.
 
     `hosts` gives each node its own address (one machine or network namespace each);
-    they then all use the same ports, `base_port` (default 7000) onwards."""
+    they then all use the same ports, `base_port` (default 7000) onwards. `bind` is the
+    local address every node binds (e.g. 0.0.0.0 behind NAT); `/metrics` listens on
+    `metrics_host` (loopback unless asked). Existing keys, ledgers or cluster file in
+    `out` are never overwritten unless `fresh`."""
     check_scheme(scheme)
     if nodes < 1:
         raise LocalError(f"--nodes must be at least 1 (4 or more to tolerate a fault), got {nodes}")
     if hosts is not None and len(hosts) != nodes:
         raise LocalError(f"--hosts lists {len(hosts)} addresses for {nodes} nodes; give one each")
-    out.mkdir(parents=True, exist_ok=True)
+    if base_port is not None:
+        check_port_range(base_port, 3 if hosts is not None else 3 * nodes)
+    _bind(bind, "--bind")
+    ensure_directory(out)
+    existing = existing_cluster_files(out)
+    if existing and not fresh:
+        raise LocalError(f"{out} already holds a cluster ({', '.join(existing)}); refusing to "
+                         "overwrite it: choose another directory, or add --fresh to discard it")
+    if fresh:
+        for old in [*(out / "keys").glob("*.key"), *(out / "ledgers").glob("node-*.sqlite*")]:
+            old.unlink()
     if hosts is not None:
         first = base_port or 7000
         ports = [first, first + 1, first + 2] * nodes
@@ -295,35 +467,55 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
         ports = (list(range(base_port, base_port + 3 * nodes)) if base_port
                  else free_ports(3 * nodes, host))
     node_tables = []
-    for i in range(nodes):
-        key = generate_key(scheme)
-        write_private_key(out / "keys" / f"node-{i}.key", key)
-        p_pub, p_router, p_metrics = ports[3 * i: 3 * i + 3]
-        host = hosts[i] if hosts is not None else host
-        node_tables.append({
-            "id": i,
-            "pub": f"tcp://{host}:{p_pub}",
-            "router": f"tcp://{host}:{p_router}",
-            "metrics": f"{host}:{p_metrics}",
-            "public_key": public_key_text(key.public_key()),
-            "key_file": f"keys/node-{i}.key",
-            "ledger": f"ledgers/node-{i}.sqlite",
-        })
-    client_key = generate_key(scheme)
-    assert scheme_of(client_key) == scheme
-    write_private_key(out / "keys" / "client.key", client_key)
-    doc: dict[str, Any] = {"scheme": scheme}
-    if protocol:
-        doc["protocol"] = protocol
-    if shaping:
-        doc["shaping"] = shaping
-    doc["nodes"] = node_tables
-    doc["clients"] = [{"id": "client", "public_key": public_key_text(client_key.public_key()),
-                       "key_file": "keys/client.key"}]
-    if regions:
-        doc["regions"] = regions
-    if links:
-        doc["links"] = links
-    path = out / "cluster.toml"
-    path.write_text(tomli_w.dumps(doc))
+    try:
+        for i in range(nodes):
+            key = generate_key(scheme)
+            write_private_key(out / "keys" / f"node-{i}.key", key)
+            p_pub, p_router, p_metrics = ports[3 * i: 3 * i + 3]
+            address = hosts[i] if hosts is not None else host
+            table: dict[str, Any] = {
+                "id": i,
+                "pub": f"tcp://{address}:{p_pub}",
+                "router": f"tcp://{address}:{p_router}",
+                "metrics": f"{metrics_host}:{p_metrics}",
+                "public_key": public_key_text(key.public_key()),
+                "key_file": f"keys/node-{i}.key",
+                "ledger": f"ledgers/node-{i}.sqlite",
+            }
+            if bind is not None:
+                table["bind"] = bind
+            node_tables.append(table)
+        client_key = generate_key(scheme)
+        assert scheme_of(client_key) == scheme
+        write_private_key(out / "keys" / "client.key", client_key)
+        doc: dict[str, Any] = {"scheme": scheme}
+        if protocol:
+            doc["protocol"] = protocol
+        if shaping:
+            doc["shaping"] = shaping
+        doc["nodes"] = node_tables
+        doc["clients"] = [{"id": "client",
+                           "public_key": public_key_text(client_key.public_key()),
+                           "key_file": "keys/client.key", "operator": True}]
+        for k in range(1, clients + 1):  # one key per client program, admitted at genesis
+            key = generate_key(scheme)
+            write_private_key(out / "keys" / f"client-{k}.key", key)
+            doc["clients"].append({"id": f"client-{k}",
+                                   "public_key": public_key_text(key.public_key()),
+                                   "key_file": f"keys/client-{k}.key"})
+        if regions:
+            doc["regions"] = regions
+        if links:
+            doc["links"] = links
+        path = out / "cluster.toml"
+        write_text_atomic(path, tomli_w.dumps(doc))
+    except OSError as exc:
+        raise LocalError(f"cannot write the cluster into {out}: {exc.strerror or exc}") from None
     return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Readers (a starting node, Prometheus) never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

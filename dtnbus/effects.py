@@ -100,6 +100,7 @@ class ClientChanges:
     sessions: tuple[SessionState, ...] = ()
     evicted: tuple[tuple[str, int], ...] = ()  # (client, session) no longer held
     floors: tuple[tuple[str, int], ...] = ()  # (client, floor): sessions <= floor expired
+    admitted: tuple[tuple[str, str], ...] = ()  # (client, public key; "" = removed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,3 +221,4 @@ class DurableState:
     sessions: list[SessionState] = field(default_factory=list)
     floors: dict[str, int] = field(default_factory=dict)
     records: list[Persist] = field(default_factory=list)
+    admitted: dict[str, str] = field(default_factory=dict)  # changes since genesis

@@ -69,9 +69,10 @@ class Outcome:
     DUPLICATE = 1  # ordered again after it executed: its first execution stands
     CONFLICT = 2  # another request already used this (client, session, number)
     STALE = 3  # below its session's window (or its session expired): never executed here
-    # answers that are not ordered decisions (one replica's, so a client needs f+1)
+    REFUSED = 5  # the client is not admitted at this point in the order (also answered,
+    # unordered, by a replica that does not know the client's key at all)
+    # an answer that is not an ordered decision (one replica's; seq 0, no result)
     BUSY = 4  # the replica's request pool is full: back off and send again
-    REFUSED = 5  # the client is not admitted, or the request is malformed for this cluster
     NAMES: ClassVar[dict[int, str]] = {0: "executed", 1: "duplicate", 2: "conflict",
                                        3: "stale", 4: "busy", 5: "refused"}
 

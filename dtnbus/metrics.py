@@ -4,7 +4,7 @@ A node process owns one `NodeMetrics`, a client one `ClientMetrics`. Each has it
 `CollectorRegistry` (not the global default) so that many nodes and clients can coexist in
 one test process without name clashes. The node code calls the small methods below; nothing
 else in the code base touches `prometheus_client`, so the dashboard and the alert rules in
-`monitoring/` can be checked against the names registered here (tests/monitoring).
+`dtnbus/monitoring/` can be checked against the names registered here (tests/monitoring).
 
 Conventions: every name starts with `dtnbus_`; counters end in `_total`, byte counters in
 `_bytes_total`, durations are in seconds and end in `_seconds`. No label carries a
@@ -44,7 +44,7 @@ disable_created_metrics()
 PHASES: tuple[str, ...] = (
     "request_to_preprepare",  # request received -> pre-prepare sent (primary) / accepted
     "preprepare_to_prepared",  # pre-prepare -> prepared (pre-prepare + 2f matching prepares)
-    "prepared_to_committed",  # prepared -> committed-local (2f+1 matching commits)
+    "prepared_to_committed",  # prepared -> committed-local (q matching commits)
     "committed_to_executed",  # committed-local -> executed (block appended to the ledger)
 )
 # The client-visible phase: first send of a request -> f+1 matching replies.
@@ -380,7 +380,7 @@ def _histogram_summary(histogram: Histogram, label: str) -> dict[str, tuple[int,
 def registered_metric_names(registry: CollectorRegistry) -> set[str]:
     """Every sample name a registry exports (`_bucket`, `_count`, `_sum`, `_total` included).
 
-    The monitoring tests check each PromQL expression in monitoring/ against this set.
+    The monitoring tests check each PromQL expression in dtnbus/monitoring/ against this set.
     """
     # Derived from the family type, not from samples: a labelled counter exports no sample
     # until its first label value is used, but its name is still part of the interface.

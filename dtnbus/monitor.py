@@ -1,11 +1,14 @@
-"""Run Debian's `prometheus` against a running local cluster (`dtnbus monitor`).
+"""Run Debian's `prometheus` against a running cluster (`dtnbus monitor`).
 
-The cluster directory is the contract: `dtnbus cluster up --dir DIR` writes
+`--config FILE` works for any cluster file (targets are made from its nodes' `metrics`
+addresses into a temporary folder). With `--dir`, the cluster directory is the contract:
+`dtnbus cluster up --dir DIR` writes
 DIR/prometheus/targets.json (Prometheus file_sd format, one entry per node with `node` and
-`cluster` labels). We run Prometheus on a verbatim copy of monitoring/prometheus.yml in a
+`cluster` labels). We run Prometheus on a verbatim copy of dtnbus/monitoring/prometheus.yml in a
 temporary folder where `targets/` links to DIR/prometheus/ and `rules/` holds copies of
-monitoring/rules/*.yml, with its TSDB in that folder too, so nothing outside it is written
-and the config that is tested is the config that runs.
+dtnbus/monitoring/rules/*.yml, with its TSDB in that folder too, so nothing outside it is written
+and the config that is tested is the config that runs. The configuration ships inside the
+package (dtnbus/monitoring/, package data), so an installed wheel has it too.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import click
 
 from dtnbus.errors import LocalError
 
-MONITORING_DIR = Path(__file__).resolve().parent.parent / "monitoring"
+MONITORING_DIR = Path(__file__).resolve().parent / "monitoring"
 DEFAULT_CLUSTER_DIR = Path(".dtnbus/cluster")
 
 
@@ -126,7 +129,8 @@ def render_workdir(
     """
     template = monitoring_dir / "prometheus.yml"
     if not template.is_file():
-        raise LocalError(f"{template}: missing; run dtnbus from its source checkout")
+        raise LocalError(f"{template}: missing; reinstall dtnbus (the monitoring "
+                         "configuration is package data)")
     config = template.read_text()
     if scrape_interval is not None:
         if not re.fullmatch(r"\d+(ms|s|m)", scrape_interval):
@@ -223,8 +227,13 @@ def _wait_ready(handle: PrometheusHandle, timeout: float) -> None:
 
 @click.command("monitor")
 @click.option(
-    "--dir", "cluster_dir", type=click.Path(path_type=Path), default=DEFAULT_CLUSTER_DIR,
-    show_default=True, help="Directory of a running cluster (from `dtnbus cluster up`).",
+    "--dir", "cluster_dir", type=click.Path(path_type=Path), default=None,
+    help=f"Directory of a running cluster (from `dtnbus cluster up`; default "
+         f"{DEFAULT_CLUSTER_DIR}).",
+)
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path), default=None,
+    help="Any cluster file (instead of --dir): scrape the metrics address of each node.",
 )
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=9090, show_default=True,
@@ -234,21 +243,52 @@ def _wait_ready(handle: PrometheusHandle, timeout: float) -> None:
     "--data-dir", type=click.Path(path_type=Path), default=None,
     help="Keep the TSDB here instead of in a temporary folder removed on exit.",
 )
-def monitor_command(cluster_dir: Path, port: int, data_dir: Path | None) -> None:
-    """Run Prometheus against a running local cluster until Ctrl-C.
+def monitor_command(cluster_dir: Path | None, config_file: Path | None, port: int,
+                    data_dir: Path | None) -> None:
+    """Run Prometheus against a running cluster until Ctrl-C.
 
-    It scrapes every node listed in DIR/prometheus/targets.json and evaluates the rules in
-    monitoring/rules; point Grafana at the printed URL (see docs/monitoring.md).
+    It scrapes every node (DIR/prometheus/targets.json, or the metrics addresses in
+    --config FILE) and evaluates the rules in dtnbus/monitoring/rules; point Grafana at
+    the printed URL (see docs/monitoring.md).
     """
+    if cluster_dir is not None and config_file is not None:
+        raise click.UsageError("give --dir or --config, not both")
     # SIGTERM (e.g. from a supervisor) stops Prometheus the same way Ctrl-C does, also
     # while it starts: start_prometheus() stops what it started on any exception.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    made: Path | None = None
     try:
-        _run_until_interrupted(cluster_dir, port, data_dir)
+        if config_file is not None:
+            made = Path(tempfile.mkdtemp(prefix="dtnbus-targets-"))
+            cluster_dir = targets_for_config(config_file, made)
+        _run_until_interrupted(cluster_dir or DEFAULT_CLUSTER_DIR, port, data_dir)
     except KeyboardInterrupt:
         click.echo("prometheus: stopped")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def targets_for_config(config_file: Path, into: Path) -> Path:
+    """Write file_sd targets for any cluster file under `into`; returns the folder to
+    pass as a cluster directory."""
+    from dtnbus.cluster import write_targets
+    from dtnbus.config import load_cluster
+
+    try:
+        config = load_cluster(config_file)
+    except LocalError as exc:
+        error = click.ClickException(str(exc))
+        error.exit_code = 2
+        raise error from exc
+    if not any(s.metrics for s in config.nodes):
+        error = click.ClickException(f"{config_file}: no node has a metrics address")
+        error.exit_code = 2
+        raise error
+    name = config.path.resolve().parent.name or "cluster"
+    write_targets(config, into, cluster_name=name)
+    return into
 
 
 def _run_until_interrupted(cluster_dir: Path, port: int, data_dir: Path | None) -> None:

@@ -21,14 +21,18 @@ as `internal_error` with its traceback logged, and the node goes on.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 import zmq
 
+from dtnbus.budget import PeerBudget
 from dtnbus.config import ClusterConfig
+from dtnbus.crypto import Verifier, load_public_key_text
 from dtnbus.effects import (
     DURABLE,
     Broadcast,
@@ -60,6 +64,7 @@ from dtnbus.messages import (
     sender_of,
 )
 from dtnbus.metrics import NodeMetrics
+from dtnbus.nodeproc import NodeLock
 from dtnbus.replica import UNNEEDED, Replica
 from dtnbus.state_transfer import serve_state, verify_blocks
 from dtnbus.storage import Ledger
@@ -83,13 +88,17 @@ class Node:
         spec = config.node(node_id)
         self.config = config
         self.id = node_id
-        self.codec = Codec(config.signer(spec.key_file, f"node {node_id}"),
-                           config.replica_verifiers(), config.client_verifiers())
-        self.ledger = Ledger(spec.ledger)
-        self.replica = Replica(config.replica_config(node_id), self.codec.encode)
+        self.codec = Codec(config.node_signer(node_id), config.replica_verifiers(),
+                           config.client_verifiers(), open_clients=config.open_admission,
+                           me=node_id)
+        self.ledger = Ledger(spec.ledger, os.environ.get("DTNBUS_SYNC", "FULL"))
+        self.replica = Replica(config.replica_config(node_id), self.codec.encode,
+                               config.admitted_at_genesis(), config.operators(),
+                               config.open_admission)
         saved = self.ledger.durable_state()
         if saved.height or saved.records:  # a restart: resume exactly where we were
             self.replica.restore(saved)
+            self._admit(saved.admitted.items())
             log.info("node %d resumes at seq %d in view %d", node_id, saved.height,
                      self.replica.view)
         self.metrics = NodeMetrics(node_id)
@@ -98,16 +107,20 @@ class Node:
             if serve_metrics and spec.metrics:
                 host, _, port = spec.metrics.rpartition(":")
                 self.metrics.serve(host, int(port))
-            self.transport = Transport(Endpoints(spec.pub, spec.router, node_id), peers)
+            self.transport = Transport(Endpoints(spec.bind_pub, spec.bind_router, node_id), peers)
         except (OSError, ValueError, zmq.ZMQError) as exc:
             self.ledger.close()
-            raise LocalError(f"node {node_id}: cannot listen on {spec.pub} / {spec.router} / "
-                             f"{spec.metrics}: {exc}; is another node running there?") from None
+            hint = ("is another node running there?" if "in use" in str(exc) else
+                    "behind NAT or on a cloud host, set bind = \"0.0.0.0\" for this node "
+                    "in the cluster file (pub/router stay the advertised addresses)")
+            raise LocalError(f"node {node_id}: cannot listen on {spec.bind_pub} / "
+                             f"{spec.bind_router} / {spec.metrics}: {exc}; {hint}") from None
         self.shaper = config.shaper(node_id)
         # where replies go: the connection a request came in on (a replayed frame from
         # elsewhere must not redirect another request's reply), per request identity
         self.routes: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self.outbox: list[Effect] = []  # this iteration's effects, carried out by _flush
+        self.refusals = PeerBudget({"refuse": (5.0, 20.0)})  # per client connection
         self.ledger_txs = self.replica.executed_txs  # as durable as the ledger's height
         self.heard: set[int] = set()
         self.peer_heard: dict[int, int] = {}  # how many peers each peer has heard
@@ -181,8 +194,18 @@ class Node:
                 return
             env = self.codec.authenticate(raw)
         except PeerError as exc:
+            if sender is None and exc.msg is not None:
+                sender = sender_of(exc.msg)  # who it claims to be: a name for the culprit
             self.metrics.dropped(exc.reason, sender)
             log.debug("dropped frame: %s", exc)
+            if exc.reason == "unknown_sender" and source == FROM_ROUTER and identity \
+                    and not from_replica(identity) and self.refusals.allow(identity, "refuse",
+                                                                           now):
+                if isinstance(exc.msg, Request):  # say why, instead of silence
+                    self._refuse(identity, exc.msg, exc.digest)
+                elif isinstance(exc.msg, StatusQuery):  # control traffic: no secret in it
+                    self.transport.send_routed(identity,
+                                               self._encode(self._status(exc.msg.nonce)))
             return
         except Exception:  # a bug in parsing: drop the frame, count it, go on
             log.exception("node %d: parsing a frame failed", self.id)
@@ -260,6 +283,13 @@ class Node:
                 continue
             self.outbox.extend(self.replica.step(view_env, now))
 
+    def _refuse(self, identity: bytes, req: Request, digest: bytes) -> None:
+        """Tell a client this cluster does not admit its key (the caller limits this to a
+        few times a second per connection: an answer must not become an amplifier)."""
+        reply = Reply(self.replica.view, self.id, req.client, req.session, req.number, digest,
+                      0, 0, b"", Outcome.REFUSED)
+        self.transport.send_routed(identity, self._encode(reply))
+
     def _status(self, nonce: int) -> Status:
         r = self.replica
         phases = tuple((name, count, total)
@@ -298,6 +328,8 @@ class Node:
             elif isinstance(eff, LookupReply):
                 self._answer_from_ledger(eff, now)
             elif isinstance(eff, Execute):
+                if eff.clients.admitted:
+                    self._admit(eff.clients.admitted)
                 self.metrics.executed(1, eff.executed_txs)
                 self.metrics.batch_cut(eff.executed_txs)
                 if eff.committed_at:  # 0 for blocks taken by state transfer
@@ -316,6 +348,26 @@ class Node:
             elif isinstance(eff, ViewChangeStarted):
                 log.info("node %d left view %d for view %d: %s", self.id, eff.view - 1,
                          eff.view, eff.reason)
+
+    def _admit(self, changes: Iterable[tuple[str, str]]) -> None:
+        """The order admitted or removed clients: their requests verify, or no longer."""
+        for client, key_text in changes:
+            if not key_text:
+                self.codec.clients.pop(client, None)
+                log.info("node %d: client %s removed", self.id, client)
+                continue
+            try:
+                verifier = Verifier(load_public_key_text(key_text))
+            except LocalError as exc:
+                log.error("node %d: client %s admitted with an unusable key: %s", self.id,
+                          client, exc)
+                continue
+            if verifier.raw_key in {v.raw_key for v in self.codec.replicas.values()}:
+                log.error("node %d: client %s admitted with a node's key: refused", self.id,
+                          client)
+                continue
+            self.codec.clients[client] = verifier
+            log.info("node %d: client %s admitted", self.id, client)
 
     def _answer_from_ledger(self, eff: LookupReply, now: float) -> None:
         """A request decided before: its one true answer is in the ledger."""
@@ -358,7 +410,9 @@ class Node:
         identity = self.routes.get(key) if msg.tentative else self.routes.pop(key, None)
         if identity is None:
             return  # the request did not come to us directly: nowhere to send
-        frame = self._encode(msg)
+        verifier = self.codec.client_verifier(client)  # a MAC for it, when it can take one
+        frame = self.codec.encode_reply(msg, verifier.raw_key if verifier else None)
+        self.metrics.message_sent("reply", len(frame))
         if self.shaper is not None and not self.shaper.is_unshaped(client):
             self.shaper.submit(now, client, len(frame), (identity, frame))
         elif not self.transport.send_routed(identity, frame):
@@ -400,5 +454,6 @@ def run_node(config: ClusterConfig, node_id: int, log_level: str = "INFO") -> No
     """Entry point of `dtnbus node`."""
     logging.basicConfig(level=log_level,
                         format=f"%(asctime)s node-{node_id} %(levelname)s %(message)s")
-    Node(config, node_id).run()
+    with NodeLock(config.node(node_id).ledger, node_id):  # one node per ledger, findable
+        Node(config, node_id).run()
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dtnbus.budget import PeerBudget
+from dtnbus.catchup import CatchUp
 from dtnbus.clients import ClientTable
 from dtnbus.effects import (
     Broadcast,
@@ -82,6 +83,9 @@ from dtnbus.wire import Envelope, Unverified
 
 Signer = Callable[[Message], bytes]
 UNNEEDED = "unneeded"  # `admit`'s answer for a vote no slot needs: skip it, uncounted
+# outcomes this block decides on its own: answered at once (the others were decided
+# before, and the ledger holds their one true answer)
+DIRECT_ANSWERS = frozenset({Outcome.EXECUTED, Outcome.CONFLICT, Outcome.REFUSED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +131,11 @@ class Replica:
     """One PBFT replica's protocol state. Inspect it freely; change it only through
     `step`, `tick`, `adopt_state` and `restore`."""
 
-    def __init__(self, config: ReplicaConfig, sign: Signer) -> None:
+    def __init__(self, config: ReplicaConfig, sign: Signer,
+                 admitted: dict[str, str] | None = None, operators: frozenset[str] = frozenset(),
+                 open_admission: bool = False) -> None:
+        """`admitted`/`operators`/`open_admission`: the cluster file's client admission at
+        genesis (see `dtnbus.admission`); None admits whoever the wire authenticates."""
         self.config = config
         self.sign = sign
         self.id = config.replica_id
@@ -145,7 +153,7 @@ class Replica:
         self.slots: dict[int, Slot] = {}
         self.pool = RequestPool(config.max_requests, config.max_pool_bytes)
         self.clients = ClientTable(config.session_window, config.sessions_per_client,
-                                   config.max_sessions)
+                                   config.max_sessions, admitted, operators, open_admission)
         self.replies: OrderedDict[tuple[str, int, int], Reply] = OrderedDict()
         self.checkpoints = Checkpoints(self.q)
         # view change
@@ -158,19 +166,15 @@ class Replica:
         self.new_view_frame = b""  # the NEW-VIEW that started this view, for lagging peers
         self.expected: dict[int, tuple[bytes, ...]] = {}  # seq -> digests the NEW-VIEW fixed
         # what we know of the others, and catching up with them
-        self.peers: dict[int, PeerStatus] = {}
+        self.catchup = CatchUp(self.id, self.f, self.q, config.retransmit_after)
         self.next_status = 0.0
-        self.view_ahead: dict[int, int] = {}  # replica -> a view above ours it voted in
-        self.ahead: dict[int, int] = {}  # replica -> checkpoint seq beyond our window
-        self.behind_since: float | None = None
-        self.weak_mark = -1  # behind only a little, at this height: if we move, we are not
-        self.catchup_peer = -1
-        self.catchup_until = 0.0  # an asked peer has until then to answer
-        self.exhausted: set[int] = set()  # peers that had nothing newer for us
         self.helped_view: dict[int, float] = {}
         self.budget = PeerBudget({
             "view_change": (4.0, 8.0), "new_view": (4.0, 8.0), "suspect": (4.0, 8.0),
             "status": (10.0, 10.0), "fetch": (50.0, 100.0), "state": (20.0, 20.0),
+            # signed proofs a peer may make us check, per second: a correct replica sends
+            # a full VIEW-CHANGE (q + window * q frames at most) once per timeout
+            "proofs": (1000.0, float(self.q * (1 + config.window) * 2)),
         })
 
     # ------------------------------------------------------------ queries
@@ -211,11 +215,12 @@ class Replica:
         `heartbeat=False` leaves out the periodic status message (a quiet cluster)."""
         cfg = self.config
         times = [self.next_status] if heartbeat else []
-        if self.behind_since is not None:
-            times.append(max(self.catchup_until, self.behind_since))
+        catchup = self.catchup.wakeup()
+        if catchup is not None:
+            times.append(catchup)
         if self.active:
             oldest = self.pool.oldest_waiting()
-            if oldest is not None and not self._catching_up():
+            if oldest is not None and not self.catchup.asking:
                 if self.suspect_sent < 0:
                     times.append(max(oldest, self.view_started) + self.vc_timeout)
                 else:
@@ -263,12 +268,16 @@ class Replica:
         if isinstance(msg, NewView):
             if msg.view < self.view or (msg.view == self.view and self.active) or msg.view == 0:
                 return "stale_view"
-            if msg.replica != primary_of(msg.view, self.n) or \
-                    not self.budget.allow(msg.replica, "new_view", now):
-                return "rate_limited" if msg.replica == primary_of(msg.view, self.n) \
-                    else "unknown_sender"
-            if not self.q <= len(raw.nested) <= self.n:
+            if msg.replica != primary_of(msg.view, self.n):
+                return "unknown_sender"
+            if not self.q <= len(msg.view_changes) <= self.n:
                 return "malformed"
+            if not self.budget.allow(msg.replica, "new_view", now):
+                return "rate_limited"
+            if not self.budget.allow(msg.replica, "proofs", now, cost=len(msg.view_changes)
+                                     + sum(len(vc.msg.proofs) for vc in raw.nested
+                                           if isinstance(vc.msg, ViewChange))):
+                return "rate_limited"
             for inner in raw.nested:
                 vc = inner.msg
                 if not isinstance(vc, ViewChange) or vc.new_view != msg.view:
@@ -292,7 +301,7 @@ class Replica:
         if isinstance(msg, StateRequest):
             return None if self.budget.allow(msg.replica, "state", now) else "rate_limited"
         if isinstance(msg, StateReply):
-            if msg.replica != self.catchup_peer or msg.from_seq != self.last_executed + 1:
+            if msg.replica != self.catchup.asked or msg.from_seq != self.last_executed + 1:
                 return "unsolicited"
             return check_reply_shape(msg, self.q)
         return None
@@ -304,7 +313,10 @@ class Replica:
         held = self.view_changes.get(vc.replica)
         if held is not None and held.new_view >= vc.new_view:
             return "duplicate"  # one VIEW-CHANGE per replica: its newest
-        if not self.budget.allow(vc.replica, "view_change", now):
+        if len(vc.proofs) > self.q * (1 + self.config.window):
+            return "malformed"
+        if not self.budget.allow(vc.replica, "view_change", now) or \
+                not self.budget.allow(vc.replica, "proofs", now, cost=len(vc.proofs)):
             return "rate_limited"
         checked = check_view_change(vc, [(p.msg, p.frame) for p in nested], self.n,
                                     self.config.window, self.config.batch_max_requests)
@@ -349,13 +361,14 @@ class Replica:
         cfg = self.config
         if self.view_started < 0:  # the first tick after a restart: the clock starts now
             self.view_started = self.vc_sent = now
-            if self.behind_since is not None:
-                self.behind_since = now
+            self.catchup.clock_starts(now)
         if now >= self.next_status:
             self.next_status = now + self._status_every()
             self._broadcast(PeerStatus(self.id, self.view, self.active, self.last_executed,
                                        self.stable_checkpoint), out)
-        self._catch_up_timer(now, out)
+        peer = self.catchup.next_peer(self.view, self.last_executed, now)
+        if peer is not None:
+            self._send(peer, StateRequest(self.id, self.last_executed + 1), out)
         self._view_change_timer(now, out)
         if self.is_primary:
             self._cut_batches(now, out)
@@ -451,9 +464,7 @@ class Replica:
     def _admissible(self, view: int, seq: int, sender: int, now: float,
                     out: list[Effect]) -> bool:
         if view > self.view:
-            self.view_ahead[sender] = view
-            if len(self.view_ahead) > self.f:  # f+1 replicas work in a view we never entered
-                self._behind(now)
+            self.catchup.voted_in(sender, view, now)
         if view != self.view or not self.active:
             out.append(Drop("stale_view", sender))
             return False
@@ -585,12 +596,12 @@ class Replica:
             return
         slot.sent_tentative = True
         requests = [self._body(d) for d in slot.preprepare.digests]
-        outcomes = self.clients.preview([(r.client, r.session, r.number, d)
+        outcomes = self.clients.preview([(r.client, r.session, r.number, d, r.txs)
                                          for d, r in zip(slot.preprepare.digests, requests,
                                                          strict=True)])
         result = block_hash(self.head, slot.seq, slot.digest, outcomes)
         for pos, (digest, req) in enumerate(zip(slot.preprepare.digests, requests, strict=True)):
-            if outcomes[pos] in (Outcome.EXECUTED, Outcome.CONFLICT):
+            if outcomes[pos] in DIRECT_ANSWERS:
                 out.append(SendClient(req.client, Reply(
                     slot.view, self.id, req.client, req.session, req.number, digest, slot.seq,
                     pos, result, outcomes[pos], True)))
@@ -619,8 +630,8 @@ class Replica:
         taken by state transfer, so both make the same decisions and hashes."""
         requests = [bodies[d] for d in digests]
         outcomes = self.clients.execute_batch(
-            [(r.client, r.session, r.number, d) for d, (r, _f) in zip(digests, requests,
-                                                                        strict=True)])
+            [(r.client, r.session, r.number, d, r.txs) for d, (r, _f) in zip(digests, requests,
+                                                                               strict=True)])
         ordered = [OrderedRequest(r.client, r.session, r.number, d, frame, len(r.txs), oc)
                    for d, (r, frame), oc in zip(digests, requests, outcomes, strict=True)]
         for d in digests:
@@ -637,7 +648,7 @@ class Replica:
         out.append(block)
         if reply:
             for pos, r in enumerate(ordered):
-                if r.outcome in (Outcome.EXECUTED, Outcome.CONFLICT):
+                if r.outcome in DIRECT_ANSWERS:
                     answer = Reply(view, self.id, r.client, r.session, r.number, r.digest, seq,
                                    pos, self.head, r.outcome)
                     self._cache_reply(answer)
@@ -663,9 +674,7 @@ class Replica:
     def _on_checkpoint(self, cp: Checkpoint, frame: bytes, now: float,
                        out: list[Effect]) -> None:
         if cp.seq > self.high:
-            self.ahead[cp.replica] = max(cp.seq, self.ahead.get(cp.replica, 0))
-            if len(self.ahead) > self.f:  # a correct replica is a window ahead of us
-                self._behind(now)
+            self.catchup.checkpoint_beyond(cp.replica, cp.seq, now)
             out.append(Drop("out_of_window", cp.replica))
             return
         if cp.seq <= self.stable_checkpoint or cp.seq % self.config.checkpoint_interval:
@@ -676,7 +685,7 @@ class Replica:
             return
         self._try_stabilize(cp.seq, out)
         if cp.seq > self.last_executed and self.checkpoints.matching(cp.seq, cp.state) >= self.q:
-            self._behind(now)  # a quorum executed past us; if we do not catch up, fetch
+            self.catchup.behind(now)  # a quorum executed past us: fetch if we do not move
 
     def _try_stabilize(self, seq: int, out: list[Effect]) -> None:
         stable = self.checkpoints.provable(seq)
@@ -731,59 +740,14 @@ class Replica:
 
     def _on_peer_status(self, ps: PeerStatus, now: float, out: list[Effect]) -> None:
         """What a peer says of itself: help it if it is behind us, catch up if we are."""
-        self.peers[ps.replica] = ps
         behind_us = ps.view < self.view or (ps.view == self.view and not ps.active)
         if behind_us and self.active and self.new_view_frame and \
                 now - self.helped_view.get(ps.replica, -1e18) >= self.config.retransmit_after:
             self.helped_view[ps.replica] = now
             out.append(Forward(ps.replica, self.new_view_frame))  # the view it missed
-        if (ps.view > self.view and ps.active) or ps.stable_seq > self.last_executed or \
-                ps.last_executed > self.last_executed + self.config.pipeline:
-            self._behind(now)
-        elif ps.last_executed > self.last_executed and self.behind_since is None:
-            # a little ahead is normal while batches are in flight; still behind after a
-            # retransmission period, without having moved, is not
-            self.behind_since = now + self.config.retransmit_after
-            self.weak_mark = self.last_executed
+        self.catchup.on_status(ps, self.view, self.last_executed, self.config.pipeline, now)
 
     # ------------------------------------------------------------ catching up
-
-    def _behind(self, now: float) -> None:
-        self.weak_mark = -1
-        if self.behind_since is None or self.behind_since > now:
-            self.behind_since = now
-
-    def _catching_up(self) -> bool:
-        return self.behind_since is not None and self.catchup_peer >= 0
-
-    def _catch_up_timer(self, now: float, out: list[Effect]) -> None:
-        if self.behind_since is None or now < self.behind_since or now < self.catchup_until:
-            return
-        if 0 <= self.weak_mark < self.last_executed and self.catchup_peer < 0:
-            self.behind_since = None  # we moved on our own: we were only in flight
-            self.weak_mark = -1
-            return
-        if self.catchup_peer >= 0:
-            self.exhausted.add(self.catchup_peer)  # it did not answer in time
-            self.catchup_peer = -1
-        ahead = sorted(((ps.last_executed, r) for r, ps in self.peers.items()
-                        if r not in self.exhausted and r != self.id
-                        and (ps.last_executed > self.last_executed
-                             or (ps.view > self.view and ps.active))), reverse=True)
-        if ahead:
-            self._ask_state(ahead[0][1], now, out)
-        elif len(self.peers) >= self.q - 1 or now >= self.behind_since + 10 * \
-                self.config.retransmit_after:
-            # the peers we heard say nobody is ahead of us (or nobody answers): done
-            self.behind_since = None
-            self.exhausted.clear()
-        else:
-            self.catchup_until = now + self.config.retransmit_after  # wait for their status
-
-    def _ask_state(self, peer: int, now: float, out: list[Effect]) -> None:
-        self.catchup_peer = peer
-        self.catchup_until = now + 2 * self.config.retransmit_after
-        self._send(peer, StateRequest(self.id, self.last_executed + 1), out)
 
     def adopt_state(self, peer: int, height: int, blocks: list[TransferredBlock],
                     now: float) -> list[Effect]:
@@ -794,9 +758,7 @@ class Replica:
         out: list[Effect] = []
         blocks = [b for b in blocks if b.seq > self.last_executed]
         if not blocks or blocks[0].seq != self.last_executed + 1:
-            if peer == self.catchup_peer:
-                self.exhausted.add(peer)
-                self.catchup_until = now  # the next peer, at the next tick
+            self.catchup.nothing_from(peer, now)
             return out
         for block in blocks:
             slot = self.slots.get(block.seq)
@@ -808,13 +770,8 @@ class Replica:
             req = self._body(digest)
             if self.clients.is_decided(req.client, req.session, req.number):
                 self.pool.discard_pending(digest)
-        self.ahead = {r: s for r, s in self.ahead.items() if s > self.high}
-        self.exhausted.clear()
-        if height > self.last_executed:
-            self._ask_state(peer, now, out)  # more where that came from
-        else:
-            self.behind_since = None
-            self.catchup_peer = -1
+        if self.catchup.took_blocks(peer, height, self.last_executed, self.high, now) is not None:
+            self._send(peer, StateRequest(self.id, self.last_executed + 1), out)  # more
         self._execute_in_order(now, out)
         return out
 
@@ -831,7 +788,7 @@ class Replica:
                 self._maybe_new_view(now, out)
             return
         oldest = self.pool.oldest_waiting()
-        if oldest is None or self._catching_up():
+        if oldest is None or self.catchup.asking:
             return  # nothing waits; or we are behind, which says nothing of the primary
         if self.suspect_sent < 0:
             if now >= max(oldest, self.view_started) + self.vc_timeout:
@@ -972,7 +929,7 @@ class Replica:
         self.suspects = set()
         self.suspect_sent = -1.0
         self.view_changes = {r: v for r, v in self.view_changes.items() if v.new_view > view}
-        self.view_ahead = {r: v for r, v in self.view_ahead.items() if v > view}
+        self.catchup.entered_view(view)
         self.expected = dict(plan.order)
         out.append(Persist("view", (), (view, True)))
         out.append(Persist("new_view", (), (view, frame, tuple(sorted(plan.order.items())))))
@@ -983,7 +940,7 @@ class Replica:
                 out.append(Drop("malformed", primary_of(view, self.n)))  # never adopt a fork
             else:
                 if self.last_executed < plan.stable.seq:
-                    self._behind(now)  # the view starts above what we hold: catch up
+                    self.catchup.behind(now)  # the view starts above what we hold
                 self._adopt_stable(plan.stable, out)
         top = max(plan.order, default=self.stable_checkpoint)
         old_slots = self.slots
@@ -1016,7 +973,7 @@ class Replica:
         self.head = saved.head
         self.executed_txs = saved.executed_txs
         self.executed_digests = dict(saved.executed_digests)
-        self.clients.restore(saved.sessions, saved.floors)
+        self.clients.restore(saved.sessions, saved.floors, saved.admitted)
         records: dict[str, list] = {}
         for rec in saved.records:
             records.setdefault(rec.kind, []).append(rec)
@@ -1087,4 +1044,4 @@ class Replica:
                 slot.refs = digests
                 slot.missing = self.pool.order(seq, digests)
         self.view_started = -1.0  # set at the first tick
-        self.behind_since = 0.0  # ask the others what we missed while down
+        self.catchup.restarted()  # ask the others what we missed while down

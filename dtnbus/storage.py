@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     PRIMARY KEY (client, session)
 );
 CREATE TABLE IF NOT EXISTS floors (client TEXT PRIMARY KEY, floor INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS admitted (client TEXT PRIMARY KEY, public_key TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS protocol (
     kind TEXT NOT NULL,
     key BLOB NOT NULL,
@@ -187,6 +188,7 @@ class Ledger:
                        [(s.client, s.session, s.low, _pack(list(s.done)), s.touched)
                         for s in changes.sessions])
         db.executemany("INSERT OR REPLACE INTO floors VALUES (?,?)", changes.floors)
+        db.executemany("INSERT OR REPLACE INTO admitted VALUES (?,?)", changes.admitted)
 
     # ------------------------------------------------------------ reading
 
@@ -214,6 +216,11 @@ class Ledger:
             "AND r.outcome = 0 LIMIT 1", (client, session, number)).fetchone()
         return None if row is None else Decided(row[0], row[1], bytes(row[2]), bytes(row[3]))
 
+    def request_block_seqs(self) -> list[int]:
+        """Every block number that has requests stored: with `blocks()`, shows a block
+        removed while its requests stayed (what `ledger verify` calls a missing block)."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT seq FROM requests ORDER BY seq")]
+
     def hash_at(self, seq: int) -> bytes | None:
         row = self._db.execute("SELECT hash FROM blocks WHERE seq = ?", (seq,)).fetchone()
         return bytes(row[0]) if row else None
@@ -234,8 +241,9 @@ class Ledger:
                     for c, s, low, done, touched in self._db.execute(
                         "SELECT client, session, low, done, touched FROM sessions")]
         floors = dict(self._db.execute("SELECT client, floor FROM floors").fetchall())
+        admitted = dict(self._db.execute("SELECT client, public_key FROM admitted").fetchall())
         return DurableState(self.height, self.head, self.transaction_count(), digests,
-                            sessions, floors, records)
+                            sessions, floors, records, admitted)
 
     def close(self) -> None:
         self._db.close()
@@ -250,6 +258,7 @@ class MemoryLedger:
         self.records: dict[tuple[str, tuple], Persist] = {}
         self.sessions: dict[tuple[str, int], SessionState] = {}
         self.floors: dict[str, int] = {}
+        self.admitted: dict[str, str] = {}
         self._index: dict[tuple[str, int, int], Decided] = {}
 
     @property
@@ -275,6 +284,7 @@ class MemoryLedger:
                 for state in eff.clients.sessions:
                     self.sessions[(state.client, state.session)] = state
                 self.floors.update(eff.clients.floors)
+                self.admitted.update(eff.clients.admitted)
             elif isinstance(eff, Persist):
                 self.records[(eff.kind, eff.key)] = eff
             else:
@@ -304,7 +314,7 @@ class MemoryLedger:
         return DurableState(self.height, self.head, sum(b.executed_txs for b in self.chain),
                             {b.seq: b.digest for b in self.chain if b.seq > stable},
                             list(self.sessions.values()), dict(self.floors),
-                            list(self.records.values()))
+                            list(self.records.values()), dict(self.admitted))
 
 
 @dataclass(frozen=True, slots=True)

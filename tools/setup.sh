@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd); cd "$ROOT"
 VENV=${VENV:-$ROOT/.venv}
 STAMP="$VENV/.dtnbus-setup"
-want=$(cat requirements.txt pyproject.toml package.json package-lock.json 2>/dev/null | sha256sum | cut -c1-16)
+want=$(cat requirements.txt pyproject.toml package.json package-lock.json tools/setup.sh tools/brownie_pathsafe.py 2>/dev/null | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/dtnbus" ]; then
   exit 0
 fi
@@ -21,6 +21,14 @@ if find "$VENV"/lib/python3*/site-packages/brownie -name '*.so' | grep -q .; the
   exit 1
 fi
 "$VENV/bin/pip" install -q --no-deps -e .
+# `brownie run` from any checkout path: brownie turns a script's absolute path into a module
+# name, so a dot in a parent folder (mktemp's tmp.XXXX) breaks it; the wrapper imports
+# scripts by their path inside the project (tools/brownie_pathsafe.py)
+cat > "$VENV/bin/brownie" <<SH
+#!/bin/sh
+exec "$VENV/bin/python" "$ROOT/tools/brownie_pathsafe.py" "\$@"
+SH
+chmod +x "$VENV/bin/brownie"
 if [ -f package.json ]; then
   command -v npm >/dev/null || { echo "setup: npm is missing; install Node.js 20 and npm" >&2; exit 1; }
   if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --silent; else npm install --no-audit --no-fund --silent; fi

@@ -24,6 +24,8 @@ AUTHENTICATORS = ("mac", "ed25519")
 class MacSigner:
     """`crypto.Signer`'s interface over a keyed BLAKE2b MAC."""
 
+    scheme = "sim-mac"  # not Ed25519: the wire's per-request MAC authenticators stay off
+
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
 
@@ -35,9 +37,11 @@ class MacVerifier:
     """`crypto.Verifier`'s interface over the same MAC."""
 
     signature_bytes = MAC_BYTES
+    scheme = "sim-mac"
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
+        self.raw_key = b"sim-mac:" + hashlib.blake2b(secret, digest_size=8).digest()
 
     def verify(self, signature: bytes, digest: bytes) -> bool:
         expected = hashlib.blake2b(digest, key=self._secret, digest_size=MAC_BYTES).digest()
@@ -65,7 +69,8 @@ class Members:
     def codec(self, member: int | str, max_frame: int) -> Codec:
         """A codec that signs as `member` and checks everyone."""
         return Codec(self.signers[member], self.replica_verifiers,  # type: ignore[arg-type]
-                     self.client_verifiers, max_frame)  # type: ignore[arg-type]
+                     self.client_verifiers, max_frame,  # type: ignore[arg-type]
+                     me=member if isinstance(member, int) else None)
 
     def describe(self) -> str:
         if self.authenticator == "mac":

@@ -53,21 +53,28 @@ class ReplicaHost:
     """A replica, its codec, its ledger and its behaviour; survives the replica's restarts."""
 
     def __init__(self, config: ReplicaConfig, codec: Codec,
-                 behaviour: Behaviour | None = None) -> None:
+                 behaviour: Behaviour | None = None, admitted: dict[str, str] | None = None,
+                 operators: frozenset[str] = frozenset()) -> None:
+        """`admitted`/`operators`: client admission at genesis, as `Replica` takes it. The
+        codec's clients stay as given (admission commands are not mirrored into it)."""
         self.id = config.replica_id
         self.config = config
         self.codec = codec
         self.q = commit_quorum(config.n)
         self.ledger = MemoryLedger()
-        self.replica = Replica(config, codec.encode)
+        self._genesis = (admitted, operators)
+        self.replica = self._new_replica()
         self.behaviour = behaviour
         if behaviour is not None:
             behaviour.ctx.replica = self.replica
         self.skipped = 0  # votes admit said no slot needs: not verified, not stepped
 
+    def _new_replica(self) -> Replica:
+        return Replica(self.config, self.codec.encode, *self._genesis)
+
     def restart(self) -> Replica:
         """The process died and comes back from its disk, as a node does."""
-        self.replica = Replica(self.config, self.codec.encode)
+        self.replica = self._new_replica()
         self.replica.restore(self.ledger.durable_state())
         if self.behaviour is not None:
             self.behaviour.ctx.replica = self.replica
@@ -88,7 +95,10 @@ class ReplicaHost:
             except PeerError as exc:
                 packet.parse_error = exc.reason
                 return [Drop(exc.reason)]
-        verdict = self.replica.admit(raw, now)
+        try:
+            verdict = self.replica.admit(raw, now)  # may parse nested proofs: PeerError
+        except PeerError as exc:
+            return [Drop(exc.reason, sender_of(raw.msg))]
         if verdict is not None:
             if verdict == UNNEEDED:  # as the node does: skip it, uncounted
                 self.skipped += 1
@@ -99,10 +109,13 @@ class ReplicaHost:
             if packet.auth_error is not None:
                 return [Drop(packet.auth_error, sender_of(raw.msg))]
             try:
-                env = packet.env = self.codec.authenticate(raw)
+                env = self.codec.authenticate(raw)
             except PeerError as exc:
-                packet.auth_error = exc.reason
+                if not raw.tags:
+                    packet.auth_error = exc.reason
                 return [Drop(exc.reason, sender_of(raw.msg))]
+            if not raw.tags:  # a MAC authenticator holds one tag per receiver: never shared
+                packet.env = env
         return self.handle(env, now)
 
     def handle(self, env: Envelope, now: float) -> list[Effect]:

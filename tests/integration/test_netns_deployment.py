@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from dtnbus.config import generate_cluster
-
 NODES = 4
 PREFIX = f"dtn{os.getpid() % 100000}"
 SUBNET = f"10.213.{os.getpid() % 250}"
@@ -81,20 +79,50 @@ def _in_ns(ns: str, *args: str, timeout: float = 60) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
 def test_nodes_in_separate_namespaces_commit_over_real_interfaces(
         namespaces: dict[str, str], tmp_path: Path) -> None:
-    hosts = [namespaces[f"node{i}_addr"] for i in range(NODES)]
-    config = generate_cluster(tmp_path, NODES, hosts=hosts)
-    text = config.read_text()
-    assert "127.0.0.1" not in text and all(f"tcp://{h}:7000" in text for h in hosts)
+    """The path docs/deploy.md describes: each host makes its own key (`keygen --node K
+    --advertise ADDR --bind 0.0.0.0`), only the public fragments travel to the admin, who
+    assembles one cluster file and copies it to every host next to its keys/."""
+    hosts = {i: tmp_path / f"host{i}" for i in range(NODES)}
+    admin = tmp_path / "admin"
+    for i, home in hosts.items():
+        made = _in_ns(namespaces[f"node{i}"], "keygen", "--node", str(i), "--advertise",
+                      namespaces[f"node{i}_addr"], "--bind", "0.0.0.0", "--out", str(home))
+        assert made.returncode == 0, made.stderr
+        _copy(home / f"node-{i}.toml", admin / f"node-{i}.toml")  # public part only
+    client_home = tmp_path / "client"
+    made = _in_ns(namespaces["client"], "keygen", "--client", "ops", "--out", str(client_home))
+    assert made.returncode == 0, made.stderr
+    _copy(client_home / "client-ops.toml", admin / "client-ops.toml")
+    assembled = subprocess.run(
+        [sys.executable, "-m", "dtnbus", "cluster", "assemble", "--out",
+         str(admin / "cluster.toml"), *sorted(str(p) for p in admin.glob("*-*.toml"))],
+        capture_output=True, text=True, timeout=60)
+    assert assembled.returncode == 0, assembled.stderr
+    text = (admin / "cluster.toml").read_text()
+    assert "127.0.0.1:7000" not in text and "PRIVATE" not in text
+    assert all(f"tcp://{namespaces[f'node{i}_addr']}:7000" in text for i in range(NODES))
+    assert text.count('bind = "0.0.0.0"') == NODES
+    for home in [*hosts.values(), client_home]:  # distribute the one cluster file
+        _copy(admin / "cluster.toml", home / "cluster.toml")
+    for i, home in hosts.items():  # no private key ever left its host
+        assert [p.name for p in (home / "keys").iterdir()] == [f"node-{i}.key"]
+    assert not list(admin.rglob("*.key"))
     procs = []
     try:
         for i in range(NODES):
             log = open(tmp_path / f"node-{i}.log", "wb")  # noqa: SIM115 - closed below
             procs.append((subprocess.Popen(
                 ["ip", "netns", "exec", namespaces[f"node{i}"], sys.executable, "-m",
-                 "dtnbus", "node", "--config", str(config), "--id", str(i)],
+                 "dtnbus", "node", "--config", str(hosts[i] / "cluster.toml"), "--id", str(i)],
                 stdout=log, stderr=subprocess.STDOUT), log))
+        config = client_home / "cluster.toml"
         ready = subprocess.run(
             ["ip", "netns", "exec", namespaces["client"], sys.executable, "-c",
              "import sys; from pathlib import Path; from dtnbus.config import load_cluster;"
@@ -108,7 +136,7 @@ def test_nodes_in_separate_namespaces_commit_over_real_interfaces(
         assert "500 transactions" in submitted.stdout
         status = _in_ns(namespaces["client"], "cluster", "status", "--config", str(config))
         assert status.returncode == 0, status.stdout + status.stderr
-        assert status.stdout.count("ready") == NODES
+        assert status.stdout.count(" ready ") == NODES
     finally:
         for proc, _log in procs:
             proc.terminate()
@@ -120,7 +148,15 @@ def test_nodes_in_separate_namespaces_commit_over_real_interfaces(
                 proc.wait(timeout=5)
             log.close()
     assert all(proc.returncode == 0 for proc, _ in procs), [p.returncode for p, _ in procs]
+    # each host verifies its own ledger; together they are compared on one machine here
+    for i, home in hosts.items():
+        mine = subprocess.run([sys.executable, "-m", "dtnbus", "ledger", "verify", "--config",
+                               str(home / "cluster.toml"), "--node", str(i)],
+                              capture_output=True, text=True, timeout=60)
+        assert mine.returncode == 0, mine.stdout + mine.stderr
+        _copy(home / "ledgers" / f"node-{i}.sqlite", admin / "ledgers" / f"node-{i}.sqlite")
     verified = subprocess.run([sys.executable, "-m", "dtnbus", "ledger", "verify", "--config",
-                               str(config)], capture_output=True, text=True, timeout=60)
+                               str(admin / "cluster.toml")], capture_output=True, text=True,
+                              timeout=60)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "identical up to block" in verified.stdout

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-MONITORING = ROOT / "monitoring"
+MONITORING = ROOT / "dtnbus" / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "dtnbus.json"
 RULES_DIR = MONITORING / "rules"
 
@@ -78,7 +78,7 @@ def variable_selectors() -> list[Expr]:
 
 
 def rule_groups() -> list[dict[str, Any]]:
-    """Every rule group from monitoring/rules/*.yml."""
+    """Every rule group from dtnbus/monitoring/rules/*.yml."""
     groups = []
     for path in sorted(RULES_DIR.glob("*.yml")):
         groups.extend(yaml.safe_load(path.read_text())["groups"])

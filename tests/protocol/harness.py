@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dtnbus.crypto import Signer, Verifier, generate_key
+from dtnbus.crypto import Signer, Verifier, generate_key, public_key_text
 from dtnbus.effects import (
     Broadcast,
     Drop,
@@ -43,18 +43,25 @@ class Cluster:
     n: int
     config_overrides: dict = field(default_factory=dict)
     clients: tuple[str, ...] = ("c0",)
+    admitted: tuple[str, ...] | None = None  # admission control: these at genesis
+    operators: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         replica_keys = {i: _key(("r", i)) for i in range(self.n)}
         client_keys = {c: _key(("c", c)) for c in self.clients}
+        self.client_keys = {c: public_key_text(k.public_key()) for c, k in client_keys.items()}
         verifiers = {i: Verifier(k.public_key()) for i, k in replica_keys.items()}
         client_verifiers = {c: Verifier(k.public_key()) for c, k in client_keys.items()}
-        self.codecs = {i: Codec(Signer(k), verifiers, client_verifiers)
+        self.codecs = {i: Codec(Signer(k), verifiers, client_verifiers, me=i)
                        for i, k in replica_keys.items()}
         self.client_codecs = {c: Codec(Signer(k), verifiers, client_verifiers)
                               for c, k in client_keys.items()}
+        admitted = None if self.admitted is None else {
+            c: self.client_keys[c] for c in self.admitted}
         self.hosts = [ReplicaHost(ReplicaConfig(i, self.n, **self.config_overrides),
-                                  self.codecs[i]) for i in range(self.n)]
+                                  self.codecs[i], admitted=admitted,
+                                  operators=frozenset(self.operators))
+                      for i in range(self.n)]
         self.queue: list[tuple[int, bytes]] = []  # (destination, frame)
         self.replies: list[tuple[str, Reply]] = []
         self.blocks: dict[int, list[Execute]] = {i: [] for i in range(self.n)}

@@ -285,7 +285,7 @@ def test_a_restart_restores_exactly_the_same_exactly_once_decisions() -> None:
     r = c.restart(2)
     assert dict(r.clients.sessions) == dict(before.sessions)
     assert r.clients.floors == before.floors
-    probe = [("c0", c.sessions["c0"], k, b"\x00" * 32) for k in range(1, 14)]
+    probe = [("c0", c.sessions["c0"], k, b"\x00" * 32, ()) for k in range(1, 14)]
     assert r.clients.preview(probe) == before.preview(probe)
 
 

@@ -119,7 +119,7 @@ def test_a_lagging_replica_adopts_state_and_then_follows_normally(tmp_path: Path
     c, ledger = _history(tmp_path)
     lagging = Cluster(4, config_overrides=SMALL).replicas[3]  # knows nothing
     reply, proof = _reply(c, ledger)
-    lagging.catchup_peer = 1
+    lagging.catchup.ask(1, 0.0)
     out = lagging.adopt_state(1, reply.height, _verify(c, reply, proof), 0.0)
     assert [e.seq for e in out if isinstance(e, Execute)] == list(range(1, 11))
     assert not any(isinstance(e, SendClient) for e in out)  # others answered the client
@@ -164,11 +164,11 @@ def test_one_empty_reply_does_not_end_catching_up() -> None:
     assert asked, "a restarted replica asks a peer that is ahead"
     first = c.codecs[0].parse(asked[0]).msg.replica
     assert first == 3
-    target = r3.catchup_peer
+    target = r3.catchup.asked
     empty = StateReply(target, r3.last_executed + 1, r3.last_executed, (), (), ())
     c.queue = [(d, f) for d, f in c.queue if d == 3]
     c.deliver(3, c.codecs[target].encode(empty))
-    assert r3.behind_since is not None  # still behind: the other peer is asked next
+    assert r3.catchup.since is not None  # still behind: the other peer is asked next
     c.run(rounds=50, dt=0.5)
     assert r3.last_executed == c.replicas[0].last_executed == 9
     assert r3.head == c.replicas[0].head
