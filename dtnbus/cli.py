@@ -118,15 +118,22 @@ def _note_discarded(directory: Path, fresh: bool, existing: list[str]) -> None:
 @click.option("--id", "node_id", type=click.IntRange(min=0), required=True, help="Node id.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def node(config_file: Path, node_id: int, log_level: str) -> None:
+@click.option("--byzantine", "byzantine_mode", default=None, metavar="MODE",
+              help="TEST FEATURE: run this node faulty on purpose. Modes: " + MODE_HELP + ".")
+def node(config_file: Path, node_id: int, log_level: str, byzantine_mode: str | None) -> None:
     """Run one validator node in the foreground (one OS process).
 
     Refuses to start with a key file others can read, with a key that is not this node's,
     or over a ledger another node is using."""
+    from dtnbus.byzantine import parse_mode
     from dtnbus.config import load_cluster
     from dtnbus.node import run_node
 
-    run_node(load_cluster(config_file), node_id, log_level)
+    try:
+        mode = parse_mode(byzantine_mode) if byzantine_mode is not None else None
+    except ValueError as exc:
+        raise LocalError(f"--byzantine: {exc}") from None
+    run_node(load_cluster(config_file), node_id, log_level, mode)
 
 
 @cli.group()
@@ -151,8 +158,11 @@ READY_TIMEOUT_OPTION = click.option("--timeout", "ready_timeout", type=click.Flo
 @click.option("--latency", type=click.FloatRange(min=0), default=0.0,
               help="Per-link one-way latency in ms (0: none).")
 @FRESH_OPTION
+@click.option("--byzantine", default="", metavar="ID=MODE,...",
+              help="TEST FEATURE: these nodes misbehave on purpose, e.g. 3=equivocate,2=silent "
+                   "(kept for restarts by 'cluster start'). Modes: " + MODE_HELP + ".")
 def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: float,
-                   latency: float, fresh: bool) -> None:
+                   latency: float, fresh: bool, byzantine: str) -> None:
     """Create a new cluster in DIR and start it; returns when every node is ready.
 
     A directory that already holds a cluster is refused: start it with 'cluster start',
@@ -165,10 +175,30 @@ def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: f
     refuse_running(directory)
     shaping = ({"bandwidth_mbps": bandwidth, "latency_ms": latency}
                if bandwidth or latency else None)
+    modes = _byzantine_assignment(byzantine, nodes)
     _note_discarded(directory, fresh,
                     existing_cluster_files(directory) if directory.is_dir() else [])
-    config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh)
+    config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh,
+                        byzantine=modes)
     click.echo(f"cluster of {config.n} nodes (f={config.f}) ready in {directory}")
+    if modes:
+        click.echo("BYZANTINE (test feature): " + ", ".join(
+            f"node {i} {m}" for i, m in sorted(modes.items()))
+            + ("" if len(modes) <= config.f else f"; more than f={config.f}: PBFT promises "
+               "nothing"))
+
+
+def _byzantine_assignment(text: str, nodes: int) -> dict[int, str]:
+    """`3=equivocate,2=silent` -> {3: "equivocate", 2: "silent"}; a bad one is exit 2."""
+    from dtnbus.byzantine import parse_assignment
+
+    try:
+        fixed, unplaced = parse_assignment(text, nodes)
+    except ValueError as exc:
+        raise LocalError(f"--byzantine: {exc}") from None
+    if unplaced:
+        raise LocalError(f"--byzantine: name the node of each mode, e.g. 3={unplaced[0]}")
+    return {i: str(m) for i, m in fixed.items()}
 
 
 @cluster.command("start")
