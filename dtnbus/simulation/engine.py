@@ -259,6 +259,7 @@ class Simulation:
         self.messages = 0
         self.delivered = 0
         self.drops: Counter = Counter()
+        self.refused: Counter = Counter()  # (message kind, reason) of receive-time drops
         self.violations: list[Violation] = []
         self.at_seq: dict[int, tuple[bytes, int]] = {}  # seq -> (hash, first replica)
         self.executed: list[set[tuple[str, int, int]]] = [set() for _ in range(n)]
@@ -449,6 +450,10 @@ class Simulation:
             note = next((e.reason for e in effects if type(e) is Drop), "")
             self.trace.append((self.now, "recv", packet, dst, note))
         if effects:
+            if type(effects[0]) is Drop:  # what was refused, by kind (the others are rare)
+                raw = packet.raw
+                self.refused[(type(raw.msg).__name__ if raw is not None else "frame",
+                              effects[0].reason)] += 1  # type: ignore[union-attr]
             self._dispatch(dst, effects)  # type: ignore[arg-type]
         self.dirty.add(dst)  # type: ignore[arg-type]
 
@@ -563,10 +568,14 @@ class Simulation:
             f"{i}: view {h.replica.view}{'' if h.replica.active else ' (changing)'} "
             f"executed {h.replica.last_executed} pending {h.replica.pending}"
             for i, h in enumerate(self.hosts) if self.is_correct[i])
+        views = Counter({k: c for k, c in self.refused.items()
+                         if k[0] in ("NewView", "ViewChange") and k[1] != "duplicate"})
+        refused = ", ".join(f"{kind} {reason} x{count}"
+                            for (kind, reason), count in views.most_common(3))
         self._violate(Violation("liveness", f"{len(undecided)} request(s) not decided "
                                 f"{self.options.settle:g} s after the network healed: "
-                                f"{', '.join(undecided[:6])}; correct replicas: {states}",
-                                deadline))
+                                f"{', '.join(undecided[:6])}; correct replicas: {states}"
+                                + (f"; refused: {refused}" if refused else ""), deadline))
 
     def _exception(self, i: int, where: str) -> None:
         tb = traceback.format_exc(limit=-4).strip().splitlines()

@@ -22,6 +22,21 @@ from dtnbus.simulation.engine import RunResult, SimOptions, Simulation, Violatio
 from dtnbus.simulation.trace import minimal_trace
 
 SHRINK_RUNS = 16  # at most this many extra runs to shrink one failing seed
+MODES = ("silent", "slow:5", "equivocate", "censor", "forge", "replay", "garbage",
+         "proof-bomb", "lying-state", "view-storm")
+
+
+def standard(n: int, mode: str, authenticator: str = "mac") -> SimOptions:
+    """The per-mode scenario of `make test` and of the 10,000-seed benchmark: f replicas
+    in `mode` (placed per seed), on a network that loses 5 % and duplicates 2 % of
+    messages, reorders all of them, splits at random once, and crashes and restarts one
+    correct replica, for 2 virtual seconds while 2 clients submit 2 requests each; then
+    the network heals and everything must be decided within 60 virtual seconds."""
+    from dtnbus.byzantine import parse_mode
+
+    return SimOptions(nodes=n, unplaced=[parse_mode(mode)] * max_faulty(n), drop=0.05,
+                      reorder=True, duplicate=0.02, partition="random", crash_restart=1,
+                      clients=2, requests=2, duration=2.0, authenticator=authenticator)
 
 
 @dataclass

@@ -93,3 +93,26 @@ def test_sim_2_no_votes_in_a_view_after_leaving_it() -> None:
     c.run(rounds=100, dt=0.1)
     heads = {i: c.blocks[i][0].hash.hex()[:12] for i in range(4) if c.blocks[i]}
     assert len(set(heads.values())) == 1, f"seq 1 differs: {heads}"
+
+
+@pytest.mark.xfail(strict=True, reason="FINDING sim-3 (FINDINGS.md): a NEW-VIEW carrying more "
+                   "proofs than the per-peer proof budget's burst is refused (rate_limited) "
+                   "by every replica, every time: the view never starts")
+def test_sim_3_a_legitimate_new_view_always_fits_the_proof_budget() -> None:
+    """n = 7 (q = 5), checkpoints every 8, window 16: the `proofs` budget holds at most
+    q * (1 + window) * 2 = 170 frames. Seven batches execute (no checkpoint yet, so every
+    VIEW-CHANGE carries 7 prepared certificates of 5 frames); the primary crashes. The new
+    primary's NEW-VIEW carries 5 VIEW-CHANGEs, 180 proof frames: more than any bucket can
+    ever hold, so every replica drops it as rate_limited, each retransmission too, and
+    the next views fail the same way. One crash (f = 2) stops the bus."""
+    c = Cluster(7, config_overrides={**FAST, "checkpoint_interval": 8, "window": 16})
+    for i in range(7):
+        c.request((b"r%d" % i,))
+        c.run()
+    assert all(r.last_executed == 7 for r in c.replicas)
+    c.down = {0}
+    c.request((b"after",))
+    c.run(rounds=120, dt=0.25)  # 30 s: five views tried
+    assert all(c.replicas[i].last_executed == 8 for i in range(1, 7)), \
+        ([(r.view, r.active, r.last_executed) for r in c.replicas[1:]],
+         [c.drops[i].count("rate_limited") for i in range(1, 7)])
