@@ -149,7 +149,8 @@ class ReplicaHost:
                     continue
                 out += replica.step(view_env, now)
             return self._finish(out, now)
-        return self._finish(replica.step(env, now), now)
+        effects = replica.step(env, now)
+        return self._finish(effects, now) if effects or self.behaviour else effects
 
     def tick(self, now: float) -> list[Effect]:
         effects = self.replica.tick(now)
@@ -175,6 +176,8 @@ class ReplicaHost:
     def _commit(self, effects: list[Effect]) -> list[Effect]:
         """Durable effects into the ledger before anything is sent (the node's group
         commit); a replay is answered from the ledger, which holds its one true result."""
+        if not effects:  # most votes change nothing visible
+            return effects
         durable = [e for e in effects if isinstance(e, DURABLE)]
         if durable:
             self.ledger.write(durable)  # type: ignore[arg-type]

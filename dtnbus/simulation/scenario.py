@@ -66,6 +66,8 @@ class Summary:
     max_view: int = 0
     requests: int = 0
     decided_after_heal: list[float] = field(default_factory=list)
+    by_kind: Counter = field(default_factory=Counter)
+    last_execute_at: float = 0.0  # the latest over the runs
 
     def add(self, r: RunResult) -> None:
         self.seeds += 1
@@ -76,6 +78,8 @@ class Summary:
         self.drops.update(r.drops)
         self.max_view = max(self.max_view, r.views)
         self.requests += r.requests
+        self.by_kind.update(r.by_kind)
+        self.last_execute_at = max(self.last_execute_at, r.last_execute_at)
         if r.decided_at is not None:
             self.decided_after_heal.append(max(0.0, r.decided_at - self.options.duration))
         if r.violations:
@@ -108,6 +112,8 @@ class Summary:
             "requests": self.requests,
             "worst_seconds_to_decide_after_heal": round(worst, 3) if worst is not None else None,
             "drops": dict(self.drops.most_common()),
+            "messages_by_kind": dict(self.by_kind.most_common()),
+            "last_execute_virtual_seconds": round(self.last_execute_at, 4),
             "authenticator": o.authenticator,
             "network": {"latency_ms": o.latency_ms, "bandwidth_mbps": o.bandwidth_mbps,
                         "drop": o.drop, "reorder": o.reorder, "duplicate": o.duplicate,
