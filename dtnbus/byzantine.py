@@ -165,13 +165,18 @@ def with_signature(msg: Message, signature: bytes) -> bytes:
 
 
 def _resigned(frame: bytes) -> bytes:
-    """`frame` with its signature corrupted (the payload intact, so it parses)."""
+    """`frame` with its signature (or its MAC tags) corrupted, the payload intact so that
+    it parses."""
     try:
-        payload, signature = msgpack.unpackb(frame, raw=False)
+        parts = msgpack.unpackb(frame, raw=False)
     except Exception:
         return frame + b"\x00"
-    broken = bytes([signature[0] ^ 0x01]) + signature[1:] if signature else b"\x00" * 64
-    return msgpack.packb([payload, broken], use_bin_type=True)
+    if not (isinstance(parts, list) and parts and all(isinstance(p, bytes) for p in parts)):
+        return frame + b"\x00"
+    at = len(parts) - 1  # the signature, or the tags of a MAC authenticator
+    mark = parts[at]
+    parts[at] = bytes([mark[0] ^ 0x01]) + mark[1:] if mark else b"\x00" * 64
+    return msgpack.packb(parts, use_bin_type=True)
 
 
 def _fake_digest(*parts: object) -> bytes:

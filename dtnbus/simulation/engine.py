@@ -44,13 +44,13 @@ from dtnbus.effects import (
     ViewChangeStarted,
     ViewEntered,
 )
-from dtnbus.messages import Outcome, Reply, Request, max_faulty
+from dtnbus.messages import Outcome, Reply, Request
 from dtnbus.replica import ReplicaConfig
 from dtnbus.shaping import LinkProfile
 from dtnbus.simulation.auth import make_members
 from dtnbus.simulation.host import Packet, ReplicaHost
 from dtnbus.simulation.network import Faults, Network, parse_partitions
-from dtnbus.wire import Codec, request_digest
+from dtnbus.wire import Codec
 
 # Protocol timers scaled to a short schedule (virtual seconds cost nothing, but messages
 # do): small windows and checkpoints every 4 batches, so garbage collection, watermarks
@@ -177,8 +177,8 @@ class SimClient:
         number = self.next_number
         self.next_number += 1
         req = Request(self.name, self.session, number, (b"%s-%d" % (self.name.encode(), number),))
-        frame = self.codec.encode(req)
-        p = self.pending[number] = _Pending(number, request_digest(req), frame, now)
+        frame, digest = self.codec.encode_request(req)  # as the real client: a MAC vector
+        p = self.pending[number] = _Pending(number, digest, frame, now)  # when keys allow
         return p
 
     def on_reply(self, sender: int, reply: Reply, now: float) -> _Pending | None:
@@ -448,6 +448,7 @@ class Simulation:
         for dst in dsts:
             if down[dst] or self.stopped:
                 continue
+            self.delivered += 1
             try:
                 effects = hosts[dst].receive(packet, now)
             except Exception:
@@ -460,7 +461,6 @@ class Simulation:
                                   effects[0].reason)] += 1  # type: ignore[union-attr]
                 self._dispatch(dst, effects)
             dirty.add(dst)
-        self.delivered += len(dsts)
 
     def _deliver(self, dst: int | str, packet: Packet) -> None:
         if type(dst) is str:
@@ -633,10 +633,3 @@ class Simulation:
             sum(len(c.pending) for c in self.clients), accepted, self.decided_at,
             self.schedule, self.by_kind, self.last_execute_at)
 
-
-def simulate_one(options: SimOptions, seed: int) -> RunResult:
-    return Simulation(options, seed).run()
-
-
-def f_of(n: int) -> int:
-    return max_faulty(n)

@@ -176,12 +176,3 @@ class Network:
         if grouped:
             out.append((now + self.latency, grouped))
         return out
-
-    @staticmethod
-    def describe(profile: LinkProfile) -> str:
-        bw = "unlimited" if profile.bandwidth_mbps == 0 else f"{profile.bandwidth_mbps:g} Mbps"
-        lat = f"{profile.latency_ms:g} ms {profile.latency_dist}"
-        if profile.jitter_ms:
-            lat += f" + jitter {profile.jitter_ms:g} ms"
-        return f"links: {lat}, {bw}"
-
