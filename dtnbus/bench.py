@@ -18,6 +18,7 @@ identical afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import secrets
@@ -62,6 +63,7 @@ class BenchResult:
     ledgers_identical: bool
     ledger_error: str | None
     authentication: str
+    durability: str = "fsync"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +87,7 @@ class _Out:
     next_retry: float
     committed: dict[int, tuple[int, int, bytes, int]]
     txs: int
+    tentative: dict[int, tuple[int, int, bytes, int]] = dataclasses.field(default_factory=dict)
 
 
 class LoadGenerator:
@@ -162,7 +165,7 @@ class LoadGenerator:
         except PeerError:
             return []
         msg = raw.msg
-        if not isinstance(msg, Reply) or msg.tentative:
+        if not isinstance(msg, Reply):
             return []
         client = self.client_ids.index(msg.client) if len(self.client_ids) < 64 else \
             self._index(msg.client)
@@ -178,8 +181,8 @@ class LoadGenerator:
         except PeerError:
             return []
         key = (msg.seq, msg.position, msg.result, msg.outcome)
-        out.committed[replica] = key
-        if not accepts(key, out.committed, {}, self.n):
+        (out.tentative if msg.tentative else out.committed)[replica] = key
+        if not accepts(key, out.committed, out.tentative, self.n):
             return []
         now = time.monotonic()
         del self.out[(client, msg.number)]
@@ -207,7 +210,7 @@ def run_bench(nodes: int = 4, clients: int = 16, request_txs: int = 1, seconds: 
               tx_bytes: int = 300, pipeline: int = 32, rate: float | None = None,
               warmup: float = 2.0, protocol: dict[str, Any] | None = None,
               directory: Path | None = None, scheme: str = "ed25519",
-              authentication: str = "mac") -> BenchResult:
+              authentication: str = "mac", durability: str = "fsync") -> BenchResult:
     """Start a cluster (not timed), load it for `warmup` + `seconds`, stop it."""
     if clients < 1 or nodes < 4 or seconds <= 0:
         raise LocalError("bench needs --clients >= 1, --nodes >= 4 and --seconds > 0")
@@ -217,10 +220,11 @@ def run_bench(nodes: int = 4, clients: int = 16, request_txs: int = 1, seconds: 
         directory = Path(tmp.name)
     try:
         config = cluster_up(directory, nodes, scheme, protocol=protocol, fresh=True,
-                            extra_clients=clients)
+                            extra_clients=clients, durability=durability)
         try:
-            return _load(config, directory, clients, request_txs, seconds, tx_bytes,
-                         pipeline, rate, warmup, authentication)
+            result = _load(config, directory, clients, request_txs, seconds, tx_bytes,
+                           pipeline, rate, warmup, authentication)
+            return dataclasses.replace(result, durability=durability)
         finally:
             stop_nodes(directory)
     finally:

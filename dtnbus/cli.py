@@ -21,6 +21,10 @@ DIR_OPTION = click.option("--dir", "directory", type=click.Path(path_type=Path),
                           help=f"Cluster directory (default {DEFAULT_DIR}).")
 CONFIG_OPTION = click.option("--config", "config_file", type=click.Path(path_type=Path),
                              default=None, help="Cluster file (instead of --dir).")
+CURVE_OPTION = click.option(
+    "--curve", is_flag=True,
+    help="CurveZMQ on every connection: encrypted, and only keys in the cluster file may "
+         "connect (docs/security.md).")
 SCHEME_OPTION = click.option("--scheme", type=click.Choice(["ed25519", "rsa2048"]),
                              default="ed25519", show_default=True, help="Signature scheme.")
 
@@ -68,14 +72,18 @@ FRESH_OPTION = click.option("--fresh", is_flag=True,
               help="First of 3 consecutive ports per node (default: free ports; 7000 with "
                    "--hosts or --node).")
 @FRESH_OPTION
+@CURVE_OPTION
 def keygen(nodes: int | None, node_id: int | None, client_name: str | None, extra_clients: int,
            out: Path, scheme: str, host: str, hosts: str | None, advertise: str | None,
            bind: str | None, metrics_host: str, operator: bool, base_port: int | None,
-           fresh: bool) -> None:
+           fresh: bool, curve: bool) -> None:
     """Create key pairs (mode 0600) and a cluster file, or one host's key and fragment."""
     if sum(x is not None for x in (nodes, node_id, client_name)) != 1:
         raise LocalError("give exactly one of --nodes N (all keys here), --node K (this "
                          "host's key) or --client NAME")
+    if curve and nodes is None:
+        raise LocalError("--curve makes every key on this machine: use it with --nodes N "
+                         "(per-host CURVE keys are not built yet)")
     if node_id is not None:
         from dtnbus.provision import DEFAULT_BASE_PORT, node_fragment
 
@@ -101,9 +109,10 @@ def keygen(nodes: int | None, node_id: int | None, client_name: str | None, extr
     _note_discarded(out, fresh, existing_cluster_files(out) if out.is_dir() else [])
     path = generate_cluster(out, nodes, scheme, host=host, base_port=base_port,
                             hosts=host_list, bind=bind, metrics_host=metrics_host, fresh=fresh,
-                            clients=extra_clients)
+                            clients=extra_clients, curve=curve)
     who = f" and {extra_clients + 1} clients" if extra_clients else ""
-    click.echo(f"wrote {path} ({nodes} nodes{who}, {scheme}); private keys in "
+    click.echo(f"wrote {path} ({nodes} nodes{who}, {scheme}{', CURVE' if curve else ''}); "
+               f"private keys in "
                f"{out / 'keys'} (0600)")
 
 
@@ -158,11 +167,12 @@ READY_TIMEOUT_OPTION = click.option("--timeout", "ready_timeout", type=click.Flo
 @click.option("--latency", type=click.FloatRange(min=0), default=0.0,
               help="Per-link one-way latency in ms (0: none).")
 @FRESH_OPTION
+@CURVE_OPTION
 @click.option("--byzantine", default="", metavar="ID=MODE,...",
               help="TEST FEATURE: these nodes misbehave on purpose, e.g. 3=equivocate,2=silent "
                    "(kept for restarts by 'cluster start'). Modes: " + MODE_HELP + ".")
 def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: float,
-                   latency: float, fresh: bool, byzantine: str) -> None:
+                   latency: float, fresh: bool, curve: bool, byzantine: str) -> None:
     """Create a new cluster in DIR and start it; returns when every node is ready.
 
     A directory that already holds a cluster is refused: start it with 'cluster start',
@@ -178,9 +188,10 @@ def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: f
     modes = _byzantine_assignment(byzantine, nodes)
     _note_discarded(directory, fresh,
                     existing_cluster_files(directory) if directory.is_dir() else [])
-    config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh,
+    config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh, curve=curve,
                         byzantine=modes)
-    click.echo(f"cluster of {config.n} nodes (f={config.f}) ready in {directory}")
+    click.echo(f"cluster of {config.n} nodes (f={config.f}{', CURVE' if curve else ''}) "
+               f"ready in {directory}")
     if modes:
         click.echo("BYZANTINE (test feature): " + ", ".join(
             f"node {i} {m}" for i, m in sorted(modes.items()))
@@ -401,7 +412,10 @@ def submit(directory: Path | None, config_file: Path | None, count: int | None, 
     with Client(config, spec.id, session=session) as client:
         answered = client.status(PROBE_SECONDS)
         if len(answered) < q:
-            raise ProblemFound(_down_message(config, answered, q, directory, config_file))
+            refused = client.refused_by()  # CURVE: the nodes may have refused our key
+            raise ProblemFound(f"{len(answered)} of {config.n} nodes answered: {refused}"
+                               if refused else
+                               _down_message(config, answered, q, directory, config_file))
         silent = [s.id for s in config.nodes if s.id not in answered]
         if silent:
             click.echo(f"note: node(s) {','.join(map(str, silent))} did not answer; "
@@ -540,10 +554,12 @@ class ListOf(click.ParamType):
               help="Token bucket depth in bytes (default: max(1 frame, 5 ms of the rate)).")
 @click.option("--request-txs", type=click.IntRange(min=1), default=256, show_default=True,
               help="Transactions per signed client request.")
-@click.option("--tentative", is_flag=True,
-              help="PBFT tentative execution: reply once prepared; the client then needs a "
-                   "commit quorum of matching replies. Saves one latency hop.")
+@click.option("--tentative/--no-tentative", default=True, show_default=True,
+              help="PBFT tentative execution: replicas reply once prepared (the prepared "
+                   "certificate durable first); the client accepts q matching replies, or "
+                   "f+1 committed ones. Saves the commit hop.")
 @SCHEME_OPTION
+@CURVE_OPTION
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Keep the cluster directory here (default: a temporary one); a grid "
                    "keeps one sub-directory per cell. An existing cluster is refused.")
@@ -553,7 +569,7 @@ class ListOf(click.ParamType):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
          latency: list[float], mode: str, latency_dist: str, jitter: float, mbps_base: str,
-         burst: int | None, request_txs: int, tentative: bool, scheme: str,
+         burst: int | None, request_txs: int, tentative: bool, scheme: str, curve: bool,
          directory: Path | None, fresh: bool, out: Path, as_json: bool) -> None:
     """Synchronize TX transactions across NODES nodes and report how long it took.
 
@@ -588,7 +604,7 @@ def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
             click.echo(f"[{i}/{len(cells)}] n={n} tx={t} {bw:g} Mbps {lat:g} ms", err=True)
         result = synchronize(n, t, bw, lat, tx_bytes=tx_bytes, request_txs=request_txs,
                              scheme=scheme, directory=dirs[i - 1], shaping=shaping,
-                             fresh=fresh,
+                             fresh=fresh, curve=curve,
                              tentative=tentative,
                              on_progress=_progress_printer(t, request_txs))
         _print_sync(result)
@@ -648,6 +664,8 @@ def _print_sync(r: SyncResult) -> None:
     q = commit_quorum(r.nodes)
     shaped = (f"{r.bandwidth_mbps:g} Mbps, {r.latency_ms:g} ms"
               if r.bandwidth_mbps or r.latency_ms else "unshaped")
+    if r.extra.get("curve"):
+        shaped += ", CURVE"
     click.echo(f"synchronized {r.tx} tx x {r.tx_bytes} B across {r.nodes} nodes "
                f"(f={f}, {shaped}, {r.requests} requests)")
     if r.tentative:
@@ -781,6 +799,68 @@ def simulate(nodes: int, seed: int, seeds: int, byzantine: str, drop: float, reo
         click.echo(json.dumps(summary.to_json(), separators=(",", ":")))
     if summary.runs_with_violations:
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--nodes", type=click.IntRange(min=4), default=4, show_default=True,
+              help="Validator processes (n >= 3f+1).")
+@click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Independent clients, each with its own key and session.")
+@click.option("--request-txs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Transactions per request (1: every transaction its own request).")
+@click.option("--tx-bytes", type=click.IntRange(min=32), default=300, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=30.0, show_default=True,
+              help="Measured seconds (after --warmup).")
+@click.option("--warmup", type=click.FloatRange(min=0), default=3.0, show_default=True,
+              help="Seconds of load before measuring.")
+@click.option("--pipeline", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Closed loop: requests outstanding per client.")
+@click.option("--rate", type=click.FloatRange(min=1), default=None,
+              help="Open loop instead: offer this many requests per second in all.")
+@click.option("--auth", "authentication", type=click.Choice(["mac", "signature"]),
+              default="mac", show_default=True,
+              help="How clients authenticate requests (replicas accept both).")
+@click.option("--durability", type=click.Choice(["fsync", "process"]), default="fsync",
+              show_default=True,
+              help="fsync: every group commit survives power loss; process: it survives any "
+                   "crash of the node process.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"),
+              show_default=True, help="Folder for the CSV.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
+def bench(nodes: int, clients: int, request_txs: int, tx_bytes: int, seconds: float,
+          warmup: float, pipeline: int, rate: float | None, authentication: str,
+          durability: str, out: Path, as_json: bool) -> None:
+    """Throughput and latency under many independent clients (a fresh local cluster)."""
+    import csv
+
+    from dtnbus.bench import run_bench
+
+    result = run_bench(nodes, clients, request_txs, seconds, tx_bytes, pipeline, rate, warmup,
+                       authentication=authentication, durability=durability)
+    row = result.to_json()
+    click.echo(f"n={result.nodes} clients={result.clients} request_txs={result.request_txs} "
+               f"{result.mode} loop" + (f" at {rate:g}/s" if rate else
+                                        f", {pipeline} outstanding per client")
+               + f", {result.authentication}, durability {durability}")
+    click.echo(f"  {result.tx_per_s:,.0f} tx/s ({result.tx} tx in {result.seconds:.1f} s); "
+               f"latency p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, "
+               f"p99.9 {result.p999_ms} ms")
+    click.echo(f"  node CPU {result.cpu_us_per_tx} us per committed transaction (all nodes); "
+               f"nodes used {result.node_cpu_share:.0%} of the machine, the load generator "
+               f"{result.client_cpu_share:.0%}; ledgers identical: {result.ledgers_identical}")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "bench.csv"
+    new = not path.exists()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    click.echo(f"appended to {path}")
+    if as_json:
+        click.echo(json.dumps(row))
+    if not result.ledgers_identical:
+        raise ProblemFound(f"ledgers differ after the run: {result.ledger_error}")
 
 
 @cli.group()

@@ -295,13 +295,14 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
                protocol: dict[str, Any] | None = None, shaping: dict[str, Any] | None = None,
                links: list[dict[str, Any]] | None = None, ready_timeout: float | None = None,
                log_level: str = "INFO", fresh: bool = False,
-               extra_clients: int = 0, byzantine: dict[int, str] | None = None
-               ) -> ClusterConfig:
+               extra_clients: int = 0, durability: str = "fsync",
+               curve: bool = False, byzantine: dict[int, str] | None = None) -> ClusterConfig:
     """Create a new cluster in `directory`, start it and wait until every node is ready.
 
     A directory that already holds keys, ledgers or a cluster file is refused unless
-    `fresh` (then they are discarded); a running cluster is always refused. `byzantine`
-    (a test feature): node id -> mode, e.g. {3: "equivocate"}."""
+    `fresh` (then they are discarded); a running cluster is always refused. `curve`:
+    every connection CurveZMQ-encrypted and authenticated (curve.py). `byzantine` (a test
+    feature): node id -> mode, e.g. {3: "equivocate"}."""
     check_cluster_dir(directory)
     if nodes < 4:
         raise LocalError(f"--nodes must be at least 4 (n >= 3f+1 with f >= 1), got {nodes}")
@@ -313,7 +314,8 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
                          "--fresh to discard it and create a new one")
     ensure_directory(directory, "--dir")
     path = generate_cluster(directory, nodes, scheme, protocol=protocol, shaping=shaping,
-                            links=links, fresh=fresh, clients=extra_clients)
+                            links=links, fresh=fresh, clients=extra_clients,
+                            durability=durability, curve=curve)
     config = load_cluster(path)
     write_targets(config, directory)
     marks = directory / BYZANTINE_FILE

@@ -89,9 +89,9 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
                 latency_ms: float = 0.0, *, tx_bytes: int = 300, request_txs: int = 256,
                 scheme: str = "ed25519", directory: Path | None = None,
                 protocol: dict[str, Any] | None = None,
-                shaping: dict[str, Any] | None = None, tentative: bool = False,
+                shaping: dict[str, Any] | None = None, tentative: bool = True,
                 timeout: float | None = None,
-                wait_all: float = 30.0, fresh: bool = False,
+                wait_all: float = 30.0, fresh: bool = False, curve: bool = False,
                 on_progress: Callable[[int, int], None] | None = None) -> SyncResult:
     """Start an n-node cluster (not timed), synchronize `data` (a count of generated
     `tx_bytes`-byte transactions, or the transactions themselves), stop the cluster.
@@ -105,8 +105,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         raise LocalError("nothing to synchronize: give at least one transaction")
     shaping_table = dict(shaping or {})
     protocol = dict(protocol or {})
-    if tentative:
-        protocol["tentative"] = True
+    protocol.setdefault("tentative", tentative)
     if bandwidth_mbps or latency_ms:
         shaping_table.update(bandwidth_mbps=bandwidth_mbps, latency_ms=latency_ms)
     tmp = None
@@ -124,7 +123,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
     retry_after = max(2.0, 3 * bound.total_s) if bound else 2.0
     try:
         config = cluster_up(directory, nodes, scheme, protocol=protocol,
-                            shaping=shaping_table or None, fresh=fresh)
+                            shaping=shaping_table or None, fresh=fresh, curve=curve)
         try:
             with Client(config) as client:
                 result = client.submit(chunk(txs, request_txs), timeout=timeout,
@@ -169,7 +168,8 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         seconds_all_committed=result.seconds_all_committed,
         extra={"latency_dist": shaping_table.get("latency_dist", "constant"),
                "mode": shaping_table.get("mode", "link"),
-               "mbps_base": shaping_table.get("mbps_base", 1e6), "scheme": scheme},
+               "mbps_base": shaping_table.get("mbps_base", 1e6), "scheme": scheme,
+               "curve": curve},
     )
 
 

@@ -48,3 +48,10 @@ def test_every_node_key_and_shaping_key_is_documented() -> None:
 def test_docs_link_only_inside_the_repository(doc: str) -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / doc).read_text()
     assert "../shared" not in text and "/work/" not in text
+
+
+def test_the_storage_section_documents_durability() -> None:
+    from dtnbus.config import DURABILITY
+
+    rows = _section("`[storage]`")
+    assert set(rows) == {"durability"} and all(d in rows["durability"][1] for d in DURABILITY)

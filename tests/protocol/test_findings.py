@@ -1,8 +1,8 @@
 """Violations the simulator found in the core, each reduced to a directed scenario.
 
-Each test is named after its entry in /work/wt/FINDINGS.md and marked
-`xfail(strict=True)`: it fails today, and passes (so the mark must go) once the root is
-fixed. Nothing here papers over a finding: the tests assert what PBFT promises.
+Each test is named after its finding (docs/faults.md keeps the list) and marked
+`xfail(strict=True)` until the root is fixed (then it passes, and the mark goes). Nothing
+here papers over a finding: the tests assert what PBFT promises.
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from dtnbus.messages import Commit, NewView, Prepare, Suspect
 FAST = {"view_change_timeout": 0.5, "retransmit_after": 0.3}
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING sim-1 (FINDINGS.md): the view-change timer "
-                   "starts before a quorum joins the view, so a replica one view ahead with "
-                   "the same backoff stays ahead for ever")
 def test_sim_1_a_replica_one_view_ahead_is_met_by_the_others() -> None:
     """n = 4, replica 0 crashed for good (f = 1). Replica 3 alone hears one SUSPECT and
     leaves view 0; it restarts (its backoff starts again) and, while everything it says is
@@ -35,9 +32,10 @@ def test_sim_1_a_replica_one_view_ahead_is_met_by_the_others() -> None:
     c.deliver_all()
     assert [(r.view, r.active) for r in c.replicas[1:]] == [(0, True), (0, True), (1, False)]
     c.restart(3)
-    while c.replicas[3].view < 2:  # everything is lost until replica 3 has moved on alone
+    for _ in range(200):  # everything is lost for 10 s: 3 must not run ahead alone
         c.queue.clear()
         c.tick(0.05)
+    assert c.replicas[3].view == 1  # (before the fix it moved on to view 2, 3, ...)
     for _ in range(2000):  # 100 s of a perfect network
         c.deliver_all()
         c.tick(0.05)
@@ -45,9 +43,6 @@ def test_sim_1_a_replica_one_view_ahead_is_met_by_the_others() -> None:
         [(r.view, r.active, r.last_executed) for r in c.replicas]
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING sim-2 (FINDINGS.md): a replica that sent a "
-                   "VIEW-CHANGE still prepares and commits in the old view when a missing "
-                   "request body arrives, so a batch commits that the new view never learns of")
 def test_sim_2_no_votes_in_a_view_after_leaving_it() -> None:
     """n = 4, every replica correct. The primary orders request x at seq 1; replicas 2 and
     3 lack x's body. Replicas 1, 2, 3 move to view 1 with VIEW-CHANGEs that hold no
@@ -116,3 +111,30 @@ def test_sim_3_a_legitimate_new_view_always_fits_the_proof_budget() -> None:
     assert all(c.replicas[i].last_executed == 8 for i in range(1, 7)), \
         ([(r.view, r.active, r.last_executed) for r in c.replicas[1:]],
          [c.drops[i].count("rate_limited") for i in range(1, 7)])
+
+
+@pytest.mark.xfail(strict=True, reason="FINDING sim-4 (FINDINGS.md): since the sim-1 fix a "
+                   "replica counts only VIEW-CHANGEs for exactly its view, so a voter that "
+                   "moved on takes its vote away and the others' timers stop for ever")
+def test_sim_4_a_voter_that_moved_on_still_counts_for_the_view_it_left() -> None:
+    """n = 4, replica 1 (the primary of view 1) crashed for good. 2 and 3 vote for view 1;
+    3 restarts (its backoff starts again: 0.5 s against the others' 1.0 s); 0 joins. All
+    three hold a quorum for view 1, so their timers run; 3's expires first and it votes
+    for view 2. That VIEW-CHANGE replaces 3's vote for view 1 at 0 and 2, who now count
+    2 < q votes for view 1 and stop their timers (4a21dfb's rule), while 3 waits alone in
+    view 2: nobody moves again, nothing executes."""
+    c = Cluster(4, config_overrides=FAST)
+    c.down = {0, 1}  # 1 is gone for good; 0 is slow for now
+    c.request((b"x",))
+    c.deliver_all()
+    c.tick(0.6)  # 2 and 3 suspect primary 0 and vote for view 1
+    c.deliver_all()
+    assert [(r.view, r.active) for r in c.replicas[2:]] == [(1, False), (1, False)]
+    c.restart(3)
+    c.down = {1}
+    for _ in range(2000):  # 100 s of a perfect network
+        c.deliver_all()
+        c.tick(0.05)
+    assert all(c.replicas[i].last_executed == 1 for i in (0, 2, 3)), \
+        [(r.view, r.active, sorted((k, v.new_view) for k, v in r.view_changes.items()))
+         for r in c.replicas]
