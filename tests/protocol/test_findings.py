@@ -138,3 +138,31 @@ def test_sim_4_a_voter_that_moved_on_still_counts_for_the_view_it_left() -> None
     assert all(c.replicas[i].last_executed == 1 for i in (0, 2, 3)), \
         [(r.view, r.active, sorted((k, v.new_view) for k, v in r.view_changes.items()))
          for r in c.replicas]
+
+
+@pytest.mark.xfail(strict=True, reason="FINDING sim-5 (FINDINGS.md): a restarted replica "
+                   "whose prepared slot lacks its request body raises in "
+                   "_reply_tentatively (tentative execution is the default)")
+def test_sim_5_a_restarted_replica_with_a_prepared_slot_and_no_body_does_not_raise() -> None:
+    """n = 4. Seq 1 executes everywhere; seq 2 prepares everywhere but its COMMITs are
+    lost. Replica 3 restarts: its prepared certificate for seq 2 comes back from disk, its
+    request pool does not (the body is missing until a client or a peer sends it again).
+    Two peers repeat their COMMITs for seq 1, which makes 3 look at seq 2 in order:
+    `_reply_tentatively` reads the missing body and an AssertionError escapes `step` (a
+    node counts it as internal_error and drops the message, again at every such message)."""
+    c = Cluster(4, config_overrides=FAST)
+    assert c.replicas[0].config.tentative
+    c.request((b"a",))
+    c.run()
+    seq1 = c.replicas[3].slots[1].digest
+    c.tamper = lambda sender, msg, frame: None if isinstance(msg, Commit) else frame
+    c.request((b"b",))
+    c.deliver_all()
+    assert all(r.slots[2].prepared and r.last_executed == 1 for r in c.replicas)
+    r3 = c.restart(3)
+    c.tamper = lambda sender, msg, frame: frame
+    assert r3.slots[2].prepared and r3.slots[2].missing
+    for sender in (0, 1):  # peers repeat their COMMITs for seq 1 to the restarted replica
+        c.deliver(3, c.codecs[sender].encode(Commit(0, 1, sender, seq1)))
+    c.run(rounds=50, dt=0.1)
+    assert r3.last_executed == 2
