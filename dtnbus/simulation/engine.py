@@ -596,8 +596,9 @@ class Simulation:
                                      + (f" (undecided at {missing})" if missing else
                                         " (not accepted)"))
         states = "; ".join(
-            f"{i}: view {h.replica.view}{'' if h.replica.active else ' (changing)'} "
-            f"executed {h.replica.last_executed} pending {h.replica.pending}"
+            f"{i}: view {h.replica.view}"
+            + ("" if h.replica.active else f" (changing, {self._votes(h)})")
+            + f" executed {h.replica.last_executed} pending {h.replica.pending}"
             for i, h in enumerate(self.hosts) if self.is_correct[i])
         views = Counter({k: c for k, c in self.refused.items()
                          if k[0] in ("NewView", "ViewChange") and k[1] != "duplicate"})
@@ -607,6 +608,15 @@ class Simulation:
                                 f"{self.options.settle:g} s after the network healed: "
                                 f"{', '.join(undecided[:6])}; correct replicas: {states}"
                                 + (f"; refused: {refused}" if refused else ""), deadline))
+
+    @staticmethod
+    def _votes(host: ReplicaHost) -> str:
+        """The VIEW-CHANGEs a replica holds for its view, and for it or later ones."""
+        replica = host.replica
+        held = replica.view_changes.values()
+        same = sum(1 for v in held if v.new_view == replica.view)
+        later = sum(1 for v in held if v.new_view > replica.view)
+        return f"holds {same} votes for it, {later} for later views, q = {replica.q}"
 
     def _exception(self, i: int, where: str) -> None:
         tb = traceback.format_exc(limit=-4).strip().splitlines()

@@ -56,6 +56,7 @@ class Summary:
     runs_with_violations: int = 0
     violations: Counter = field(default_factory=Counter)  # kind -> runs
     failing_seeds: list[int] = field(default_factory=list)
+    first_violation: dict[int, Violation] = field(default_factory=dict)  # failing seed ->
     failures: list[Failure] = field(default_factory=list)
     committed_batches: int = 0
     virtual_seconds: float = 0.0
@@ -85,6 +86,7 @@ class Summary:
         if r.violations:
             self.runs_with_violations += 1
             self.failing_seeds.append(r.seed)
+            self.first_violation[r.seed] = r.violations[0]
             self.violations[r.violations[0].kind] += 1
 
     @property
