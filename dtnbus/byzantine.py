@@ -116,6 +116,9 @@ class Behaviour:
     def next_wakeup(self) -> float | None:
         return None
 
+    def crashed(self) -> None:
+        """The process died: whatever the behaviour held back dies with it."""
+
     # helpers ---------------------------------------------------------------------
 
     @property
@@ -228,6 +231,9 @@ class Slow(Behaviour):
 
     def next_wakeup(self) -> float | None:
         return self.held[0][0] if self.held else None
+
+    def crashed(self) -> None:
+        self.held.clear()
 
 
 class Equivocate(Behaviour):

@@ -78,8 +78,7 @@ class ReplicaHost:
         self.replica.restore(self.ledger.durable_state())
         if self.behaviour is not None:
             self.behaviour.ctx.replica = self.replica
-            if hasattr(self.behaviour, "held"):  # what it held back died with it
-                self.behaviour.held.clear()
+            self.behaviour.crashed()
         return self.replica
 
     # ------------------------------------------------------------ input
