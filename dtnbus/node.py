@@ -73,10 +73,10 @@ from dtnbus.messages import (
 from dtnbus.metrics import NodeMetrics
 from dtnbus.nodeproc import NodeLock
 from dtnbus.replica import UNNEEDED, Replica
-from dtnbus.state_transfer import serve_state, verify_blocks
+from dtnbus.state_transfer import ServeGate, serve_state, verify_blocks
 from dtnbus.storage import Ledger
 from dtnbus.transport import FROM_ROUTER, Endpoints, Transport, from_replica
-from dtnbus.wire import Codec, Envelope
+from dtnbus.wire import Codec, Envelope, Unverified
 
 log = logging.getLogger("dtnbus.node")
 
@@ -141,6 +141,7 @@ class Node:
         self.routes: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self.outbox: list[Effect] = []  # this iteration's effects, carried out by _flush
         self.refusals = PeerBudget({"refuse": (5.0, 20.0)})  # per client connection
+        self.state_gate = ServeGate()
         self.ledger_txs = self.replica.executed_txs  # as durable as the ledger's height
         self.heard: set[int] = set()
         self.peer_heard: dict[int, int] = {}  # how many peers each peer has heard
@@ -219,7 +220,9 @@ class Node:
                 else:
                     self.metrics.dropped(verdict, sender)
                 return
-            env = self.codec.authenticate(raw)
+            env = self.intake(raw, now)
+            if env is None:
+                return
         except PeerError as exc:
             if sender is None and exc.msg is not None:
                 sender = sender_of(exc.msg)  # who it claims to be: a name for the culprit
@@ -250,6 +253,17 @@ class Node:
                           type(env.msg).__name__, sender)
             self.metrics.dropped("internal_error", sender)
 
+    def intake(self, raw: Unverified, now: float) -> Envelope | None:
+        """Signatures in the order that keeps a flood cheap: the sender's own signature,
+        then its budget (charged to whom it proved to be, never to whom it claims to be),
+        then its nested proofs. None: over budget (counted)."""
+        env = self.codec.authenticate(raw, nested=False)
+        verdict = self.replica.charge(env.msg, now)
+        if verdict is not None:
+            self.metrics.dropped(verdict, sender_of(env.msg))
+            return None
+        return self.codec.authenticate_nested(raw, env)
+
     def _handle(self, env: Envelope, source: int, identity: bytes | None, now: float) -> None:
         msg = env.msg
         if isinstance(msg, Request) and source == FROM_ROUTER and identity \
@@ -275,8 +289,12 @@ class Node:
         if self.behaviour is not None and not self.behaviour.incoming(msg, env.frame):
             return  # a faulty node refuses it (censorship)
         if isinstance(msg, StateRequest):  # an effect like any other (a faulty node may lie)
+            if not self.state_gate.allow(msg.replica, msg.from_seq, now):
+                self.metrics.dropped("rate_limited", msg.replica)  # it has not read the last
+                return
             reply = serve_state(self.ledger, self.id, msg.from_seq, self.replica.q,
                                 self.replica.new_view_frame)
+            self.state_gate.served(msg.replica, reply, now)
             self.outbox.append(Send(msg.replica, reply, self.codec.encode(reply)))
             return
         if isinstance(msg, StateReply):
@@ -306,7 +324,9 @@ class Node:
                 raw = self.codec.parse(frame)
                 if not isinstance(raw.msg, NewView) or self.replica.admit(raw, now) is not None:
                     continue
-                view_env = self.codec.authenticate(raw)
+                view_env = self.intake(raw, now)
+                if view_env is None:
+                    continue
             except PeerError as exc:
                 self.metrics.dropped(exc.reason, reply.replica)
                 continue

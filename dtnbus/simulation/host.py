@@ -1,7 +1,8 @@
 """One replica as the network sees it, without sockets: its codec, its disk (a
 `MemoryLedger`), its behaviour (correct or Byzantine), and the receive path of a node.
 
-    frame -> wire.parse -> Replica.admit -> wire.authenticate -> behaviour.incoming
+    frame -> wire.parse -> Replica.admit -> the sender's signature -> Replica.charge
+          -> the nested proofs' signatures -> behaviour.incoming
           -> Replica.step (or: serve state from the ledger / verify and adopt state)
     effects -> behaviour.outgoing -> durable ones into the ledger -> the caller sends
 
@@ -30,7 +31,7 @@ from dtnbus.messages import (
     sender_of,
 )
 from dtnbus.replica import UNNEEDED, Replica, ReplicaConfig
-from dtnbus.state_transfer import serve_state, verify_blocks
+from dtnbus.state_transfer import ServeGate, serve_state, verify_blocks
 from dtnbus.storage import MemoryLedger
 from dtnbus.wire import Codec, Envelope, Unverified
 
@@ -38,13 +39,14 @@ from dtnbus.wire import Codec, Envelope, Unverified
 class Packet:
     """A frame in flight, with what parsing and authenticating it found (computed once)."""
 
-    __slots__ = ("auth_error", "env", "frame", "parse_error", "raw", "src")
+    __slots__ = ("auth_error", "env", "frame", "outer", "parse_error", "raw", "src")
 
     def __init__(self, frame: bytes, src: int | str | None = None) -> None:
         self.frame = frame
         self.src = src  # who put it on the wire (for traces)
         self.raw: Unverified | None = None
-        self.env: Envelope | None = None
+        self.outer: Envelope | None = None  # its own signature checked, not its proofs
+        self.env: Envelope | None = None  # its proofs' too
         self.parse_error: str | None = None
         self.auth_error: str | None = None
 
@@ -54,9 +56,10 @@ class ReplicaHost:
 
     def __init__(self, config: ReplicaConfig, codec: Codec,
                  behaviour: Behaviour | None = None, admitted: dict[str, str] | None = None,
-                 operators: frozenset[str] = frozenset()) -> None:
+                 operators: frozenset[str] = frozenset(), gate_state: bool = True) -> None:
         """`admitted`/`operators`: client admission at genesis, as `Replica` takes it. The
-        codec's clients stay as given (admission commands are not mirrored into it)."""
+        codec's clients stay as given (admission commands are not mirrored into it).
+        `gate_state`: serve a peer's StateRequest only as a node does (`ServeGate`)."""
         self.id = config.replica_id
         self.config = config
         self.codec = codec
@@ -68,6 +71,7 @@ class ReplicaHost:
         if behaviour is not None:
             behaviour.ctx.replica = self.replica
         self.skipped = 0  # votes admit said no slot needs: not verified, not stepped
+        self.state_gate = ServeGate() if gate_state else None
 
     def _new_replica(self) -> Replica:
         return Replica(self.config, self.codec.encode, *self._genesis)
@@ -103,18 +107,29 @@ class ReplicaHost:
                 self.skipped += 1
                 return []
             return [Drop(verdict, sender_of(raw.msg))]
-        env = packet.env
-        if env is None:
-            if packet.auth_error is not None:
-                return [Drop(packet.auth_error, sender_of(raw.msg))]
-            try:
-                env = self.codec.authenticate(raw)
-            except PeerError as exc:
-                if not raw.tags:
-                    packet.auth_error = exc.reason
-                return [Drop(exc.reason, sender_of(raw.msg))]
-            if not raw.tags:  # a MAC authenticator holds one tag per receiver: never shared
-                packet.env = env
+        # as the node does (Node.intake): the sender's own signature, then its budget,
+        # charged to whom it proved to be, then its nested proofs
+        if packet.auth_error is not None:
+            return [Drop(packet.auth_error, sender_of(raw.msg))]
+        shared = not raw.tags  # a MAC authenticator holds one tag per receiver: not shared
+        outer = packet.outer if shared else None
+        try:
+            if outer is None:
+                outer = self.codec.authenticate(raw, nested=False)
+                if shared:
+                    packet.outer = outer
+            verdict = self.replica.charge(outer.msg, now)
+            if verdict is not None:
+                return [Drop(verdict, sender_of(raw.msg))]
+            env = packet.env if shared else None
+            if env is None:
+                env = self.codec.authenticate_nested(raw, outer)
+                if shared:
+                    packet.env = env
+        except PeerError as exc:
+            if shared:
+                packet.auth_error = exc.reason
+            return [Drop(exc.reason, sender_of(raw.msg))]
         return self.handle(env, now)
 
     def handle(self, env: Envelope, now: float) -> list[Effect]:
@@ -125,8 +140,13 @@ class ReplicaHost:
             return []
         replica = self.replica
         if isinstance(msg, StateRequest):
+            if self.state_gate is not None and \
+                    not self.state_gate.allow(msg.replica, msg.from_seq, now):
+                return [Drop("rate_limited", msg.replica)]  # it has not read the last one
             reply = serve_state(self.ledger, self.id, msg.from_seq, self.q,
                                 replica.new_view_frame)
+            if self.state_gate is not None:
+                self.state_gate.served(msg.replica, reply, now)
             return self._finish([Send(msg.replica, reply, self.codec.encode(reply))], now)
         if isinstance(msg, StateReply):
             out: list[Effect] = []
@@ -142,7 +162,10 @@ class ReplicaHost:
                     raw = self.codec.parse(frame)
                     if not isinstance(raw.msg, NewView) or replica.admit(raw, now) is not None:
                         continue
-                    view_env = self.codec.authenticate(raw)
+                    outer = self.codec.authenticate(raw, nested=False)
+                    if replica.charge(outer.msg, now) is not None:
+                        continue
+                    view_env = self.codec.authenticate_nested(raw, outer)
                 except PeerError as exc:
                     out.append(Drop(exc.reason, msg.replica))
                     continue

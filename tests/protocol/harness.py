@@ -60,7 +60,7 @@ class Cluster:
             c: self.client_keys[c] for c in self.admitted}
         self.hosts = [ReplicaHost(ReplicaConfig(i, self.n, **self.config_overrides),
                                   self.codecs[i], admitted=admitted,
-                                  operators=frozenset(self.operators))
+                                  operators=frozenset(self.operators), gate_state=False)
                       for i in range(self.n)]
         self.queue: list[tuple[int, bytes]] = []  # (destination, frame)
         self.replies: list[tuple[str, Reply]] = []

@@ -253,7 +253,7 @@ def test_the_pool_is_bounded_in_bytes_and_says_so_to_the_client() -> None:
     c.down = {0, 2, 3}
     c.deliver_all()
     busy = [m for _, m in c.replies if m.outcome == Outcome.BUSY]
-    assert busy and c.replicas[1].pool.bytes <= 2000
+    assert busy and c.replicas[1].pool.pending_bytes <= 2000
     assert "pool_full" in c.drops[1]
 
 
@@ -345,3 +345,18 @@ def test_status_tells_a_replica_that_is_behind_to_catch_up_while_idle() -> None:
     c.run(rounds=40, dt=0.5)  # idle: no requests; only status messages flow
     assert c.replicas[3].last_executed == 3 and c.replicas[3].head == c.replicas[0].head
     assert any(isinstance(m, PeerStatus) for m in c.sent[3])
+
+
+def test_fetch_answers_are_budgeted_in_bytes() -> None:
+    """chaos-4: one Fetch makes a replica forward up to batch_max_requests bodies; what one
+    peer can make it queue is bounded in bytes, not only in Fetches."""
+    c = Cluster(4, config_overrides={"batch_max_requests": 1024})
+    c.down = {0}  # nothing is ordered: the bodies stay in replica 1's pool
+    big = [c.request((bytes([i % 256]) * 200_000,), to=[1]) for i in range(200)]
+    c.deliver_all()
+    digests = tuple(c.codecs[1].decode(f).digest for f in big)
+    c.queue.clear()
+    c.deliver(1, c.codecs[2].encode(Fetch(2, digests)))
+    forwarded = sum(len(f) for d, f in c.queue if d == 2)
+    assert "rate_limited" in c.drops[1]
+    assert forwarded <= 32 * 2**20 + 250_000  # the burst, give or take one body

@@ -7,7 +7,6 @@ here papers over a finding: the tests assert what PBFT promises.
 
 from __future__ import annotations
 
-import pytest
 from harness import Cluster
 
 from dtnbus.messages import Commit, NewView, Prepare, Suspect
@@ -90,9 +89,6 @@ def test_sim_2_no_votes_in_a_view_after_leaving_it() -> None:
     assert len(set(heads.values())) == 1, f"seq 1 differs: {heads}"
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING sim-3 (FINDINGS.md): a NEW-VIEW carrying more "
-                   "proofs than the per-peer proof budget's burst is refused (rate_limited) "
-                   "by every replica, every time: the view never starts")
 def test_sim_3_a_legitimate_new_view_always_fits_the_proof_budget() -> None:
     """n = 7 (q = 5), checkpoints every 8, window 16: the `proofs` budget holds at most
     q * (1 + window) * 2 = 170 frames. Seven batches execute (no checkpoint yet, so every
@@ -113,9 +109,6 @@ def test_sim_3_a_legitimate_new_view_always_fits_the_proof_budget() -> None:
          [c.drops[i].count("rate_limited") for i in range(1, 7)])
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING sim-4 (FINDINGS.md): since the sim-1 fix a "
-                   "replica counts only VIEW-CHANGEs for exactly its view, so a voter that "
-                   "moved on takes its vote away and the others' timers stop for ever")
 def test_sim_4_a_voter_that_moved_on_still_counts_for_the_view_it_left() -> None:
     """n = 4, replica 1 (the primary of view 1) crashed for good. 2 and 3 vote for view 1;
     3 restarts (its backoff starts again: 0.5 s against the others' 1.0 s); 0 joins. All
@@ -140,9 +133,6 @@ def test_sim_4_a_voter_that_moved_on_still_counts_for_the_view_it_left() -> None
          for r in c.replicas]
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING sim-5 (FINDINGS.md): a restarted replica "
-                   "whose prepared slot lacks its request body raises in "
-                   "_reply_tentatively (tentative execution is the default)")
 def test_sim_5_a_restarted_replica_with_a_prepared_slot_and_no_body_does_not_raise() -> None:
     """n = 4. Seq 1 executes everywhere; seq 2 prepares everywhere but its COMMITs are
     lost. Replica 3 restarts: its prepared certificate for seq 2 comes back from disk, its
