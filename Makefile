@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-python test-contracts lint bench bench-curve bench-matrix clean chain
+.PHONY: setup run test test-python test-contracts lint bench bench-curve bench-matrix bench-sim bench-sim-seeds clean chain
 
 setup:
 	@bash tools/setup.sh
@@ -32,6 +32,14 @@ chain: setup
 
 bench: setup
 	$(PY) -m benchmarks.throughput
+
+## bench-sim: the simulator at 10, 100, 300 and 1,000 replicas (about a minute).
+bench-sim: setup
+	$(PY) -m benchmarks.simulate_scale
+
+## bench-sim-seeds: every Byzantine mode x n = 4, 7 x 10,000 seeds (long: about an hour).
+bench-sim-seeds: setup
+	$(PY) -m benchmarks.simulate_seeds
 
 ## bench-curve: what CurveZMQ costs on `dtnbus sync` and on the sockets (about 10 minutes).
 bench-curve: setup

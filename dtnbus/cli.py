@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from dtnbus.byzantine import MODE_HELP
 from dtnbus.cluster import DEFAULT_DIR
 from dtnbus.errors import LocalError, ProblemFound
 from dtnbus.l2.commands import chain_options
@@ -127,15 +128,22 @@ def _note_discarded(directory: Path, fresh: bool, existing: list[str]) -> None:
 @click.option("--id", "node_id", type=click.IntRange(min=0), required=True, help="Node id.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def node(config_file: Path, node_id: int, log_level: str) -> None:
+@click.option("--byzantine", "byzantine_mode", default=None, metavar="MODE",
+              help="TEST FEATURE: run this node faulty on purpose. Modes: " + MODE_HELP + ".")
+def node(config_file: Path, node_id: int, log_level: str, byzantine_mode: str | None) -> None:
     """Run one validator node in the foreground (one OS process).
 
     Refuses to start with a key file others can read, with a key that is not this node's,
     or over a ledger another node is using."""
+    from dtnbus.byzantine import parse_mode
     from dtnbus.config import load_cluster
     from dtnbus.node import run_node
 
-    run_node(load_cluster(config_file), node_id, log_level)
+    try:
+        mode = parse_mode(byzantine_mode) if byzantine_mode is not None else None
+    except ValueError as exc:
+        raise LocalError(f"--byzantine: {exc}") from None
+    run_node(load_cluster(config_file), node_id, log_level, mode)
 
 
 @cli.group()
@@ -161,10 +169,14 @@ READY_TIMEOUT_OPTION = click.option("--timeout", "ready_timeout", type=click.Flo
               help="Per-link one-way latency in ms (0: none).")
 @FRESH_OPTION
 @CURVE_OPTION
+@click.option("--byzantine", default="", metavar="ID=MODE,...",
+              help="TEST FEATURE: these nodes misbehave on purpose, e.g. 3=equivocate,2=silent "
+                   "(kept for restarts by 'cluster start'). Modes: " + MODE_HELP + ".")
 @chain_options
 def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: float,
                    latency: float, fresh: bool, curve: bool, chain: str | None,
-                   threshold: int | None, deposit: str | None, takeover: float) -> None:
+                   threshold: int | None, deposit: str | None, takeover: float,
+                   byzantine: str) -> None:
     """Create a new cluster in DIR and start it; returns when every node is ready.
 
     A directory that already holds a cluster is refused: start it with 'cluster start',
@@ -179,11 +191,18 @@ def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: f
     check_chain_options(nodes, chain, threshold, deposit)
     shaping = ({"bandwidth_mbps": bandwidth, "latency_ms": latency}
                if bandwidth or latency else None)
+    modes = _byzantine_assignment(byzantine, nodes)
     _note_discarded(directory, fresh,
                     existing_cluster_files(directory) if directory.is_dir() else [])
-    config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh, curve=curve)
+    config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh, curve=curve,
+                        byzantine=modes)
     click.echo(f"cluster of {config.n} nodes (f={config.f}{', CURVE' if curve else ''}) "
                f"ready in {directory}")
+    if modes:
+        click.echo("BYZANTINE (test feature): " + ", ".join(
+            f"node {i} {m}" for i, m in sorted(modes.items()))
+            + ("" if len(modes) <= config.f else f"; more than f={config.f}: PBFT promises "
+               "nothing"))
     if chain:
         _start_chain(config, directory, chain, threshold, deposit, takeover)
 
@@ -200,6 +219,19 @@ def _start_chain(config: object, directory: Path, chain: str, threshold: int | N
         stop_chain_for(directory)
         stop_nodes(directory)
         raise
+
+
+def _byzantine_assignment(text: str, nodes: int) -> dict[int, str]:
+    """`3=equivocate,2=silent` -> {3: "equivocate", 2: "silent"}; a bad one is exit 2."""
+    from dtnbus.byzantine import parse_assignment
+
+    try:
+        fixed, unplaced = parse_assignment(text, nodes)
+    except ValueError as exc:
+        raise LocalError(f"--byzantine: {exc}") from None
+    if unplaced:
+        raise LocalError(f"--byzantine: name the node of each mode, e.g. 3={unplaced[0]}")
+    return {i: str(m) for i, m in fixed.items()}
 
 
 @cluster.command("start")
@@ -695,6 +727,113 @@ def _print_sync(r: SyncResult) -> None:
     click.echo(f"  ledger heads ({same}):")
     for node_id, head in heads.items():
         click.echo(f"    node {node_id}: height {heights[node_id]} head {head[:16]}")
+
+
+@cli.command()
+@click.option("--nodes", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Replicas (f = floor((n-1)/3)).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The first seed: it fixes the whole run.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run this many seeds: SEED, SEED+1, ...")
+@click.option("--byzantine", default="",
+              help="TEST FEATURE. ID=MODE,... (e.g. 3=equivocate,2=silent); a MODE without "
+                   "ID goes to a replica picked per seed. Modes: " + MODE_HELP + ".")
+@click.option("--drop", type=click.FloatRange(0, 1), default=0.0,
+              help="Probability that a message is lost, until the network heals.")
+@click.option("--reorder", is_flag=True, help="Delay messages at random (no FIFO) until "
+              "the network heals.")
+@click.option("--duplicate", type=click.FloatRange(0, 1), default=0.0,
+              help="Probability that a message arrives twice, until the network heals.")
+@click.option("--partition", default="",
+              help="GROUPS[@START-END]; e.g. '0,1|2,3@0.5-2'; ';' separates several; "
+                   "'random': a random split per seed. Heals by the end of --duration.")
+@click.option("--crash-restart", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Crashes of correct replicas (each restarts from its disk).")
+@click.option("--clients", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--requests", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Requests per client.")
+@click.option("--duration", type=click.FloatRange(min=0), default=3.0, show_default=True,
+              help="Virtual seconds of faults (clients submit in them); then the network "
+                   "heals.")
+@click.option("--settle", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Virtual seconds after healing by which every request must be decided.")
+@click.option("--latency", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="One-way latency per link, ms.")
+@click.option("--bandwidth", type=click.FloatRange(min=0), default=0.0,
+              help="Per-link bandwidth, Mbps (0: unlimited).")
+@click.option("--authenticator", type=click.Choice(["mac", "ed25519"]), default="mac",
+              show_default=True, help="mac: a cheap keyed MAC in place of signatures (fast; "
+              "simulation only); ed25519: real signatures.")
+@click.option("--timers", type=click.Choice(["short", "production"]), default="short",
+              show_default=True, help="Protocol timers and windows: scaled to short "
+                                      "schedules, or the node's defaults.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes for many seeds.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
+def simulate(nodes: int, seed: int, seeds: int, byzantine: str, drop: float, reorder: bool,
+             duplicate: float, partition: str, crash_restart: int, clients: int, requests: int,
+             duration: float, settle: float, latency: float, bandwidth: float,
+             authenticator: str, timers: str, jobs: int, as_json: bool) -> None:
+    """Run the real replica code on a virtual clock and an in-memory network, with
+    Byzantine replicas and network faults, checking the invariants after every step.
+
+    Agreement at every sequence, no request executed twice, no exception, clients accept
+    only what correct replicas executed, and, after the network heals, every request
+    decided. A violation prints the seed, the command that replays it and a minimal
+    trace; the exit status is then 1.
+    """
+    from dtnbus.byzantine import parse_assignment
+    from dtnbus.messages import max_faulty
+    from dtnbus.simulation.engine import SimOptions
+    from dtnbus.simulation.network import parse_partitions
+    from dtnbus.simulation.scenario import describe_options, run_seeds
+
+    try:
+        fixed, unplaced = parse_assignment(byzantine, nodes)
+        parse_partitions(partition.replace("random", ""), nodes, max(duration, 1e-9))
+    except ValueError as exc:
+        raise LocalError(str(exc)) from None
+    if len(fixed) + len(unplaced) > nodes:
+        raise LocalError(f"--byzantine names {len(fixed) + len(unplaced)} replicas; there are "
+                         f"{nodes}")
+    options = SimOptions(nodes=nodes, byzantine=fixed, unplaced=unplaced, drop=drop,
+                         reorder=reorder, duplicate=duplicate, partition=partition,
+                         crash_restart=crash_restart, clients=clients, requests=requests,
+                         latency_ms=latency, bandwidth_mbps=bandwidth, duration=duration,
+                         settle=settle, authenticator=authenticator, timers=timers)
+    f = max_faulty(nodes)
+    faulty = len(fixed) + len(unplaced)
+    modes = ", ".join([f"{i}={m}" for i, m in sorted(fixed.items())] +
+                      [f"{m} (a replica picked per seed)" for m in unplaced]) or "none"
+    click.echo(f"simulating n={nodes} (f={f}), seeds {seed}..{seed + seeds - 1}; "
+               f"byzantine: {modes}")
+    if faulty > f:
+        click.echo(f"  note: {faulty} faulty replicas > f={f}: PBFT promises nothing here")
+    click.echo(f"  {describe_options(options)}")
+    summary = run_seeds(options, range(seed, seed + seeds), jobs=jobs)
+    for failure in summary.failures:
+        v = failure.violation
+        click.echo(f"VIOLATION seed {failure.seed}: {v.kind}: {v.detail}")
+        if failure.shrunk:
+            click.echo(f"  still fails without: {', '.join(failure.shrunk)}")
+        click.echo(f"  replay: {failure.command}")
+        click.echo("  schedule: " + "; ".join(failure.schedule))
+        click.echo("  minimal trace (virtual seconds):")
+        for line in failure.trace:
+            click.echo(f"  {line}")
+    if summary.runs_with_violations > len(summary.failures):
+        click.echo(f"  failing seeds: {summary.failing_seeds[:50]}")
+    per_batch = summary.messages_per_batch
+    click.echo(f"{summary.seeds} seed(s): {summary.runs_with_violations} with violations "
+               f"{dict(summary.violations) or ''}; {summary.committed_batches} batches "
+               f"committed; {summary.virtual_seconds:.1f} virtual s in "
+               f"{summary.wall_seconds:.2f} wall s; {summary.messages} messages"
+               + (f" ({per_batch:.1f} per batch)" if per_batch else ""))
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), separators=(",", ":")))
+    if summary.runs_with_violations:
+        sys.exit(1)
 
 
 @cli.command()

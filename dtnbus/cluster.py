@@ -140,9 +140,23 @@ def write_targets(config: ClusterConfig, directory: Path, cluster_name: str | No
     return path
 
 
+BYZANTINE_FILE = "byzantine.json"  # test feature: nodes that misbehave, kept for restarts
+
+
+def byzantine_modes(directory: Path) -> dict[int, str]:
+    """The Byzantine mode of each node `cluster up --byzantine` named (a test feature)."""
+    try:
+        raw = json.loads((directory / BYZANTINE_FILE).read_text())
+        return {int(k): str(v) for k, v in raw.items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def start_nodes(config: ClusterConfig, directory: Path, ids: list[int] | None = None,
                 log_level: str = "INFO") -> dict[int, int]:
-    """Spawn node processes (own session, so a terminal's Ctrl-C does not reach them)."""
+    """Spawn node processes (own session, so a terminal's Ctrl-C does not reach them);
+    a node named in DIR/byzantine.json starts with its Byzantine mode (a test feature)."""
+    modes = byzantine_modes(directory)
     logs = directory / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     running = find_nodes(config, directory)
@@ -155,7 +169,8 @@ def start_nodes(config: ClusterConfig, directory: Path, ids: list[int] | None = 
         with open(logs / f"node-{node_id}.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "dtnbus", "node", "--config", str(config.path.resolve()),
-                 "--id", str(node_id), "--log-level", log_level],
+                 "--id", str(node_id), "--log-level", log_level,
+                 *(["--byzantine", modes[node_id]] if node_id in modes else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         pids[node_id] = proc.pid
@@ -281,12 +296,13 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
                links: list[dict[str, Any]] | None = None, ready_timeout: float | None = None,
                log_level: str = "INFO", fresh: bool = False,
                extra_clients: int = 0, durability: str = "fsync",
-               curve: bool = False) -> ClusterConfig:
+               curve: bool = False, byzantine: dict[int, str] | None = None) -> ClusterConfig:
     """Create a new cluster in `directory`, start it and wait until every node is ready.
 
     A directory that already holds keys, ledgers or a cluster file is refused unless
     `fresh` (then they are discarded); a running cluster is always refused. `curve`:
-    every connection CurveZMQ-encrypted and authenticated (curve.py)."""
+    every connection CurveZMQ-encrypted and authenticated (curve.py). `byzantine` (a test
+    feature): node id -> mode, e.g. {3: "equivocate"}."""
     check_cluster_dir(directory)
     if nodes < 4:
         raise LocalError(f"--nodes must be at least 4 (n >= 3f+1 with f >= 1), got {nodes}")
@@ -302,6 +318,11 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
                             durability=durability, curve=curve)
     config = load_cluster(path)
     write_targets(config, directory)
+    marks = directory / BYZANTINE_FILE
+    if byzantine:
+        write_text_atomic(marks, json.dumps({str(k): v for k, v in sorted(byzantine.items())}))
+    else:
+        marks.unlink(missing_ok=True)
     pids = start_nodes(config, directory, log_level=log_level)
     wait_ready(config, directory, pids, ready_timeout)
     return config

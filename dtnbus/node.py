@@ -16,11 +16,17 @@ leave. A crash therefore never loses what a peer or a client was told.
 
 The boundary: an exception while handling one peer's frame drops that frame, is counted
 as `internal_error` with its traceback logged, and the node goes on.
+
+A test feature (`dtnbus node --byzantine MODE`): a `dtnbus.byzantine.Behaviour` rewrites
+the messages among each iteration's effects before they leave (answers to state requests
+included, which is why those go out as `Send` effects too) and may refuse input; the
+replica, the ledger and the loop are the same as in a correct node.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import time
 from collections import OrderedDict
@@ -30,6 +36,7 @@ from typing import Any
 import zmq
 
 from dtnbus.budget import PeerBudget
+from dtnbus.byzantine import Behaviour, Context, ModeSpec, make_behaviour
 from dtnbus.config import ClusterConfig
 from dtnbus.crypto import Verifier, load_public_key_text
 from dtnbus.curve import binding_refusal, client_member
@@ -84,7 +91,8 @@ MAX_SHAPED_BYTES = 256 * 1024 * 1024  # per emulated link: beyond this, sends ar
 class Node:
     """One validator: its replica, ledger, sockets, shaper and metrics, and the loop."""
 
-    def __init__(self, config: ClusterConfig, node_id: int, serve_metrics: bool = True) -> None:
+    def __init__(self, config: ClusterConfig, node_id: int, serve_metrics: bool = True,
+                 byzantine: ModeSpec | None = None) -> None:
         spec = config.node(node_id)
         self.config = config
         self.id = node_id
@@ -101,6 +109,14 @@ class Node:
             self.replica.restore(saved)
             log.info("node %d resumes at seq %d in view %d", node_id, saved.height,
                      self.replica.view)
+        self.behaviour: Behaviour | None = None  # a test feature: faulty on purpose
+        if byzantine is not None:
+            hop = float(config.shaping.get("latency_ms", 0) or 0) / 1000
+            self.behaviour = make_behaviour(byzantine, Context(
+                self.replica, self.codec.encode, tuple(c.id for c in config.clients),
+                random.Random(node_id), base_delay=max(0.01, hop)))
+            log.warning("node %d is BYZANTINE (%s): a test feature; it misbehaves on purpose",
+                        node_id, byzantine)
         self.metrics = NodeMetrics(node_id)
         peers = {s.id: Endpoints(s.pub, s.router) for s in config.nodes if s.id != node_id}
         try:
@@ -152,6 +168,8 @@ class Node:
         replica_wake = self.replica.next_wakeup()
         if replica_wake is not None:
             wake.append(replica_wake)
+        if self.behaviour is not None and (due := self.behaviour.next_wakeup()) is not None:
+            wake.append(due)
         if self.shaper is not None:
             due = self.shaper.next_due()
             if due is not None:
@@ -269,14 +287,16 @@ class Node:
         if isinstance(msg, Reply | Status):
             self.metrics.dropped("unknown_sender", msg.replica)  # only clients receive these
             return
-        if isinstance(msg, StateRequest):
+        if self.behaviour is not None and not self.behaviour.incoming(msg, env.frame):
+            return  # a faulty node refuses it (censorship)
+        if isinstance(msg, StateRequest):  # an effect like any other (a faulty node may lie)
             if not self.state_gate.allow(msg.replica, msg.from_seq, now):
                 self.metrics.dropped("rate_limited", msg.replica)  # it has not read the last
                 return
             reply = serve_state(self.ledger, self.id, msg.from_seq, self.replica.q,
                                 self.replica.new_view_frame)
             self.state_gate.served(msg.replica, reply, now)
-            self._send_replica(msg.replica, self._encode(reply), now)
+            self.outbox.append(Send(msg.replica, reply, self.codec.encode(reply)))
             return
         if isinstance(msg, StateReply):
             self._adopt_state(env, now)
@@ -339,6 +359,8 @@ class Node:
         everything in order. A write that fails stops the node before anything leaves:
         a vote we could not persist must never be seen."""
         effects, self.outbox = self.outbox, []
+        if self.behaviour is not None:  # a test feature: what a faulty node makes of them
+            effects = self.behaviour.outgoing(effects, now) + self.behaviour.tick(now)
         if not effects:
             return
         durable = [e for e in effects if isinstance(e, DURABLE)]
@@ -490,10 +512,11 @@ class Node:
                 m.set_shaper_queue(f"to-{dst}", nbytes)
 
 
-def run_node(config: ClusterConfig, node_id: int, log_level: str = "INFO") -> None:
-    """Entry point of `dtnbus node`."""
+def run_node(config: ClusterConfig, node_id: int, log_level: str = "INFO",
+             byzantine: ModeSpec | None = None) -> None:
+    """Entry point of `dtnbus node` (`byzantine`: a test feature, see dtnbus.byzantine)."""
     logging.basicConfig(level=log_level,
                         format=f"%(asctime)s node-{node_id} %(levelname)s %(message)s")
     with NodeLock(config.node(node_id).ledger, node_id):  # one node per ledger, findable
-        Node(config, node_id).run()
+        Node(config, node_id, byzantine=byzantine).run()
 

@@ -1,11 +1,12 @@
 """An in-memory network of real replicas with real signatures, for deterministic tests.
 
-Frames go through the real wire codec (sign, parse, admit, verify) and effects are carried
-out as the node does: durable ones into a `MemoryLedger` per replica (which a restart
-reads back through `Replica.restore`), state requests served from it, replays answered
-from it. Delivery order is under the test's control: `deliver_all` is FIFO; tests can
-hold, drop, reorder or duplicate frames (`tamper`, `queue`). Any exception a replica
-raises propagates: a test fails on it.
+Each replica lives in a `dtnbus.simulation.host.ReplicaHost`, the same host the simulator
+uses: frames go through the real wire codec (parse, admit, verify), effects are carried
+out as the node does (durable ones into a `MemoryLedger` per replica, which a restart reads
+back through `Replica.restore`; state requests served from it; replays answered from it).
+Unlike the simulator there is no clock and no link model: delivery order is under the
+test's control. `deliver_all` is FIFO; tests can hold, drop, reorder or duplicate frames
+(`tamper`, `queue`). Any exception a replica raises propagates: a test fails on it.
 """
 
 from __future__ import annotations
@@ -14,27 +15,17 @@ from dataclasses import dataclass, field
 
 from dtnbus.crypto import Signer, Verifier, generate_key, public_key_text
 from dtnbus.effects import (
-    DURABLE,
     Broadcast,
     Drop,
     Execute,
     Forward,
-    LookupReply,
     Send,
     SendClient,
     ViewEntered,
 )
-from dtnbus.errors import PeerError
-from dtnbus.messages import (
-    Outcome,
-    Reply,
-    Request,
-    StateReply,
-    StateRequest,
-    commit_quorum,
-)
-from dtnbus.replica import UNNEEDED, Replica, ReplicaConfig
-from dtnbus.state_transfer import serve_state, verify_blocks
+from dtnbus.messages import Reply, Request
+from dtnbus.replica import Replica, ReplicaConfig
+from dtnbus.simulation.host import Packet, ReplicaHost
 from dtnbus.storage import MemoryLedger
 from dtnbus.wire import Codec
 
@@ -65,25 +56,34 @@ class Cluster:
                        for i, k in replica_keys.items()}
         self.client_codecs = {c: Codec(Signer(k), verifiers, client_verifiers)
                               for c, k in client_keys.items()}
-        self.ledgers = [MemoryLedger() for _ in range(self.n)]
-        self.replicas = [self._new_replica(i) for i in range(self.n)]
+        admitted = None if self.admitted is None else {
+            c: self.client_keys[c] for c in self.admitted}
+        self.hosts = [ReplicaHost(ReplicaConfig(i, self.n, **self.config_overrides),
+                                  self.codecs[i], admitted=admitted,
+                                  operators=frozenset(self.operators), gate_state=False)
+                      for i in range(self.n)]
         self.queue: list[tuple[int, bytes]] = []  # (destination, frame)
         self.replies: list[tuple[str, Reply]] = []
         self.blocks: dict[int, list[Execute]] = {i: [] for i in range(self.n)}
         self.drops: dict[int, list[str]] = {i: [] for i in range(self.n)}
         self.views: dict[int, list[int]] = {i: [] for i in range(self.n)}
         self.sent: dict[int, list[object]] = {i: [] for i in range(self.n)}
-        self.skipped: dict[int, int] = dict.fromkeys(range(self.n), 0)
         self.down: set[int] = set()
         self.now = 0.0
         self.sessions = {c: 1 for c in self.clients}
         self._numbers: dict[str, int] = dict.fromkeys(self.clients, 0)
 
-    def _new_replica(self, i: int) -> Replica:
-        admitted = None if self.admitted is None else {
-            c: self.client_keys[c] for c in self.admitted}
-        return Replica(ReplicaConfig(i, self.n, **self.config_overrides), self.codecs[i].encode,
-                       admitted, frozenset(self.operators))
+    @property
+    def replicas(self) -> list[Replica]:
+        return [h.replica for h in self.hosts]
+
+    @property
+    def ledgers(self) -> list[MemoryLedger]:
+        return [h.ledger for h in self.hosts]
+
+    @property
+    def skipped(self) -> dict[int, int]:
+        return {i: h.skipped for i, h in enumerate(self.hosts)}
 
     # ------------------------------------------------------------ clients
 
@@ -108,46 +108,9 @@ class Cluster:
     def deliver(self, dest: int, frame: bytes) -> None:
         if dest in self.down:
             return
-        codec, replica = self.codecs[dest], self.replicas[dest]
-        try:
-            raw = codec.parse(frame)
-            verdict = replica.admit(raw, self.now)
-            if verdict is not None:
-                if verdict == UNNEEDED:  # as the node does: skip what is not needed
-                    self.skipped[dest] += 1
-                else:
-                    self.drops[dest].append(verdict)
-                return
-            env = codec.authenticate(raw, nested=False)  # as the node does: who, then how
-            verdict = replica.charge(env.msg, self.now)  # much, then the proofs
-            if verdict is not None:
-                self.drops[dest].append(verdict)
-                return
-            env = codec.authenticate_nested(raw, env)
-        except PeerError as exc:
-            self.drops[dest].append(exc.reason)
-            return
-        msg = env.msg
-        if isinstance(msg, StateRequest):
-            reply = serve_state(self.ledgers[dest], dest, msg.from_seq, commit_quorum(self.n),
-                                replica.new_view_frame)
-            self.queue.append((msg.replica, codec.encode(reply)))
-            return
-        if isinstance(msg, StateReply):
-            try:
-                blocks = verify_blocks(msg.blocks, env.nested, msg.from_seq,
-                                       commit_quorum(self.n), codec.decode)
-            except PeerError as exc:
-                self.drops[dest].append(exc.reason)
-                blocks = []
-            self._apply(dest, replica.adopt_state(msg.replica, msg.height, blocks, self.now))
-            for nv in msg.new_view:
-                self.deliver(dest, nv)
-            return
-        self._apply(dest, replica.step(env, self.now))
+        self._apply(dest, self.hosts[dest].receive(Packet(frame), self.now))
 
     def _apply(self, i: int, effects: list) -> None:
-        self.ledgers[i].write([e for e in effects if isinstance(e, DURABLE)])
         for eff in effects:
             if isinstance(eff, Broadcast | Send):
                 self.sent[i].append(eff.msg)
@@ -163,17 +126,6 @@ class Cluster:
                     self.queue.append((eff.to, frame))
             elif isinstance(eff, SendClient):
                 self.replies.append((eff.client, eff.msg))
-            elif isinstance(eff, LookupReply):
-                found = self.ledgers[i].lookup(eff.client, eff.session, eff.number)
-                if found is None:
-                    reply = Reply(eff.view, i, eff.client, eff.session, eff.number, eff.digest,
-                                  0, 0, b"", Outcome.STALE)
-                else:
-                    reply = Reply(eff.view, i, eff.client, eff.session, eff.number, eff.digest,
-                                  found.seq, found.position, found.block_hash,
-                                  Outcome.EXECUTED if found.digest == eff.digest
-                                  else Outcome.CONFLICT)
-                self.replies.append((eff.client, reply))
             elif isinstance(eff, Execute):
                 self.blocks[i].append(eff)
             elif isinstance(eff, Drop):
@@ -195,9 +147,9 @@ class Cluster:
 
     def tick(self, dt: float) -> None:
         self.now += dt
-        for i, replica in enumerate(self.replicas):
+        for i, host in enumerate(self.hosts):
             if i not in self.down:
-                self._apply(i, replica.tick(self.now))
+                self._apply(i, host.tick(self.now))
 
     def run(self, rounds: int = 50, dt: float = 0.01) -> None:
         """Deliver everything, let time pass, repeat: until nothing is queued and no
@@ -214,9 +166,7 @@ class Cluster:
     def restart(self, i: int) -> Replica:
         """Replica i crashes and comes back from what it made durable (its ledger and its
         protocol records), exactly as a node process does."""
-        replica = self._new_replica(i)
-        replica.restore(self.ledgers[i].durable_state())
-        self.replicas[i] = replica
+        replica = self.hosts[i].restart()
         self.queue = [(d, f) for d, f in self.queue if d != i]  # lost with the process
         return replica
 
