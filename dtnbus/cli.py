@@ -20,6 +20,10 @@ DIR_OPTION = click.option("--dir", "directory", type=click.Path(path_type=Path),
                           help=f"Cluster directory (default {DEFAULT_DIR}).")
 CONFIG_OPTION = click.option("--config", "config_file", type=click.Path(path_type=Path),
                              default=None, help="Cluster file (instead of --dir).")
+CURVE_OPTION = click.option(
+    "--curve", is_flag=True,
+    help="CurveZMQ on every connection: encrypted, and only keys in the cluster file may "
+         "connect (docs/security.md).")
 SCHEME_OPTION = click.option("--scheme", type=click.Choice(["ed25519", "rsa2048"]),
                              default="ed25519", show_default=True, help="Signature scheme.")
 
@@ -43,6 +47,10 @@ FRESH_OPTION = click.option("--fresh", is_flag=True,
                    "fragment node-K.toml (see docs/deploy.md).")
 @click.option("--client", "client_name", default=None,
               help="Make only a client's key and its public fragment client-NAME.toml.")
+@click.option("--clients", "extra_clients", type=click.IntRange(min=0), default=0,
+              show_default=True,
+              help="With --nodes: also make K client keys client-1..K, admitted at genesis "
+                   "(one per client program; 'client' is the operator).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Directory for keys/ and cluster.toml (or the fragment).")
 @SCHEME_OPTION
@@ -57,17 +65,24 @@ FRESH_OPTION = click.option("--fresh", is_flag=True,
                    "advertised one (NAT, cloud): e.g. 0.0.0.0.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True,
               help="Address /metrics listens on; loopback keeps it off the network.")
+@click.option("--operator", is_flag=True,
+              help="With --client: this client may admit and remove clients.")
 @click.option("--base-port", type=click.IntRange(1, 65535), default=None,
               help="First of 3 consecutive ports per node (default: free ports; 7000 with "
                    "--hosts or --node).")
 @FRESH_OPTION
-def keygen(nodes: int | None, node_id: int | None, client_name: str | None, out: Path,
-           scheme: str, host: str, hosts: str | None, advertise: str | None, bind: str | None,
-           metrics_host: str, base_port: int | None, fresh: bool) -> None:
+@CURVE_OPTION
+def keygen(nodes: int | None, node_id: int | None, client_name: str | None, extra_clients: int,
+           out: Path, scheme: str, host: str, hosts: str | None, advertise: str | None,
+           bind: str | None, metrics_host: str, operator: bool, base_port: int | None,
+           fresh: bool, curve: bool) -> None:
     """Create key pairs (mode 0600) and a cluster file, or one host's key and fragment."""
     if sum(x is not None for x in (nodes, node_id, client_name)) != 1:
         raise LocalError("give exactly one of --nodes N (all keys here), --node K (this "
                          "host's key) or --client NAME")
+    if curve and nodes is None:
+        raise LocalError("--curve makes every key on this machine: use it with --nodes N "
+                         "(per-host CURVE keys are not built yet)")
     if node_id is not None:
         from dtnbus.provision import DEFAULT_BASE_PORT, node_fragment
 
@@ -82,7 +97,7 @@ def keygen(nodes: int | None, node_id: int | None, client_name: str | None, out:
     if client_name is not None:
         from dtnbus.provision import client_fragment
 
-        path = client_fragment(out, client_name, scheme, fresh=fresh)
+        path = client_fragment(out, client_name, scheme, fresh=fresh, operator=operator)
         click.echo(f"wrote {path} (public); private key {out / 'keys' / f'{client_name}.key'} "
                    "(0600)")
         return
@@ -92,8 +107,12 @@ def keygen(nodes: int | None, node_id: int | None, client_name: str | None, out:
     host_list = [h.strip() for h in hosts.split(",")] if hosts else None
     _note_discarded(out, fresh, existing_cluster_files(out) if out.is_dir() else [])
     path = generate_cluster(out, nodes, scheme, host=host, base_port=base_port,
-                            hosts=host_list, bind=bind, metrics_host=metrics_host, fresh=fresh)
-    click.echo(f"wrote {path} ({nodes} nodes, {scheme}); private keys in {out / 'keys'} (0600)")
+                            hosts=host_list, bind=bind, metrics_host=metrics_host, fresh=fresh,
+                            clients=extra_clients, curve=curve)
+    who = f" and {extra_clients + 1} clients" if extra_clients else ""
+    click.echo(f"wrote {path} ({nodes} nodes{who}, {scheme}{', CURVE' if curve else ''}); "
+               f"private keys in "
+               f"{out / 'keys'} (0600)")
 
 
 def _note_discarded(directory: Path, fresh: bool, existing: list[str]) -> None:
@@ -140,8 +159,9 @@ READY_TIMEOUT_OPTION = click.option("--timeout", "ready_timeout", type=click.Flo
 @click.option("--latency", type=click.FloatRange(min=0), default=0.0,
               help="Per-link one-way latency in ms (0: none).")
 @FRESH_OPTION
+@CURVE_OPTION
 def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: float,
-                   latency: float, fresh: bool) -> None:
+                   latency: float, fresh: bool, curve: bool) -> None:
     """Create a new cluster in DIR and start it; returns when every node is ready.
 
     A directory that already holds a cluster is refused: start it with 'cluster start',
@@ -156,8 +176,9 @@ def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: f
                if bandwidth or latency else None)
     _note_discarded(directory, fresh,
                     existing_cluster_files(directory) if directory.is_dir() else [])
-    config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh)
-    click.echo(f"cluster of {config.n} nodes (f={config.f}) ready in {directory}")
+    config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh, curve=curve)
+    click.echo(f"cluster of {config.n} nodes (f={config.f}{', CURVE' if curve else ''}) "
+               f"ready in {directory}")
 
 
 @cluster.command("start")
@@ -307,20 +328,35 @@ def cluster_assemble_cmd(fragments: tuple[Path, ...], out: Path, settings: Path 
               help="Generate this many transactions.")
 @click.option("--tx-bytes", type=click.IntRange(min=12), default=300, show_default=True,
               help="Bytes per generated transaction.")
+@click.option("--seed", type=int, default=None,
+              help="With --count: generate these transactions (default: fresh random ones).")
 @click.option("--file", "source", type=click.File("rb"), default=None,
               help="Read transactions from a file ('-' for stdin), one per line.")
 @click.option("--request-txs", type=click.IntRange(min=1), default=256, show_default=True,
               help="Transactions per signed request.")
+@click.option("--client", "client_name", default=None,
+              help="Submit as this client (its own key; see 'dtnbus client new'). Makes the "
+                   "submission resumable: run the same command again after a crash and "
+                   "nothing executes twice. Default: the cluster's first client, in a fresh "
+                   "session of its own (concurrent submitters never collide).")
+@click.option("--window", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Requests outstanding at once.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-              help="Seconds to wait for every request to be committed.")
+              help="Seconds to wait for every request to be decided.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def submit(directory: Path | None, config_file: Path | None, count: int | None, tx_bytes: int,
-           source: object, request_txs: int, timeout: float) -> None:
-    """Send transactions and wait for f+1 matching replies for each.
+           seed: int | None, source: object, request_txs: int, client_name: str | None,
+           window: int, timeout: float, as_json: bool) -> None:
+    """Send transactions and wait until each is decided (f+1 matching replies).
 
     First asks every node for its status: with fewer than a commit quorum answering it
-    says so within seconds (exit 1) instead of waiting out --timeout."""
+    says so within seconds (exit 1) instead of waiting out --timeout. Prints how many
+    transactions committed, how many were refused and why, how many requests were sent
+    again and how long the cluster's full pools made it wait; exit 1 unless all
+    committed."""
     from dtnbus.client import Client
     from dtnbus.cluster import resolve_config
+    from dtnbus.identities import resume_session, work_digest
     from dtnbus.messages import commit_quorum
     from dtnbus.sync import chunk, make_transactions
 
@@ -329,34 +365,69 @@ def submit(directory: Path | None, config_file: Path | None, count: int | None, 
     if source is not None:
         txs = [line.rstrip(b"\n") for line in source if line.strip()]  # type: ignore[attr-defined]
     else:
-        txs = make_transactions(count or 0, tx_bytes)
+        txs = make_transactions(count or 0, tx_bytes, seed=seed)
     if not txs:
         raise LocalError("no transactions to send (the file holds no non-empty line)")
     config = resolve_config(directory, config_file)
+    spec = config.client(client_name)
+    requests = chunk(txs, request_txs)
+    session, resumed = None, False
+    if client_name is not None:
+        session, resumed = resume_session(config, spec.id, work_digest(requests))
+        if resumed:
+            click.echo(f"resuming session {session} of client {spec.id}: requests decided "
+                       "before are answered with their results, not executed again", err=True)
     q = commit_quorum(config.n)
-    with Client(config) as client:
+    with Client(config, spec.id, session=session) as client:
         answered = client.status(PROBE_SECONDS)
         if len(answered) < q:
-            raise ProblemFound(_down_message(config, answered, q, directory, config_file))
+            refused = client.refused_by()  # CURVE: the nodes may have refused our key
+            raise ProblemFound(f"{len(answered)} of {config.n} nodes answered: {refused}"
+                               if refused else
+                               _down_message(config, answered, q, directory, config_file))
         silent = [s.id for s in config.nodes if s.id not in answered]
         if silent:
             click.echo(f"note: node(s) {','.join(map(str, silent))} did not answer; "
                        f"{len(answered)} of {config.n} did (a quorum is {q})", err=True)
         progress = _SubmitProgress(config.n, timeout)
-        result = client.submit(chunk(txs, request_txs), timeout=timeout, on_tick=progress)
+        result = client.submit(requests, timeout=timeout, on_tick=progress, window=window)
         progress.done()
-        if result.seconds_f1 is None:
-            now = client.status(PROBE_SECONDS)
+        now = client.status(PROBE_SECONDS) if result.seconds_f1 is None else answered
+    summary = result.summary()
+    if as_json:
+        click.echo(json.dumps({**summary, "client": spec.id, "session": result.session,
+                               "resumed": resumed}))
+    else:
+        click.echo(_submit_line(summary, config.f + 1))
     if result.seconds_f1 is None:
-        raise ProblemFound(f"only {len(result.results)}/{result.requests} requests got "
-                           f"{config.f + 1} matching replies within {timeout:g} s; "
+        raise ProblemFound(f"only {result.decided}/{result.requests} requests decided "
+                           f"({config.f + 1} matching replies) within {timeout:g} s; "
                            f"{len(now)} of {config.n} nodes answer a status query now"
                            + ("" if len(now) >= q else f" (a quorum is {q})")
-                           + "; see 'dtnbus cluster status'")
-    last = max(result.results.values())
-    click.echo(f"{len(txs)} transactions in {result.requests} requests committed in "
-               f"{result.seconds_f1:.3f}s (f+1={config.f + 1} matching replies); "
-               f"last seq {last[0]}, head {last[1].hex()[:16]}")
+                           + "; run the same command again to resume"
+                           * (client_name is not None) + "; see 'dtnbus cluster status'")
+    if result.refused:
+        raise ProblemFound(f"{summary['refused_txs']} transactions were not committed: "
+                           + ", ".join(f"{k} {v}" for k, v in sorted(result.refused.items()))
+                           + " (requests; see docs/protocol.md: clients and exactly-once)")
+
+
+def _submit_line(s: dict, replies: int) -> str:
+    parts = [f"{s['committed_txs']}/{s['transactions']} transactions committed in "
+             f"{s['committed_requests']}/{s['requests']} requests"]
+    if s["seconds"] is not None:
+        parts.append(f"all decided in {s['seconds']:.3f}s ({replies} matching replies each)")
+    if s["refused"]:
+        parts.append("refused: " + ", ".join(f"{k} {v}" for k, v in sorted(s["refused"].items())))
+    if s["undecided_requests"]:
+        parts.append(f"{s['undecided_requests']} requests undecided")
+    parts.append(f"{s['retransmissions']} sent again")
+    if s["busy_answers"]:
+        parts.append(f"pools full: {s['busy_answers']} busy answers, backed off "
+                     f"{s['backed_off_s']:.2f}s")
+    if s["last_seq"] is not None:
+        parts.append(f"last seq {s['last_seq']}, head {s['head'][:16]}")
+    return "; ".join(parts)
 
 
 PROBE_SECONDS = 3.0
@@ -452,10 +523,12 @@ class ListOf(click.ParamType):
               help="Token bucket depth in bytes (default: max(1 frame, 5 ms of the rate)).")
 @click.option("--request-txs", type=click.IntRange(min=1), default=256, show_default=True,
               help="Transactions per signed client request.")
-@click.option("--tentative", is_flag=True,
-              help="PBFT tentative execution: reply once prepared; the client then needs a "
-                   "commit quorum of matching replies. Saves one latency hop.")
+@click.option("--tentative/--no-tentative", default=True, show_default=True,
+              help="PBFT tentative execution: replicas reply once prepared (the prepared "
+                   "certificate durable first); the client accepts q matching replies, or "
+                   "f+1 committed ones. Saves the commit hop.")
 @SCHEME_OPTION
+@CURVE_OPTION
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Keep the cluster directory here (default: a temporary one); a grid "
                    "keeps one sub-directory per cell. An existing cluster is refused.")
@@ -465,7 +538,7 @@ class ListOf(click.ParamType):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
          latency: list[float], mode: str, latency_dist: str, jitter: float, mbps_base: str,
-         burst: int | None, request_txs: int, tentative: bool, scheme: str,
+         burst: int | None, request_txs: int, tentative: bool, scheme: str, curve: bool,
          directory: Path | None, fresh: bool, out: Path, as_json: bool) -> None:
     """Synchronize TX transactions across NODES nodes and report how long it took.
 
@@ -500,7 +573,7 @@ def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
             click.echo(f"[{i}/{len(cells)}] n={n} tx={t} {bw:g} Mbps {lat:g} ms", err=True)
         result = synchronize(n, t, bw, lat, tx_bytes=tx_bytes, request_txs=request_txs,
                              scheme=scheme, directory=dirs[i - 1], shaping=shaping,
-                             fresh=fresh,
+                             fresh=fresh, curve=curve,
                              tentative=tentative,
                              on_progress=_progress_printer(t, request_txs))
         _print_sync(result)
@@ -560,6 +633,8 @@ def _print_sync(r: SyncResult) -> None:
     q = commit_quorum(r.nodes)
     shaped = (f"{r.bandwidth_mbps:g} Mbps, {r.latency_ms:g} ms"
               if r.bandwidth_mbps or r.latency_ms else "unshaped")
+    if r.extra.get("curve"):
+        shaped += ", CURVE"
     click.echo(f"synchronized {r.tx} tx x {r.tx_bytes} B across {r.nodes} nodes "
                f"(f={f}, {shaped}, {r.requests} requests)")
     if r.tentative:
@@ -586,6 +661,68 @@ def _print_sync(r: SyncResult) -> None:
     click.echo(f"  ledger heads ({same}):")
     for node_id, head in heads.items():
         click.echo(f"    node {node_id}: height {heights[node_id]} head {head[:16]}")
+
+
+@cli.command()
+@click.option("--nodes", type=click.IntRange(min=4), default=4, show_default=True,
+              help="Validator processes (n >= 3f+1).")
+@click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Independent clients, each with its own key and session.")
+@click.option("--request-txs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Transactions per request (1: every transaction its own request).")
+@click.option("--tx-bytes", type=click.IntRange(min=32), default=300, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=30.0, show_default=True,
+              help="Measured seconds (after --warmup).")
+@click.option("--warmup", type=click.FloatRange(min=0), default=3.0, show_default=True,
+              help="Seconds of load before measuring.")
+@click.option("--pipeline", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Closed loop: requests outstanding per client.")
+@click.option("--rate", type=click.FloatRange(min=1), default=None,
+              help="Open loop instead: offer this many requests per second in all.")
+@click.option("--auth", "authentication", type=click.Choice(["mac", "signature"]),
+              default="mac", show_default=True,
+              help="How clients authenticate requests (replicas accept both).")
+@click.option("--durability", type=click.Choice(["fsync", "process"]), default="fsync",
+              show_default=True,
+              help="fsync: every group commit survives power loss; process: it survives any "
+                   "crash of the node process.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"),
+              show_default=True, help="Folder for the CSV.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
+def bench(nodes: int, clients: int, request_txs: int, tx_bytes: int, seconds: float,
+          warmup: float, pipeline: int, rate: float | None, authentication: str,
+          durability: str, out: Path, as_json: bool) -> None:
+    """Throughput and latency under many independent clients (a fresh local cluster)."""
+    import csv
+
+    from dtnbus.bench import run_bench
+
+    result = run_bench(nodes, clients, request_txs, seconds, tx_bytes, pipeline, rate, warmup,
+                       authentication=authentication, durability=durability)
+    row = result.to_json()
+    click.echo(f"n={result.nodes} clients={result.clients} request_txs={result.request_txs} "
+               f"{result.mode} loop" + (f" at {rate:g}/s" if rate else
+                                        f", {pipeline} outstanding per client")
+               + f", {result.authentication}, durability {durability}")
+    click.echo(f"  {result.tx_per_s:,.0f} tx/s ({result.tx} tx in {result.seconds:.1f} s); "
+               f"latency p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, "
+               f"p99.9 {result.p999_ms} ms")
+    click.echo(f"  node CPU {result.cpu_us_per_tx} us per committed transaction (all nodes); "
+               f"nodes used {result.node_cpu_share:.0%} of the machine, the load generator "
+               f"{result.client_cpu_share:.0%}; ledgers identical: {result.ledgers_identical}")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "bench.csv"
+    new = not path.exists()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    click.echo(f"appended to {path}")
+    if as_json:
+        click.echo(json.dumps(row))
+    if not result.ledgers_identical:
+        raise ProblemFound(f"ledgers differ after the run: {result.ledger_error}")
 
 
 @cli.group()
@@ -633,6 +770,112 @@ def ledger_verify(directory: Path | None, config_file: Path | None,
                f"{heights[0] if heights else 0}"
                + (f" (longest {heights[-1]}: the others are behind, not damaged)"
                   if len(heights) > 1 else ""))
+
+
+@ledger.command("export")
+@DIR_OPTION
+@CONFIG_OPTION
+@click.option("--node", "node_id", type=click.IntRange(min=0), default=None,
+              help="Whose ledger (default: the first node whose ledger is on this machine).")
+@click.option("--format", "fmt", type=click.Choice(["lines", "jsonl"]), default="lines",
+              show_default=True,
+              help="lines: each executed transaction's bytes, one per line (diff it against "
+                   "what you submitted); jsonl: every ordered transaction with seq, position, "
+                   "client, session, number, request digest and outcome.")
+def ledger_export(directory: Path | None, config_file: Path | None, node_id: int | None,
+                  fmt: str) -> None:
+    """Print the global transaction pool, in ledger order."""
+    from dtnbus.cluster import resolve_config
+    from dtnbus.export import export
+
+    config = resolve_config(directory, config_file)
+    if node_id is None:
+        local = [s for s in config.nodes if s.ledger.exists()]
+        if not local:
+            raise LocalError(f"no node's ledger from {config.path} is on this machine; give "
+                             "--node K on the host that runs node K")
+        spec = local[0]
+    else:
+        spec = config.node(node_id)
+    out = click.get_binary_stream("stdout")
+    count = export(spec.ledger, fmt, out)
+    out.flush()
+    click.echo(f"node {spec.id}: {count} transactions", err=True)
+
+
+@cli.group()
+def client() -> None:
+    """Client identities: one key per client program, admitted by the cluster."""
+
+
+@client.command("new")
+@DIR_OPTION
+@CONFIG_OPTION
+@click.option("--name", required=True, help="The client's id (letters, digits, _ . -).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds to wait for the running cluster to admit it.")
+def client_new(directory: Path | None, config_file: Path | None, name: str,
+               timeout: float) -> None:
+    """Make a key pair for a new client (0600) and have the running cluster admit it.
+
+    The admission is an ordered command signed by an operator key of this directory, so
+    every node admits the client at the same point in the order; no restart."""
+    from dtnbus import admission
+    from dtnbus.cluster import resolve_config
+    from dtnbus.identities import admit, new_identity, operator_of
+
+    config = resolve_config(directory, config_file)
+    operator_of(config)  # before a key is made: can this host admit anyone?
+    spec = new_identity(config, name)
+    click.echo(f"made client {name}: private key {spec.key_file} (0600)", err=True)
+    result = admit(config, admission.AdmissionChange("add", name, spec.public_key), timeout)
+    _admission_result(result, f"client {name} admitted", timeout)
+
+
+@client.command("remove")
+@DIR_OPTION
+@CONFIG_OPTION
+@click.option("--name", required=True, help="The client to remove.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds to wait for the running cluster to remove it.")
+def client_remove(directory: Path | None, config_file: Path | None, name: str,
+                  timeout: float) -> None:
+    """Remove a client: every node refuses its requests from that point in the order on."""
+    from dtnbus import admission
+    from dtnbus.cluster import resolve_config
+    from dtnbus.identities import admit
+
+    config = resolve_config(directory, config_file)
+    result = admit(config, admission.AdmissionChange("remove", name, ""), timeout)
+    _admission_result(result, f"client {name} removed", timeout)
+
+
+def _admission_result(result: object, what: str, timeout: float) -> None:
+    if result.seconds_f1 is None:  # type: ignore[attr-defined]
+        raise ProblemFound(f"the cluster did not decide the admission command within "
+                           f"{timeout:g} s; is it running? (dtnbus cluster status)")
+    if not result.results:  # type: ignore[attr-defined]
+        raise ProblemFound(f"the admission command was refused: {result.refused}")  # type: ignore[attr-defined]
+    seq, head = next(iter(result.results.values()))  # type: ignore[attr-defined]
+    click.echo(f"{what} at seq {seq} (block {head.hex()[:16]})")
+
+
+@client.command("list")
+@DIR_OPTION
+@CONFIG_OPTION
+def client_list(directory: Path | None, config_file: Path | None) -> None:
+    """The clients this directory knows: admitted at genesis, or made here since."""
+    from dtnbus.cluster import resolve_config
+
+    config = resolve_config(directory, config_file)
+    for spec in config.clients:
+        role = "operator" if spec.operator else "client"
+        here = "key here" if spec.key_file is not None and spec.key_file.exists() else "no key"
+        click.echo(f"{spec.id}\tgenesis {role}\t{here}")
+    for spec in config.local_clients():
+        click.echo(f"{spec.id}\tadmitted by command\tkey here")
+    if config.open_admission:
+        click.echo("(admission is open: any Ed25519 key is a client, named pk:<its key>)")
 
 
 def _add_optional_commands() -> None:

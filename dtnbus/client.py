@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from dtnbus.config import ClusterConfig
+from dtnbus.curve import HandshakeWatch, connect_to
 from dtnbus.errors import LocalError, PeerError
 from dtnbus.messages import (
     Outcome,
@@ -93,9 +94,26 @@ class SubmitResult:
     committed_txs: int = 0
     session: int = 0
     backed_off_seconds: float = 0.0  # waited because f+1 replicas had no room
+    refused_txs: int = 0  # transactions in requests decided but not executed
+
     @property
     def decided(self) -> int:
         return len(self.results) + sum(self.refused.values())
+
+    def summary(self) -> dict:
+        """What this submission achieved, as plain data: what `dtnbus submit` prints and
+        its --json carries, so the library and the command line say the same thing."""
+        last = max(self.results.values()) if self.results else None
+        return {
+            "transactions": self.transactions, "requests": self.requests,
+            "committed_txs": self.committed_txs, "committed_requests": len(self.results),
+            "refused": dict(self.refused), "refused_txs": self.refused_txs,
+            "undecided_requests": self.requests - self.decided,
+            "undecided_txs": self.transactions - self.committed_txs - self.refused_txs,
+            "retransmissions": self.retransmissions, "busy_answers": self.busy_answers,
+            "backed_off_s": round(self.backed_off_seconds, 3), "seconds": self.seconds_f1,
+            "last_seq": last[0] if last else None, "head": last[1].hex() if last else None,
+        }
 
 
 def check_frame_size(frame: bytes, index: int, txs: Sequence[bytes], limit: int) -> None:
@@ -120,14 +138,23 @@ class Client:
     DEALER connection to every replica. Requests are numbered 1, 2, 3, ... in the session."""
 
     def __init__(self, config: ClusterConfig, client_id: str | None = None,
-                 session: int | None = None, next_number: int = 1) -> None:
+                 session: int | None = None, next_number: int = 1,
+                 authentication: str = "mac") -> None:
+        """`authentication`: "mac" (PBFT's authenticator: a tag for each replica, ~1 us;
+        Ed25519 clusters) or "signature" (a client signature any third party can check).
+        Replicas accept both; replies come back MAC-authenticated when they can."""
+        if authentication not in ("mac", "signature"):
+            raise LocalError(f"authentication must be 'mac' or 'signature', got "
+                             f"{authentication!r}")
         spec = config.client(client_id)
+        self.authentication = authentication
         self.session = new_session() if session is None else session
         self.next_number = next_number
         self.config = config
         self.id = spec.id
         self.codec = Codec(config.client_signer(spec.id), config.replica_verifiers(),
                            config.client_verifiers())
+        curve = config.curve.client_end(spec.id) if config.curve is not None else None
         self.ctx = zmq.Context()
         self.sockets: dict[int, zmq.Socket] = {}
         self.poller = zmq.Poller()
@@ -139,17 +166,27 @@ class Client:
             sock.setsockopt(zmq.SNDHWM, 1_000_000)
             sock.setsockopt(zmq.RCVHWM, 1_000_000)
             sock.setsockopt(zmq.IDENTITY, f"{spec.id}-{os.getpid()}-{token}-{node.id}".encode())
-            sock.connect(node.router)
+            if curve is None:
+                sock.connect(node.router)
+            else:
+                connect_to(sock, curve, node.id, node.router)
             self.sockets[node.id] = sock
             self.poller.register(sock, zmq.POLLIN)
+        self.handshakes = HandshakeWatch(self.sockets) if curve is not None else None
         self.shaper = config.shaper(spec.id)  # a client's links are shaped like a node's
         self.metrics = ClientMetrics()
         self._nonce = time.time_ns()
 
     def close(self) -> None:
+        if self.handshakes is not None:
+            self.handshakes.close()
         for sock in self.sockets.values():
             sock.close(linger=0)
         self.ctx.term()
+
+    def refused_by(self) -> str | None:
+        """Why nodes refused our CURVE handshake, as one sentence (None: none did)."""
+        return self.handshakes.summary() if self.handshakes is not None else None
 
     def __enter__(self) -> Client:
         return self
@@ -163,21 +200,21 @@ class Client:
         """Number and sign the next request: (number, request digest, frame)."""
         number = self.next_number
         self.next_number += 1
-        frame, digest = self.codec.encode_with_digest(Request(self.id, self.session, number,
-                                                              tuple(txs)))
+        frame, digest = self.codec.encode_request(Request(self.id, self.session, number,
+                                                          tuple(txs)), self.authentication)
         return number, digest, frame
 
     def _send(self, replica: int, frame: bytes, now: float) -> float:
         """Send (or queue on the emulated link); return when it will have arrived."""
         if self.shaper is not None and not self.shaper.is_unshaped(replica):
             return self.shaper.submit(now, replica, len(frame), frame)
-        self.sockets[replica].send(frame, copy=len(frame) < 65536)
+        _send_nowait(self.sockets[replica], frame)
         return now
 
     def _release(self, now: float) -> None:
         if self.shaper is not None:
             for replica, frame in self.shaper.pop_due(now):
-                self.sockets[replica].send(frame, copy=len(frame) < 65536)
+                _send_nowait(self.sockets[replica], frame)
 
     def _receive(self, timeout: float) -> list[tuple[int, object]]:
         """Authenticated messages that arrived within `timeout` seconds, as (replica, msg)."""
@@ -333,7 +370,7 @@ class Client:
                         retransmissions += 1
         results: dict[int, tuple[int, bytes]] = {}
         refused: dict[str, int] = {}
-        committed_txs = 0
+        committed_txs = refused_txs = 0
         for p in pending.values():
             if p.accepted is None:
                 continue
@@ -346,10 +383,12 @@ class Client:
             else:
                 name = Outcome.NAMES.get(outcome, str(outcome))
                 refused[name] = refused.get(name, 0) + 1
+                refused_txs += p.txs
         return SubmitResult(total, sum(p.txs for p in pending.values()), t_f1, t_2f1, t_all,
                             sum(1 for c in executed.values() if c == total),
                             retransmissions, mismatched, results, t_2f1_done, t_all_done,
-                            refused, busy_answers, committed_txs, self.session, backed_off)
+                            refused, busy_answers, committed_txs, self.session, backed_off,
+                            refused_txs)
 
     def _retransmit(self, p: _Pending, now: float, retry_after: float) -> None:
         """Send a request again to the replicas that have not answered it (and those that
@@ -373,7 +412,7 @@ class Client:
         nonce = self._nonce
         frame = self.codec.encode(StatusQuery(self.id, nonce))
         for sock in self.sockets.values():
-            sock.send(frame)  # status is control traffic: never shaped
+            _send_nowait(sock, frame)  # status is control traffic: never shaped
         answers: dict[int, Status] = {}
         deadline = time.monotonic() + timeout
         while len(answers) < self.config.n:
@@ -400,3 +439,14 @@ class Client:
         ready = sorted(r for r, s in answers.items() if s.ready)
         raise LocalError(f"cluster not ready after {timeout:.0f}s: ready nodes {ready} of "
                          f"{self.config.n}; see the node logs")
+
+
+def _send_nowait(sock: zmq.Socket, frame: bytes) -> bool:
+    """Send without blocking; False if the frame could not be queued. A DEALER whose
+    only connection was refused (a CURVE key the node does not admit) has no peer, and
+    a blocking send would then hang forever; the retransmission timer tries again."""
+    try:
+        sock.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
+    except zmq.Again:
+        return False
+    return True

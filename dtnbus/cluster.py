@@ -279,11 +279,14 @@ def refuse_running(directory: Path) -> None:
 def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
                protocol: dict[str, Any] | None = None, shaping: dict[str, Any] | None = None,
                links: list[dict[str, Any]] | None = None, ready_timeout: float | None = None,
-               log_level: str = "INFO", fresh: bool = False) -> ClusterConfig:
+               log_level: str = "INFO", fresh: bool = False,
+               extra_clients: int = 0, durability: str = "fsync",
+               curve: bool = False) -> ClusterConfig:
     """Create a new cluster in `directory`, start it and wait until every node is ready.
 
     A directory that already holds keys, ledgers or a cluster file is refused unless
-    `fresh` (then they are discarded); a running cluster is always refused."""
+    `fresh` (then they are discarded); a running cluster is always refused. `curve`:
+    every connection CurveZMQ-encrypted and authenticated (curve.py)."""
     check_cluster_dir(directory)
     if nodes < 4:
         raise LocalError(f"--nodes must be at least 4 (n >= 3f+1 with f >= 1), got {nodes}")
@@ -295,7 +298,8 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
                          "--fresh to discard it and create a new one")
     ensure_directory(directory, "--dir")
     path = generate_cluster(directory, nodes, scheme, protocol=protocol, shaping=shaping,
-                            links=links, fresh=fresh)
+                            links=links, fresh=fresh, clients=extra_clients,
+                            durability=durability, curve=curve)
     config = load_cluster(path)
     write_targets(config, directory)
     pids = start_nodes(config, directory, log_level=log_level)

@@ -25,8 +25,14 @@ Relative paths in the file (key files, ledgers) are relative to the file itself.
     public_key = "..."
     key_file = "keys/client.key"
     operator = true       # may admit and remove clients on the running cluster
+    [storage]             # optional
+    durability = "fsync"  # or "process": see docs/protocol.md, the fault model
     [admission]           # optional
     open = false          # true: any Ed25519 key is a client, named "pk:<its key>"
+
+With `curve = true` (top level) every connection is CurveZMQ (curve.py): each
+[[nodes]] table then also holds `curve_public_key` (z85) and `curve_key_file`, and so
+does each [[clients]] table whose client may connect.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from dtnbus.crypto import (
     scheme_of,
     write_private_key,
 )
+from dtnbus.curve import CurveKeys, add_curve_keys, load_curve_keys
 from dtnbus.errors import LocalError
 from dtnbus.messages import max_faulty
 from dtnbus.replica import ReplicaConfig
@@ -59,6 +66,7 @@ from dtnbus.shaping import LinkProfile, Shaper, links_from_config
 
 MAX_PORT = 65535
 PROTOCOL_FIELDS = {f.name for f in dataclasses.fields(ReplicaConfig)} - {"replica_id", "n"}
+DURABILITY = ("fsync", "process")
 SHAPING_FIELDS = {"bandwidth_mbps", "latency_ms", "mode", "latency_dist", "jitter_ms",
                   "mbps_base", "burst_bytes", "seed"}
 
@@ -121,6 +129,14 @@ class ClusterConfig:
     links: tuple[dict[str, Any], ...] = ()
     regions: dict[str, list[int]] = field(default_factory=dict)
     open_admission: bool = False
+    durability: str = "fsync"
+    curve: CurveKeys | None = None  # CurveZMQ keys when the file says `curve = true`
+
+    @property
+    def sqlite_synchronous(self) -> str:
+        """fsync: every group commit survives power loss (SQLite FULL). process: it reaches
+        the OS before anything is sent, so it survives any crash of the node (NORMAL)."""
+        return "FULL" if self.durability == "fsync" else "NORMAL"
 
     @property
     def n(self) -> int:
@@ -358,9 +374,18 @@ def load_cluster(path: Path) -> ClusterConfig:
         raise LocalError(f"{path}: [admission] has unknown keys {sorted(unknown)}; known: "
                          "['open']")
     open_admission = _optional(admission_table, "open", bool, f"{path}: [admission]", False)
+    storage = _table(raw, "storage", str(path))
+    unknown = set(storage) - {"durability"}
+    if unknown:
+        raise LocalError(f"{path}: [storage] has unknown keys {sorted(unknown)}; known: "
+                         "['durability']")
+    durability = _optional(storage, "durability", str, f"{path}: [storage]", "fsync")
+    if durability not in DURABILITY:
+        raise LocalError(f"{path}: [storage] durability must be one of {', '.join(DURABILITY)}"
+                         f", got {durability!r}")
     config = ClusterConfig(path, scheme, tuple(nodes), tuple(clients), dict(protocol),
                            dict(shaping), tuple(_tables(raw, "links", str(path))), dict(regions),
-                           open_admission)
+                           open_admission, durability)
     for spec in nodes:
         load_public_key_text(spec.public_key)
     node_keys = {spec.public_key: spec.id for spec in nodes}
@@ -374,7 +399,7 @@ def load_cluster(path: Path) -> ClusterConfig:
         raise LocalError(f"{path}: a client id appears twice in [[clients]]; ids are unique")
     config.replica_config(0)  # validates [protocol]
     config.shaper(0)  # validates [shaping], [regions] and [[links]]
-    return config
+    return dataclasses.replace(config, curve=load_curve_keys(raw, path))
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -435,9 +460,11 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
                      links: list[dict[str, Any]] | None = None,
                      regions: dict[str, list[int]] | None = None,
                      bind: str | None = None, metrics_host: str = "127.0.0.1",
-                     fresh: bool = False, clients: int = 0) -> Path:
+                     fresh: bool = False, clients: int = 0,
+                     durability: str = "fsync", curve: bool = False) -> Path:
     """Create keys (mode 0600) for N nodes, the operator client "client" and `clients` more
-    ("client-1", ...), and write `out/cluster.toml`.
+    ("client-1", ...), and write `out/cluster.toml`. With `curve`, each also gets a CURVE
+    key pair and the file says `curve = true` (curve.py).
 
     `hosts` gives each node its own address (one machine or network namespace each);
     they then all use the same ports, `base_port` (default 7000) onwards. `bind` is the
@@ -493,6 +520,8 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
             doc["protocol"] = protocol
         if shaping:
             doc["shaping"] = shaping
+        if durability != "fsync":
+            doc["storage"] = {"durability": durability}
         doc["nodes"] = node_tables
         doc["clients"] = [{"id": "client",
                            "public_key": public_key_text(client_key.public_key()),
@@ -507,6 +536,8 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
             doc["regions"] = regions
         if links:
             doc["links"] = links
+        if curve:
+            add_curve_keys(out, doc)
         path = out / "cluster.toml"
         write_text_atomic(path, tomli_w.dumps(doc))
     except OSError as exc:

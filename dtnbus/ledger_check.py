@@ -4,8 +4,10 @@ The command exists to find corruption, so nothing here stops at the first proble
 trusts what it reads: each block's links (sequence, previous hash, batch digest, block
 hash over the outcomes), its commit certificate (q COMMITs signed by distinct members of
 the cluster file, on the block's view and batch digest), each stored request (a
-well-formed signed frame, signed by a client the cluster file lists, its digest, identity,
-transaction count and outcome as ordered), each block's transaction count, requests
+well-formed frame from a client the cluster file lists or the ledger itself admitted
+before it, its signature, or, MAC-authenticated, this node's tag when this node's key is on
+this machine (otherwise the block's commit certificate vouches for it), its digest,
+identity, transaction count and outcome as ordered), each block's transaction count, requests
 whose block is gone, and then the ledgers against each other (the first block where a
 node's chain leaves the others'). Findings are returned, not printed; the CLI prints one
 line per finding. The ledger is read only through `storage.Ledger`.
@@ -13,12 +15,15 @@ line per finding. The ledger is read only through `storage.Ledger`.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dtnbus import admission
 from dtnbus.config import ClusterConfig
+from dtnbus.crypto import Verifier, load_public_key_text
 from dtnbus.errors import LocalError, PeerError
 from dtnbus.messages import (
     GENESIS,
@@ -30,7 +35,7 @@ from dtnbus.messages import (
     commit_quorum,
 )
 from dtnbus.storage import Block, Ledger, StoredRequest
-from dtnbus.wire import Codec
+from dtnbus.wire import Codec, parse_request_frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +91,21 @@ class LedgerReport:
         self.findings.append(Finding(self.node, block, kind, detail))
 
 
-def verifier_codec(config: ClusterConfig) -> Codec:
-    """A codec that only checks (no signing key is needed to verify a ledger)."""
-    return Codec(None, config.replica_verifiers(), config.client_verifiers())  # type: ignore[arg-type]
+def verifier_codec(config: ClusterConfig, node_id: int | None = None) -> Codec:
+    """A codec that checks what node `node_id` checked: client signatures and, when the
+    node's key is on this machine, its tag of each MAC authenticator (no key is needed to
+    verify signatures and certificates)."""
+    signer = None
+    if node_id is not None:
+        spec = config.node(node_id)
+        if spec.key_file is not None and spec.key_file.exists():
+            signer = config.node_signer(node_id)
+    return Codec(signer, config.replica_verifiers(), config.client_verifiers(),  # type: ignore[arg-type]
+                 open_clients=config.open_admission, me=node_id)
 
 
-def check_ledger(path: Path, node_id: int, codec: Codec) -> LedgerReport:
+def check_ledger(path: Path, node_id: int, codec: Codec,
+                 operators: frozenset[str] = frozenset()) -> LedgerReport:
     """Every problem in one node's ledger file."""
     report = LedgerReport(node_id, path)
     if not path.exists():
@@ -103,7 +117,7 @@ def check_ledger(path: Path, node_id: int, codec: Codec) -> LedgerReport:
         report.add(None, "unreadable", str(exc))
         return report
     try:
-        _check_blocks(ledger, report, codec)
+        _check_blocks(ledger, report, codec, operators)
     except sqlite3.DatabaseError as exc:
         report.add(None, "unreadable", f"{path}: {exc}")
     finally:
@@ -111,7 +125,8 @@ def check_ledger(path: Path, node_id: int, codec: Codec) -> LedgerReport:
     return report
 
 
-def _check_blocks(ledger: Ledger, report: LedgerReport, codec: Codec) -> None:
+def _check_blocks(ledger: Ledger, report: LedgerReport, codec: Codec,
+                  operators: frozenset[str] = frozenset()) -> None:
     prev, expected = GENESIS, 1
     quorum = commit_quorum(len(codec.replicas))
     for block in ledger.blocks():
@@ -133,6 +148,8 @@ def _check_blocks(ledger: Ledger, report: LedgerReport, codec: Codec) -> None:
             txs = _check_request(report, seq, position, stored, codec)
             if stored.outcome == Outcome.EXECUTED:
                 executed_txs += stored.tx_count if txs is None else txs
+                if stored.client in operators:  # clients it admits verify from here on
+                    _learn_admissions(stored, codec)
         if [r.digest for r in requests] != list(block.digests):
             report.add(seq, "ordered-set", f"{len(requests)} stored request(s) are not the "
                                            f"{len(block.digests)} the block ordered, in order")
@@ -178,6 +195,20 @@ def _check_certificate(report: LedgerReport, block: Block, codec: Codec, quorum:
         report.add(block.seq, "certificate", "; ".join(dict.fromkeys(problems)))
 
 
+def _learn_admissions(stored: StoredRequest, codec: Codec) -> None:
+    try:
+        request, _ = parse_request_frame(stored.frame)
+    except PeerError:
+        return
+    for tx in request.txs:
+        change = admission.decode(tx)
+        if change is not None and change.action == "add":
+            try:  # a removed client's old requests still verify with the key it had
+                codec.clients[change.client] = Verifier(load_public_key_text(change.public_key))
+            except LocalError:
+                continue
+
+
 def _check_request(report: LedgerReport, seq: int, position: int, stored: StoredRequest,
                    codec: Codec) -> int | None:
     """Check one stored request; returns its transaction count as its frame says (None
@@ -194,15 +225,20 @@ def _check_request(report: LedgerReport, seq: int, position: int, stored: Stored
     if not isinstance(msg, Request):
         report.add(seq, "request-frame", f"{where}: holds a {type(msg).__name__}, not a request")
         return None
-    try:
-        env = codec.authenticate(raw)
-    except PeerError:
-        report.add(seq, "request-signature", f"{where}: the client's signature does not verify")
-        env = None
-    if env is not None and env.digest != stored.digest:
+    if raw.tags and codec.macs is None:
+        env = None  # this node's tag needs its key: the commit certificate vouches instead
+    else:
+        try:
+            env = codec.authenticate(raw)
+        except PeerError:
+            what = "this node's MAC tag" if raw.tags else "the client's signature"
+            report.add(seq, "request-signature", f"{where}: {what} does not verify")
+            env = None
+    digest = env.digest if env is not None else hashlib.sha256(raw.payload).digest()
+    if digest != stored.digest:
         report.add(seq, "request-digest", f"{where}: stored digest {stored.digest.hex()[:16]} "
                                           f"is not the digest of its bytes "
-                                          f"({env.digest.hex()[:16]})")
+                                          f"({digest.hex()[:16]})")
     if (msg.client, msg.session, msg.number) != (stored.client, stored.session, stored.number):
         report.add(seq, "request-identity", f"{where}: the frame says client {msg.client!r}, "
                                             f"session {msg.session}, number {msg.number}")
@@ -241,9 +277,9 @@ def check_cluster(config: ClusterConfig, only: set[int] | None = None,
     """Every node's ledger (or those in `only`), checked alone and against each other.
     Returns the per-node reports and all findings (per node, per block). Certificates and
     signatures are checked against every member of the cluster file."""
-    codec = verifier_codec(config)
-    reports = [check_ledger(spec.ledger, spec.id, codec) for spec in config.nodes
-               if only is None or spec.id in only]
+    reports = [check_ledger(spec.ledger, spec.id, verifier_codec(config, spec.id),
+                            config.operators())
+               for spec in config.nodes if only is None or spec.id in only]
     present = [r for r in reports if not any(f.kind in ("missing-ledger", "unreadable")
                                              for f in r.findings)]
     findings = [f for r in reports for f in r.findings] + compare(present)

@@ -32,6 +32,7 @@ import zmq
 from dtnbus.budget import PeerBudget
 from dtnbus.config import ClusterConfig
 from dtnbus.crypto import Verifier, load_public_key_text
+from dtnbus.curve import binding_refusal
 from dtnbus.effects import (
     DURABLE,
     Broadcast,
@@ -88,8 +89,10 @@ class Node:
         self.config = config
         self.id = node_id
         self.codec = Codec(config.node_signer(node_id), config.replica_verifiers(),
-                           config.client_verifiers(), open_clients=config.open_admission)
-        self.ledger = Ledger(spec.ledger)
+                           config.client_verifiers(), open_clients=config.open_admission,
+                           me=node_id)
+        curve = config.curve.node_end(node_id) if config.curve is not None else None
+        self.ledger = Ledger(spec.ledger, config.sqlite_synchronous)
         self.replica = Replica(config.replica_config(node_id), self.codec.encode,
                                config.admitted_at_genesis(), config.operators(),
                                config.open_admission)
@@ -105,7 +108,8 @@ class Node:
             if serve_metrics and spec.metrics:
                 host, _, port = spec.metrics.rpartition(":")
                 self.metrics.serve(host, int(port))
-            self.transport = Transport(Endpoints(spec.bind_pub, spec.bind_router, node_id), peers)
+            self.transport = Transport(Endpoints(spec.bind_pub, spec.bind_router, node_id), peers,
+                                       curve=curve, on_refusal=self.metrics.curve_refused)
         except (OSError, ValueError, zmq.ZMQError) as exc:
             self.ledger.close()
             hint = ("is another node running there?" if "in use" in str(exc) else
@@ -150,8 +154,8 @@ class Node:
             if due is not None:
                 wake.append(due)
         timeout_ms = max(0, int((min(wake) - now) * 1000 + 0.999))
-        for source, identity, frame in self.transport.poll(timeout_ms):
-            self._on_frame(source, identity, frame)
+        for source, identity, frame, member in self.transport.poll(timeout_ms):
+            self._on_frame(source, identity, frame, member)
         now = time.monotonic()
         try:
             self.outbox.extend(self.replica.tick(now))
@@ -177,12 +181,17 @@ class Node:
 
     # ------------------------------------------------------------ input
 
-    def _on_frame(self, source: int, identity: bytes | None, frame: bytes) -> None:
+    def _on_frame(self, source: int, identity: bytes | None, frame: bytes,
+                  member: str | None = None) -> None:
         now = time.monotonic()
         sender: int | str | None = None
         try:
             raw = self.codec.parse(frame)
             sender = sender_of(raw.msg)
+            if member is not None and (why := binding_refusal(member, raw.msg)) is not None:
+                self.transport.refuse(why, f"{member} delivered {kind_name(raw.msg.KIND)} "
+                                           f"from {sender!r}")
+                return
             verdict = self.replica.admit(raw, now)
             if verdict is not None:
                 if verdict == UNNEEDED:  # a vote its slot no longer needs: not worth a check
@@ -192,11 +201,18 @@ class Node:
                 return
             env = self.codec.authenticate(raw)
         except PeerError as exc:
+            if sender is None and exc.msg is not None:
+                sender = sender_of(exc.msg)  # who it claims to be: a name for the culprit
             self.metrics.dropped(exc.reason, sender)
             log.debug("dropped frame: %s", exc)
-            if exc.reason == "unknown_sender" and isinstance(exc.msg, Request) and \
-                    source == FROM_ROUTER and identity and not from_replica(identity):
-                self._refuse(identity, exc.msg, exc.digest, now)
+            if exc.reason == "unknown_sender" and source == FROM_ROUTER and identity \
+                    and not from_replica(identity) and self.refusals.allow(identity, "refuse",
+                                                                           now):
+                if isinstance(exc.msg, Request):  # say why, instead of silence
+                    self._refuse(identity, exc.msg, exc.digest)
+                elif isinstance(exc.msg, StatusQuery):  # control traffic: no secret in it
+                    self.transport.send_routed(identity,
+                                               self._encode(self._status(exc.msg.nonce)))
             return
         except Exception:  # a bug in parsing: drop the frame, count it, go on
             log.exception("node %d: parsing a frame failed", self.id)
@@ -274,11 +290,9 @@ class Node:
                 continue
             self.outbox.extend(self.replica.step(view_env, now))
 
-    def _refuse(self, identity: bytes, req: Request, digest: bytes, now: float) -> None:
-        """Tell a client this cluster does not admit its key (at most a few times a second
-        per connection: the answer must not become an amplifier)."""
-        if not self.refusals.allow(identity, "refuse", now):
-            return
+    def _refuse(self, identity: bytes, req: Request, digest: bytes) -> None:
+        """Tell a client this cluster does not admit its key (the caller limits this to a
+        few times a second per connection: an answer must not become an amplifier)."""
         reply = Reply(self.replica.view, self.id, req.client, req.session, req.number, digest,
                       0, 0, b"", Outcome.REFUSED)
         self.transport.send_routed(identity, self._encode(reply))
@@ -403,7 +417,9 @@ class Node:
         identity = self.routes.get(key) if msg.tentative else self.routes.pop(key, None)
         if identity is None:
             return  # the request did not come to us directly: nowhere to send
-        frame = self._encode(msg)
+        verifier = self.codec.client_verifier(client)  # a MAC for it, when it can take one
+        frame = self.codec.encode_reply(msg, verifier.raw_key if verifier else None)
+        self.metrics.message_sent("reply", len(frame))
         if self.shaper is not None and not self.shaper.is_unshaped(client):
             self.shaper.submit(now, client, len(frame), (identity, frame))
         elif not self.transport.send_routed(identity, frame):

@@ -76,8 +76,10 @@ def node_fragment(out: Path, node_id: int, advertise: str, scheme: str = "ed2551
     return fragment
 
 
-def client_fragment(out: Path, name: str, scheme: str = "ed25519", fresh: bool = False) -> Path:
-    """Make a client's key and its public fragment `client-NAME.toml`."""
+def client_fragment(out: Path, name: str, scheme: str = "ed25519", fresh: bool = False,
+                    operator: bool = False) -> Path:
+    """Make a client's key and its public fragment `client-NAME.toml` (`operator`: it may
+    admit and remove clients on the running cluster)."""
     check_scheme(scheme)
     if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
         raise LocalError(f"--client {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
@@ -88,9 +90,11 @@ def client_fragment(out: Path, name: str, scheme: str = "ed25519", fresh: bool =
     try:
         key = generate_key(scheme)
         write_private_key(key_path, key)
-        doc = {"scheme": scheme, "clients": [{"id": name,
-                                              "public_key": public_key_text(key.public_key()),
-                                              "key_file": f"keys/{name}.key"}]}
+        table: dict[str, Any] = {"id": name, "public_key": public_key_text(key.public_key()),
+                                 "key_file": f"keys/{name}.key"}
+        if operator:
+            table["operator"] = True
+        doc = {"scheme": scheme, "clients": [table]}
         write_text_atomic(fragment, tomli_w.dumps(doc))
     except OSError as exc:
         raise LocalError(f"cannot write into {out}: {exc.strerror or exc}") from None

@@ -14,7 +14,8 @@ ledger ends at the same head.
 
 from __future__ import annotations
 
-import os
+import random
+import secrets
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -64,13 +65,20 @@ class SyncResult:
         return asdict(self)
 
 
-def make_transactions(count: int, size: int, seed: int = 0) -> list[bytes]:
-    """Opaque transactions: a unique 12-byte prefix, then random filler, `size` bytes each."""
+def make_transactions(count: int, size: int, seed: int | None = None) -> list[bytes]:
+    """Printable transactions of `size` bytes: a hex prefix unique per (seed, index), then
+    letters drawn from the seed. The same seed gives the same bytes (a resumed
+    submission sends the same transactions); no seed draws a fresh one. Printable, so
+    `ledger export --format lines` can be diffed against them."""
     if size < 12:
         raise LocalError(f"--tx-bytes must be at least 12, got {size}")
-    filler = os.urandom(size)
-    return [seed.to_bytes(4, "big") + i.to_bytes(8, "big") + filler[: size - 12]
-            for i in range(count)]
+    if count >= 16**8:
+        raise LocalError(f"at most {16**8 - 1} generated transactions per seed, got {count}")
+    seed = secrets.randbits(32) if seed is None else seed
+    letters = random.Random(seed).choices(b"abcdefghijklmnopqrstuvwxyz", k=size)
+    if size >= 16:  # 32 bits of seed: two fresh seeds all but never meet
+        return [b"%08x%08x" % (seed & 0xFFFFFFFF, i) + bytes(letters[16:]) for i in range(count)]
+    return [b"%04x%08x" % (seed & 0xFFFF, i) + bytes(letters[12:]) for i in range(count)]
 
 
 def chunk(items: Sequence[bytes], size: int) -> list[tuple[bytes, ...]]:
@@ -81,9 +89,9 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
                 latency_ms: float = 0.0, *, tx_bytes: int = 300, request_txs: int = 256,
                 scheme: str = "ed25519", directory: Path | None = None,
                 protocol: dict[str, Any] | None = None,
-                shaping: dict[str, Any] | None = None, tentative: bool = False,
+                shaping: dict[str, Any] | None = None, tentative: bool = True,
                 timeout: float | None = None,
-                wait_all: float = 30.0, fresh: bool = False,
+                wait_all: float = 30.0, fresh: bool = False, curve: bool = False,
                 on_progress: Callable[[int, int], None] | None = None) -> SyncResult:
     """Start an n-node cluster (not timed), synchronize `data` (a count of generated
     `tx_bytes`-byte transactions, or the transactions themselves), stop the cluster.
@@ -97,8 +105,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         raise LocalError("nothing to synchronize: give at least one transaction")
     shaping_table = dict(shaping or {})
     protocol = dict(protocol or {})
-    if tentative:
-        protocol["tentative"] = True
+    protocol.setdefault("tentative", tentative)
     if bandwidth_mbps or latency_ms:
         shaping_table.update(bandwidth_mbps=bandwidth_mbps, latency_ms=latency_ms)
     tmp = None
@@ -116,7 +123,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
     retry_after = max(2.0, 3 * bound.total_s) if bound else 2.0
     try:
         config = cluster_up(directory, nodes, scheme, protocol=protocol,
-                            shaping=shaping_table or None, fresh=fresh)
+                            shaping=shaping_table or None, fresh=fresh, curve=curve)
         try:
             with Client(config) as client:
                 result = client.submit(chunk(txs, request_txs), timeout=timeout,
@@ -161,7 +168,8 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         seconds_all_committed=result.seconds_all_committed,
         extra={"latency_dist": shaping_table.get("latency_dist", "constant"),
                "mode": shaping_table.get("mode", "link"),
-               "mbps_base": shaping_table.get("mbps_base", 1e6), "scheme": scheme},
+               "mbps_base": shaping_table.get("mbps_base", 1e6), "scheme": scheme,
+               "curve": curve},
     )
 
 

@@ -235,8 +235,8 @@ def test_submit_from_stdin_and_ledger_verify(run_cli: RunCli, cluster: RunningCl
     out = run_cli("submit", "--config", cluster.directory / "cluster.toml", "--file", "-",
                   "--request-txs", "3", "--timeout", "30", input=lines)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("7 transactions in 3 requests committed"), out.stdout
-    assert "f+1=2 matching replies" in out.stdout
+    assert out.stdout.startswith("7/7 transactions committed in 3/3 requests"), out.stdout
+    assert "(2 matching replies each)" in out.stdout
     cluster.wait_executed(7)
     verify = run_cli("ledger", "verify", "--dir", cluster.directory)
     assert verify.returncode == 0, verify.stderr

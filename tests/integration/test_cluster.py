@@ -169,7 +169,7 @@ def test_cli_cluster_up_status_submit_down_leaves_no_process(
         sub = run_cli("submit", "--dir", directory, "--count", "50", "--request-txs", "10",
                       "--timeout", "30")
         assert sub.returncode == 0, sub.stderr
-        assert sub.stdout.startswith("50 transactions in 5 requests committed"), sub.stdout
+        assert sub.stdout.startswith("50/50 transactions committed in 5/5 requests"), sub.stdout
 
         down = run_cli("cluster", "down", "--dir", directory)
         assert down.returncode == 0, down.stderr

@@ -128,8 +128,8 @@ def damaged(cluster: RunningCluster, tmp_path: Path) -> Path:
     frame = db.execute("SELECT frame FROM requests WHERE seq = 2").fetchone()[0]
     db.close()
     sql(0, "UPDATE requests SET frame = ? WHERE seq = 2", frame + b"\x00")  # msgpack ExtraData
-    payload, signature = msgpack.unpackb(frame)
-    forged = msgpack.packb([payload, bytes(len(signature))])  # same bytes, a zeroed signature
+    parts = msgpack.unpackb(frame)  # [payload, signature] or [payload, b"", MAC tags]
+    forged = msgpack.packb([parts[0], *(bytes(len(p)) for p in parts[1:])])  # zeroed auth
     sql(0, "UPDATE requests SET frame = ? WHERE seq = 4", forged)
     sql(1, "UPDATE blocks SET tx_count = 999 WHERE seq = 3")  # an edited transaction count
     sql(2, "DELETE FROM blocks WHERE seq = 5")  # the last block gone, its requests stay
@@ -189,7 +189,7 @@ def test_submit_shows_progress_while_it_waits(
     assert progress, out.stderr
     assert re.fullmatch(r"waiting: \d/2 requests committed, replies from \d/4 nodes, "
                         r"\d+ s of 60 s", progress[0]), progress[0]
-    assert out.stdout.startswith("20 transactions in 2 requests committed")
+    assert out.stdout.startswith("20/20 transactions committed in 2/2 requests"), out.stdout
 
 
 def test_submit_notes_silent_nodes_and_still_commits(

@@ -61,7 +61,7 @@ class Cluster:
         self.client_keys = {c: public_key_text(k.public_key()) for c, k in client_keys.items()}
         verifiers = {i: Verifier(k.public_key()) for i, k in replica_keys.items()}
         client_verifiers = {c: Verifier(k.public_key()) for c, k in client_keys.items()}
-        self.codecs = {i: Codec(Signer(k), verifiers, client_verifiers)
+        self.codecs = {i: Codec(Signer(k), verifiers, client_verifiers, me=i)
                        for i, k in replica_keys.items()}
         self.client_codecs = {c: Codec(Signer(k), verifiers, client_verifiers)
                               for c, k in client_keys.items()}

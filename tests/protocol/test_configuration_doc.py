@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dtnbus.config import PROTOCOL_FIELDS, SHAPING_FIELDS, NodeSpec
+from dtnbus.config import PROTOCOL_FIELDS, SHAPING_FIELDS, ClientSpec, NodeSpec
 from dtnbus.replica import ReplicaConfig
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
@@ -40,10 +40,18 @@ def test_every_node_key_and_shaping_key_is_documented() -> None:
     node_keys = {f.name for f in dataclasses.fields(NodeSpec)}
     assert set(_section("`[[nodes]]`")) == node_keys
     assert set(_section("`[shaping]`")) == SHAPING_FIELDS
-    assert set(_section("`[[clients]]`")) == {"id", "public_key", "key_file"}
+    assert set(_section("`[[clients]]`")) == {f.name for f in dataclasses.fields(ClientSpec)}
+    assert set(_section("`[admission]`")) == {"open"}
 
 
 @pytest.mark.parametrize("doc", ["deploy.md", "configuration.md"])
 def test_docs_link_only_inside_the_repository(doc: str) -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / doc).read_text()
     assert "../shared" not in text and "/work/" not in text
+
+
+def test_the_storage_section_documents_durability() -> None:
+    from dtnbus.config import DURABILITY
+
+    rows = _section("`[storage]`")
+    assert set(rows) == {"durability"} and all(d in rows["durability"][1] for d in DURABILITY)

@@ -143,11 +143,12 @@ def _hosts(tmp_path: Path, n: int = 4) -> list[Path]:
 
 def test_per_host_keys_assemble_into_one_cluster_file(tmp_path: Path) -> None:
     hosts = _hosts(tmp_path)
-    client = client_fragment(tmp_path / "ops", "ops")
+    client = client_fragment(tmp_path / "ops", "ops", operator=True)
     out = assemble([h / f"node-{k}.toml" for k, h in enumerate(hosts)] + [client],
                    tmp_path / "cluster.toml")
     config = load_cluster(out)
     assert config.n == 4 and [c.id for c in config.clients] == ["ops"]
+    assert config.operators() == frozenset({"ops"})
     text = out.read_text()
     assert "PRIVATE" not in text
     for k, host in enumerate(hosts):

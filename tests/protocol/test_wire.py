@@ -7,7 +7,7 @@ import pytest
 
 from dtnbus.crypto import Signer, Verifier, generate_key
 from dtnbus.errors import PeerError
-from dtnbus.messages import Commit, PrePrepare, Request, Status
+from dtnbus.messages import Commit, PrePrepare, Reply, Request, Status
 from dtnbus.wire import Codec
 
 
@@ -76,3 +76,47 @@ def test_sender_must_be_a_member_of_the_right_kind(codecs: tuple[Codec, Codec]) 
     assert _reason(replica, client.encode(Request("eve", 1, 1, ()))) == "unknown_sender"
     # a client cannot vote: a Commit claiming replica 1, signed with the client's key
     assert _reason(replica, client.encode(Commit(0, 1, 1, b"d" * 32))) == "bad_signature"
+
+
+def test_a_mac_authenticated_request_convinces_each_replica_of_its_own_tag() -> None:
+    keys = [generate_key() for _ in range(4)]
+    client_key = generate_key()
+    replicas = {i: Verifier(k.public_key()) for i, k in enumerate(keys)}
+    clients = {"c": Verifier(client_key.public_key())}
+    codecs = [Codec(Signer(k), replicas, clients, me=i) for i, k in enumerate(keys)]
+    client = Codec(Signer(client_key), replicas, {})
+    frame, digest = client.encode_request(Request("c", 1, 1, (b"pay",)))
+    assert len(msgpack.unpackb(frame)) == 3  # [payload, b"", tags]: no signature at all
+    for codec in codecs:
+        assert codec.decode(frame).digest == digest
+    payload, _, tags = msgpack.unpackb(frame)
+    for i, codec in enumerate(codecs):  # break one replica's tag: only it refuses
+        broken = tags[:16 * i] + bytes(16) + tags[16 * (i + 1):]
+        bad = msgpack.packb([payload, b"", broken])
+        with pytest.raises(PeerError) as info:
+            codec.decode(bad)
+        assert info.value.reason == "bad_signature"
+        assert all(other.decode(bad) for j, other in enumerate(codecs) if j != i)
+
+
+def test_only_requests_and_replies_may_travel_under_a_mac() -> None:
+    key, client_key = generate_key(), generate_key()
+    replicas = {0: Verifier(key.public_key())}
+    codec = Codec(Signer(key), replicas, {"c": Verifier(client_key.public_key())}, me=0)
+    signed = codec.encode(Commit(0, 1, 0, b"d" * 32))
+    payload, _signature = msgpack.unpackb(signed)
+    posing = msgpack.packb([payload, b"", bytes(16)])  # a vote may never skip its signature
+    with pytest.raises(PeerError) as info:
+        codec.decode(posing)
+    assert info.value.reason == "malformed"
+
+
+def test_a_reply_tag_convinces_its_client_only() -> None:
+    key, client_key, other_key = generate_key(), generate_key(), generate_key()
+    replicas = {0: Verifier(key.public_key())}
+    node = Codec(Signer(key), replicas, {}, me=0)
+    reply = Reply(0, 0, "c", 1, 1, b"r" * 32, 1, 0, b"h" * 32)
+    frame = node.encode_reply(reply, Verifier(client_key.public_key()).raw_key)
+    assert Codec(Signer(client_key), replicas, {}).decode(frame).msg == reply
+    with pytest.raises(PeerError):
+        Codec(Signer(other_key), replicas, {}).decode(frame)

@@ -1,0 +1,302 @@
+"""`dtnbus bench`: throughput and latency under many independent clients.
+
+The workload that matters: many clients, each with its own key, each request one
+signed (or MAC-authenticated) transaction. One load-generator process multiplexes all
+client sessions over one DEALER per replica (replies are routed per request, so sessions
+share connections) and keeps either `pipeline` requests outstanding per client (closed
+loop) or offers `rate` requests per second (open loop, for the latency-vs-load curve).
+A client accepts a request on f+1 matching committed replies that name it, exactly as
+`dtnbus.client` does, checking only the replies it needs (the rest are counted, not
+verified).
+
+Reported: committed transactions per second over the measured window (after a warm-up),
+client-visible commit latency p50/p99/p99.9, the nodes' CPU per committed transaction
+(from their own /proc accounting, so the gap to the cost of the cryptography is
+visible), how much of the machine the load generator used, and whether the ledgers are
+identical afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import secrets
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from dtnbus.client import accepts, new_session
+from dtnbus.cluster import cluster_up, running_pids, stop_nodes
+from dtnbus.config import ClusterConfig
+from dtnbus.errors import LocalError, PeerError
+from dtnbus.messages import Outcome, Reply, Request, reply_quorum
+from dtnbus.storage import compare_ledgers
+from dtnbus.wire import Codec
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    nodes: int
+    clients: int
+    request_txs: int
+    tx_bytes: int
+    mode: str  # "closed" (pipeline per client) or "open" (offered rate)
+    offered_per_s: float | None
+    tx: int  # committed in the measured window
+    seconds: float
+    tx_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    p999_ms: float | None
+    cpu_us_per_tx: float | None  # all node processes together, per committed transaction
+    node_cpu_share: float  # of the whole machine (1.0 = every core busy)
+    client_cpu_share: float
+    busy_answers: int
+    retransmissions: int
+    ledgers_identical: bool
+    ledger_error: str | None
+    authentication: str
+    durability: str = "fsync"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@dataclass
+class _Out:
+    client: int
+    number: int
+    digest: bytes
+    frame: bytes
+    sent: float
+    next_retry: float
+    committed: dict[int, tuple[int, int, bytes, int]]
+    txs: int
+    tentative: dict[int, tuple[int, int, bytes, int]] = dataclasses.field(default_factory=dict)
+
+
+class LoadGenerator:
+    """Many client sessions, one process, one DEALER per replica."""
+
+    def __init__(self, config: ClusterConfig, client_ids: list[str], tx_bytes: int,
+                 request_txs: int) -> None:
+        self.config = config
+        self.n = config.n
+        self.f1 = reply_quorum(config.n)
+        self.codecs = [Codec(config.client_signer(c), config.replica_verifiers(), {})
+                       for c in client_ids]
+        self.client_ids = client_ids
+        self.sessions = [new_session() for _ in client_ids]
+        self.numbers = [0] * len(client_ids)
+        self.ctx = zmq.Context()
+        self.socks = []
+        token = secrets.token_hex(4)
+        for spec in config.nodes:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.IDENTITY, f"bench-{os.getpid()}-{token}-{spec.id}".encode())
+            sock.connect(spec.router)
+            self.socks.append(sock)
+        self.poller = zmq.Poller()
+        for sock in self.socks:
+            self.poller.register(sock, zmq.POLLIN)
+        self.filler = bytes(random.Random(7).choices(b"abcdefghijklmnopqrstuvwxyz",
+                                                     k=tx_bytes))
+        self.tx_bytes = tx_bytes
+        self.request_txs = request_txs
+        self.out: dict[tuple[int, int], _Out] = {}
+        self.latencies: list[float] = []
+        self.committed_txs = 0
+        self.busy = 0
+        self.retransmissions = 0
+        self.measuring = False
+        self.authentication = "mac"
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+    def send(self, client: int, now: float) -> None:
+        self.numbers[client] += 1
+        number = self.numbers[client]
+        prefix = b"%04x%08x%010x" % (client, number, self.sessions[client] & 0xFFFFFFFFFF)
+        txs = tuple(prefix + b"-%d-" % k + self.filler[:max(0, self.tx_bytes - len(prefix) - 8)]
+                    for k in range(self.request_txs))
+        req = Request(self.client_ids[client], self.sessions[client], number, txs)
+        frame, digest = self.codecs[client].encode_request(req, self.authentication)
+        for sock in self.socks:
+            sock.send(frame, zmq.NOBLOCK, copy=False)
+        self.out[(client, number)] = _Out(client, number, digest, frame, now, now + 2.0, {},
+                                          len(txs))
+
+    def receive(self, timeout_ms: int) -> list[int]:
+        """Handle the replies that arrived; returns the clients with a request decided."""
+        freed = []
+        for sock, _ in self.poller.poll(timeout_ms):
+            replica = self.socks.index(sock)
+            while True:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    break
+                freed.extend(self._reply(replica, frame))
+        return freed
+
+    def _reply(self, replica: int, frame: bytes) -> list[int]:
+        codec = self.codecs[0]
+        try:
+            raw = codec.parse(frame)
+        except PeerError:
+            return []
+        msg = raw.msg
+        if not isinstance(msg, Reply):
+            return []
+        client = self.client_ids.index(msg.client) if len(self.client_ids) < 64 else \
+            self._index(msg.client)
+        out = self.out.get((client, msg.number))
+        if out is None or msg.request != out.digest or msg.session != self.sessions[client]:
+            return []
+        if msg.outcome == Outcome.BUSY:
+            self.busy += 1
+            out.next_retry = min(out.next_retry, time.monotonic() + 0.05)
+            return []
+        try:  # only a reply we still need is worth a signature check
+            codec.authenticate(raw)
+        except PeerError:
+            return []
+        key = (msg.seq, msg.position, msg.result, msg.outcome)
+        (out.tentative if msg.tentative else out.committed)[replica] = key
+        if not accepts(key, out.committed, out.tentative, self.n):
+            return []
+        now = time.monotonic()
+        del self.out[(client, msg.number)]
+        if self.measuring and msg.outcome == Outcome.EXECUTED:
+            self.latencies.append(now - out.sent)
+            self.committed_txs += out.txs
+        return [client]
+
+    def _index(self, name: str) -> int:
+        if not hasattr(self, "_by_name"):
+            self._by_name = {c: i for i, c in enumerate(self.client_ids)}
+        return self._by_name[name]
+
+    def retransmit(self, now: float) -> None:
+        for out in self.out.values():
+            if now >= out.next_retry:
+                self.retransmissions += 1
+                out.next_retry = now + 2.0
+                for replica, sock in enumerate(self.socks):
+                    if replica not in out.committed:
+                        sock.send(out.frame, zmq.NOBLOCK, copy=False)
+
+
+def run_bench(nodes: int = 4, clients: int = 16, request_txs: int = 1, seconds: float = 10.0,
+              tx_bytes: int = 300, pipeline: int = 32, rate: float | None = None,
+              warmup: float = 2.0, protocol: dict[str, Any] | None = None,
+              directory: Path | None = None, scheme: str = "ed25519",
+              authentication: str = "mac", durability: str = "fsync") -> BenchResult:
+    """Start a cluster (not timed), load it for `warmup` + `seconds`, stop it."""
+    if clients < 1 or nodes < 4 or seconds <= 0:
+        raise LocalError("bench needs --clients >= 1, --nodes >= 4 and --seconds > 0")
+    tmp = None
+    if directory is None:
+        tmp = tempfile.TemporaryDirectory(prefix="dtnbus-bench-")
+        directory = Path(tmp.name)
+    try:
+        config = cluster_up(directory, nodes, scheme, protocol=protocol, fresh=True,
+                            extra_clients=clients, durability=durability)
+        try:
+            result = _load(config, directory, clients, request_txs, seconds, tx_bytes,
+                           pipeline, rate, warmup, authentication)
+            return dataclasses.replace(result, durability=durability)
+        finally:
+            stop_nodes(directory)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _load(config: ClusterConfig, directory: Path, clients: int, request_txs: int,
+          seconds: float, tx_bytes: int, pipeline: int, rate: float | None,
+          warmup: float, authentication: str) -> BenchResult:
+    gen = LoadGenerator(config, [f"client-{k + 1}" for k in range(clients)], tx_bytes,
+                        request_txs)
+    gen.authentication = authentication
+    pids = list(running_pids(directory).values())
+    try:
+        start = time.monotonic()
+        measure_at = start + warmup
+        end = measure_at + seconds
+        cpu0 = node0 = client0 = 0.0
+        if rate is None:
+            for client in range(clients):
+                for _ in range(pipeline):
+                    gen.send(client, start)
+        next_send = start
+        rr = 0
+        while True:
+            now = time.monotonic()
+            if not gen.measuring and now >= measure_at:
+                gen.measuring = True
+                node0 = sum(_cpu_seconds(p) for p in pids)
+                t = os.times()
+                client0 = t.user + t.system
+                cpu0 = now
+            if now >= end:
+                break
+            if rate is not None:
+                while next_send <= now:  # open loop: the offered load does not wait
+                    gen.send(rr % clients, now)
+                    rr += 1
+                    next_send += 1.0 / rate
+                wait = max(0, min(int((next_send - now) * 1000), 5))
+            else:
+                wait = 5
+            for client in gen.receive(wait):
+                if rate is None:
+                    gen.send(client, time.monotonic())
+            gen.retransmit(time.monotonic())
+        elapsed = time.monotonic() - cpu0
+        node_cpu = sum(_cpu_seconds(p) for p in pids) - node0
+        t = os.times()
+        client_cpu = t.user + t.system - client0
+        gen.measuring = False
+        drain_until = time.monotonic() + 10.0
+        while gen.out and time.monotonic() < drain_until:  # let what was sent finish
+            gen.receive(20)
+            gen.retransmit(time.monotonic())
+    finally:
+        gen.close()
+    lat = sorted(gen.latencies)
+    cores = os.cpu_count() or 1
+
+    def pct(p: float) -> float | None:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else None
+
+    _, error = compare_ledgers([s.ledger for s in config.nodes])
+    tx = gen.committed_txs
+    return BenchResult(config.n, clients, request_txs, tx_bytes,
+                       "open" if rate is not None else "closed", rate, tx, round(elapsed, 3),
+                       round(tx / elapsed, 1), pct(0.5), pct(0.99), pct(0.999),
+                       round(node_cpu / tx * 1e6, 1) if tx else None,
+                       round(node_cpu / elapsed / cores, 3),
+                       round(client_cpu / elapsed / cores, 3), gen.busy, gen.retransmissions,
+                       error is None, error,
+                       "MAC authenticators" if authentication == "mac" and gen.codecs[0].can_mac
+                       else f"{config.scheme} signatures")
