@@ -4,8 +4,9 @@ A cluster of real node processes runs while a client stream (`stream.RequestStre
 keeps requests flowing. At random moments (seeded) one node is killed with SIGKILL, the
 primary of the moment with probability `primary_share`, any node otherwise; after a
 random time down it is restarted over its ledger and must catch up (state transfer, the
-current view). The next kill comes only once the cluster is whole again, so at most
-f = 1 node is ever down and the cluster must keep committing throughout.
+current view). The next kill comes only once the cluster is whole again (every node in
+one view, none more than a few sequences behind), so at most f = 1 node is ever down or
+unable to vote, and the cluster must keep committing throughout.
 
 At the end the stream drains, the nodes are stopped, and the run checks what a client
 may rely on:
@@ -51,6 +52,7 @@ from dtnbus.storage import Ledger
 from dtnbus.stream import Ack, RequestStream, percentile
 
 ENTERED_VIEW = re.compile(r"entered view (\d+)")
+LEVEL_SLACK = 8  # sequences a node may trail the most advanced one and count as level
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class KillRecord:
     killed_at: float  # seconds from the start of the stream
     down_seconds: float
     restarted_at: float
-    catchup_seconds: float | None  # restart -> its ledger and view level with the others
+    catchup_seconds: float | None  # restart -> the cluster whole again (one view, level)
     caught_up_at: float | None
     target_seq: int  # the others' height when it was restarted
     accepted_in_window: int = 0  # acknowledgements from kill to caught up
@@ -139,6 +141,9 @@ class ChaosResult:
     violations: list[str] = field(default_factory=list)
     directory: str = ""
     records: list[KillRecord] = field(default_factory=list)
+    # (node, its view, everyone else's view): one node stuck alone in a later view when the
+    # run stopped (FINDINGS.md chaos-1), None otherwise
+    lone_view: tuple[int, int, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -167,6 +172,8 @@ class ChaosRun:
         self.config: ClusterConfig | None = None
         self.stream: RequestStream | None = None
         self.t0 = 0.0
+        self.last_seen: dict[int, tuple[int, int]] = {}  # node -> (view, seq), last poll
+        self.lone_view: tuple[int, int, int] | None = None
 
     # ------------------------------------------------------------ the run
 
@@ -232,9 +239,12 @@ class ChaosRun:
                  + (f"{record.catchup_seconds:.2f} s" if caught is not None else "NEVER")
                  + f" after restart; {self.stream.accepted_count()} acknowledged")
         if caught is None:
-            self.violations.append(f"kill {index + 1}: node {victim} did not catch up to seq "
-                                   f"{target} within {plan.catchup_timeout:.0f} s of its "
-                                   f"restart")
+            self.lone_view = _lone_view(self.last_seen)
+            seen = ", ".join(f"node {r}: view {v} seq {e}"
+                             for r, (v, e) in sorted(self.last_seen.items()))
+            self.violations.append(f"kill {index + 1}: the cluster was not whole again "
+                                   f"{plan.catchup_timeout:.0f} s after node {victim} "
+                                   f"restarted (it had to reach seq {target}): {seen}")
             return False
         if not self.stream.alive():
             self.violations.append("the client stream stopped")
@@ -242,14 +252,21 @@ class ChaosRun:
         return True
 
     def _wait_caught_up(self, probe: Client, node: int, target: int,
-                        deadline: float) -> float | None:
-        """When `node` answered ready, at or beyond `target`, in the others' view."""
+                         deadline: float) -> float | None:
+        """When the cluster is whole again: every node answers and is ready, all in one
+        view, `node` at or beyond `target`, and no node more than `LEVEL_SLACK` sequences
+        behind the most advanced (batches in flight). Only then may the next kill come:
+        a node still catching up is not down, but it cannot vote yet."""
+        self.last_seen = {}
         while time.monotonic() < deadline:
             st = probe.status(0.5)
+            self.last_seen = {r: (s.view, s.last_executed) for r, s in st.items()}
             me = st.get(node)
-            others = [s.view for r, s in st.items() if r != node]
-            if me is not None and me.ready and me.last_executed >= target and others \
-                    and me.view >= max(others):
+            if me is not None and len(st) == self.plan.nodes and me.last_executed >= target \
+                    and all(s.ready for s in st.values()) \
+                    and len({s.view for s in st.values()}) == 1 \
+                    and max(s.last_executed for s in st.values()) - \
+                    min(s.last_executed for s in st.values()) <= LEVEL_SLACK:
                 return time.monotonic()
             time.sleep(0.05)  # polling another process's state: nothing to block on
         return None
@@ -303,6 +320,9 @@ class ChaosRun:
         if len({r.head for r in reports}) != 1 or len({r.height for r in reports}) != 1:
             self.violations.append("ledgers differ in height or head: "
                                    f"{ {r.node: r.height for r in reports} }")
+        if self.stream.contradictions:
+            self.violations.append(f"{self.stream.contradictions} committed replies contradict "
+                                   "an answer the client had accepted")
         if not_executed:
             self.violations.append(f"acknowledged without executing: {dict(not_executed)}")
         if tracebacks:
@@ -327,7 +347,7 @@ class ChaosRun:
             missing=missing, duplicated=duplicated, wrong_place=wrong,
             ledger_findings=[f.line() for f in findings[:20]], tracebacks=tracebacks,
             violations=list(self.violations), directory=str(self.directory),
-            records=self.records)
+            records=self.records, lone_view=self.lone_view)
 
     def _stalls(self, windows: list[tuple[float, float]], stream_seconds: float) -> float:
         """The longest time without an acknowledgement while the stream had requests
@@ -361,6 +381,18 @@ class ChaosRun:
         for log in (self.directory / "logs").glob("node-*.log"):
             views.update(int(v) for v in ENTERED_VIEW.findall(log.read_text(errors="replace")))
         return views
+
+
+def _lone_view(seen: dict[int, tuple[int, int]]) -> tuple[int, int, int] | None:
+    """(node, view, others' view) if exactly one node is in a view above all the others,
+    which share one view."""
+    views = {node: view for node, (view, _seq) in seen.items()}
+    top = max(views.values(), default=0)
+    alone = [n for n, v in views.items() if v == top]
+    rest = {v for n, v in views.items() if v != top}
+    if len(alone) == 1 and len(rest) == 1 and len(views) > 2:
+        return alone[0], top, rest.pop()
+    return None
 
 
 def check_acknowledged(config: ClusterConfig, stream: RequestStream,

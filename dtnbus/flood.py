@@ -143,7 +143,8 @@ def run_member_floods(kinds: tuple[str, ...] = FLOOD_KINDS, count: int = 10_000,
             with RogueMember(config, ROGUE) as rogue:
                 if not rogue.announce():
                     violations.append("the honest nodes never heard the rogue member")
-                rogue.quiet()
+                if not rogue.quiet():
+                    violations.append("the honest nodes kept saying hello")
                 for kind in kinds:
                     sampler.exceeded.clear()
                     row = _one_kind(config, rogue, stream, sampler, kind, count, calm_seconds,

@@ -11,6 +11,8 @@ kept under the old signature, multipart frames, and plain random bytes and rando
 msgpack. With a `resign` signer, field-level rewrites are also signed again with a
 member's real key: what a Byzantine member, not only a stranger, can send.
 
+Frames are `[payload, signature]` or, for requests and replies, PBFT's MAC authenticator
+`[payload, b"", tags]` (`wire`); mutations keep, break or swap either form.
 `classify` says what a node's decoder must do with a frame (the reason it drops it at
 parse time, or that it parses), with the same `Codec` the node uses. Pure: no sockets.
 """
@@ -232,17 +234,21 @@ class Mutator:
 
     # ------------------------------------------------------------ field-level
 
-    def _decoded(self, frame: bytes) -> tuple[list, bytes] | None:
+    def _decoded(self, frame: bytes) -> tuple[list, list[bytes]] | None:
+        """(payload items, what follows the payload: [signature] or [b"", MAC tags])."""
         try:
-            payload, signature = msgpack.unpackb(frame, raw=False)
-            items = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            outer = msgpack.unpackb(frame, raw=False)
+            items = msgpack.unpackb(outer[0], raw=False, strict_map_key=False)
         except Exception:
             return None
-        return (items, signature) if isinstance(items, list) and items else None
+        if not (isinstance(outer, list) and len(outer) in (2, 3) and isinstance(items, list)
+                and items):
+            return None
+        return items, list(outer[1:])
 
-    def _repack(self, items: list, signature: bytes) -> bytes:
+    def _repack(self, items: list, rest: list[bytes]) -> bytes:
         payload = msgpack.packb(items, use_bin_type=True)
-        return msgpack.packb([payload, signature], use_bin_type=True)
+        return msgpack.packb([payload, *rest], use_bin_type=True)
 
     def _field(self, frame: bytes) -> bytes:
         decoded = self._decoded(frame)
@@ -273,18 +279,25 @@ class Mutator:
         return self._repack(items, signature)
 
     def _signature(self, frame: bytes) -> bytes:
+        """Change the signature (or a MAC tag), or swap one authenticator for the other."""
         decoded = self._decoded(frame)
         if decoded is None:
             return self._bitflip(frame)
-        items, signature = decoded
-        choice = self.rng.randrange(4)
-        new = (signature[:-1], signature + b"\x00", bytes(len(signature)),
-               self.rng.randbytes(len(signature)))[choice]
-        return self._repack(items, new)
+        items, rest = decoded
+        auth = rest[-1]
+        choice = self.rng.randrange(6)
+        if choice == 4:  # a signed frame passed off as MAC-tagged, or the reverse
+            rest = [b"", auth] if len(rest) == 1 else [auth]
+        elif choice == 5:
+            rest = [self.rng.randbytes(16), *rest] if len(rest) == 1 else [auth, b""]
+        else:
+            rest = [*rest[:-1], (auth[:-1], auth + b"\x00", bytes(len(auth)),
+                                 self.rng.randbytes(len(auth)))[choice]]
+        return self._repack(items, rest)
 
     def _signed_again(self, frame: bytes) -> bytes:
         try:
-            payload, _signature = msgpack.unpackb(frame, raw=False)
+            payload = msgpack.unpackb(frame, raw=False)[0]
         except Exception:
             return frame
         if not isinstance(payload, bytes) or self.resign is None:

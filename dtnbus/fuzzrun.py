@@ -48,14 +48,16 @@ from dtnbus.config import ClusterConfig
 from dtnbus.errors import PeerError
 from dtnbus.fuzzing import Corpus, Fuzzed, Mutator, classify, decode_fully
 from dtnbus.ledger_check import check_cluster
-from dtnbus.messages import PeerStatus, StateRequest, Status, StatusQuery, kind_name
+from dtnbus.messages import Hello, PeerStatus, StateRequest, Status, StatusQuery, kind_name
 from dtnbus.rogue import RogueMember
 from dtnbus.stream import RequestStream
 from dtnbus.wire import Codec
 
 PATHS = ("router-client", "router-replica", "sub")
-BACKGROUND = ("peerstatus",)  # what honest nodes send each other every second, idle or not
-_BACKGROUND_KINDS = (PeerStatus.KIND,)
+# what honest nodes send each other on their own: status every second, and hellos again
+# whenever a member (the rogue, in a well-signed fuzz frame) says it has not heard all
+BACKGROUND = ("peerstatus", "hello")
+_BACKGROUND_KINDS = (PeerStatus.KIND, Hello.KIND)
 ROGUE = 3
 HONEST = (0, 1, 2)
 ZMTP_GREETING = b"\xff" + bytes(8) + b"\x7f\x03\x00NULL" + bytes(16)
@@ -163,20 +165,18 @@ class FuzzRun:
         corpus = self._capture(config)
         stop_nodes(self.directory, ids=[ROGUE])
         pids = {k: v for k, v in running_pids(self.directory).items() if k in HONEST}
-        checker = Codec(None, config.replica_verifiers(),  # type: ignore[arg-type]
-                        config.client_verifiers())
+        checker = _node_codec(config, HONEST[0])  # decides as node 0 does (its MAC tag)
         with RogueMember(config, ROGUE) as rogue:
             if not rogue.announce():
                 self.violations.append("the honest nodes never heard the rogue member")
-            rogue.quiet()
+            if not rogue.quiet():
+                self.violations.append("the honest nodes kept saying hello")
             self._capture_state_reply(rogue, corpus)
             signers: dict[int | str, Codec] = {ROGUE: rogue.codec,
                                                rogue.client_id: rogue.client_codec}
             for spec in config.nodes:
                 if spec.id != ROGUE:
-                    signers[spec.id] = Codec(config.signer(spec.key_file, f"node {spec.id}"),
-                                             config.replica_verifiers(),
-                                             config.client_verifiers())
+                    signers[spec.id] = _node_codec(config, spec.id)
             corpus.complete(signers, config.n)
             mutator = Mutator(corpus, plan.seed, resign=rogue.sign_payload,
                               resign_share=plan.resign_share)
@@ -271,8 +271,7 @@ class FuzzRun:
         requests and the replies it gets; with `capture_view_change`, through the crash
         and restart of the primary (VIEW-CHANGE, NEW-VIEW, SUSPECT, state transfer)."""
         corpus = Corpus()
-        checker = Codec(None, config.replica_verifiers(),  # type: ignore[arg-type]
-                        config.client_verifiers())
+        checker = _node_codec(config, HONEST[0])
         stop = threading.Event()
         sniffer = threading.Thread(target=_sniff, args=(config, checker, corpus, stop),
                                    daemon=True)
@@ -420,9 +419,17 @@ class FuzzRun:
         return stream.accepted_count()
 
 
+def _node_codec(config: ClusterConfig, node_id: int) -> Codec:
+    """The codec node `node_id` decodes with (its key: its MAC tags of requests)."""
+    return Codec(config.node_signer(node_id), config.replica_verifiers(),
+                 config.client_verifiers(), open_clients=config.open_admission, me=node_id)
+
+
 def _keep(corpus: Corpus, checker: Codec, frame: bytes) -> None:
+    """A frame off the wire from an honest node or the client: keep it under its kind (a
+    reply's MAC tag is for the client, so only its shape is checked here)."""
     with contextlib.suppress(PeerError):
-        corpus.add(kind_name(checker.decode(frame).msg.KIND), frame)
+        corpus.add(kind_name(checker.parse(frame).msg.KIND), frame)
 
 
 def _sniff(config: ClusterConfig, checker: Codec, corpus: Corpus,

@@ -15,6 +15,7 @@ a frame the node had to deal with) or the PUB (the path broadcasts take).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -98,9 +99,34 @@ class RogueMember:
         """Our signature over any payload bytes (a Byzantine member signs what it likes)."""
         return self.codec.signer.sign(hashlib.sha256(payload).digest())
 
-    def quiet(self) -> None:
-        """Say we have heard everyone, so the honest nodes stop publishing Hello for us."""
-        self.pub.send(self.sign(Hello(self.id, self.config.n - 1)))
+    def quiet(self, timeout: float = 10.0) -> bool:
+        """Say we have heard everyone, until the honest nodes stop publishing Hello for us
+        (none heard for half a second): from then on they send each other nothing but
+        protocol traffic. True if they fell quiet within `timeout`."""
+        sub = self._socket(zmq.SUB, 10_000)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for peer in self.config.nodes:
+            if peer.id != self.id:
+                sub.connect(peer.pub)
+        quiet_since = time.monotonic()
+        deadline = quiet_since + timeout
+        try:
+            while time.monotonic() < deadline:
+                self.pub.send(self.sign(Hello(self.id, self.config.n - 1)))
+                if sub.poll(100):
+                    while True:
+                        try:
+                            frame = sub.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        with contextlib.suppress(PeerError):
+                            if isinstance(self.codec.parse(frame).msg, Hello):
+                                quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= 0.5:
+                    return True
+        finally:
+            sub.close(linger=0)
+        return False
 
     def send(self, frames: Iterable[bytes], to: Iterable[int] | None = None,
              read: bool = True, stop: threading.Event | None = None,

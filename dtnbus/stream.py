@@ -5,8 +5,9 @@ something else: while nodes die and peers misbehave, which requests did the clie
 acknowledged, when, and how long did each take? `RequestStream` keeps requests flowing
 (closed loop: at most `window` outstanding; or open loop: `rate` new requests per
 second whatever the answers, to offer more than the cluster can take) and records one
-`Ack` per request: when it was first sent, when f+1 matching committed replies arrived
-(the client's acceptance rule, `client.accepts`), where it was ordered, and how many
+`Ack` per request: when it was first sent, when the client's acceptance rule
+(`client.accepts`: f+1 matching committed replies, or a commit quorum of matching ones,
+tentative replies included) was met, where it was ordered, and how many
 replicas answered BUSY. It runs in its own thread (`start`/`stop`); its sockets are
 used by that thread only.
 
@@ -52,7 +53,8 @@ class Ack:
     backing_off: bool = False
     backoff: float = BUSY_BACKOFF[0] / 2
     committed: dict[int, ReplyKey] = field(default_factory=dict)
-    accepted: float | None = None  # when f+1 matching committed replies were in
+    tentative: dict[int, ReplyKey] = field(default_factory=dict)
+    accepted: float | None = None  # when the client's acceptance rule was met
     key: ReplyKey | None = None  # (seq, position, block hash, outcome) accepted
 
     @property
@@ -88,6 +90,7 @@ class RequestStream:
         self.acks: dict[int, Ack] = {}
         self.accept_times: list[float] = []  # acceptance moments, in order (append-only)
         self.busy_answers = 0
+        self.contradictions = 0  # committed replies that differ from an accepted answer
         self.offered = 0
         self.skipped = 0  # open loop: due but not sent, `window` being full
         self.session = 0
@@ -182,8 +185,12 @@ class RequestStream:
                 if msg.client != client.id or msg.session != client.session:
                     continue
                 ack = self.acks.get(msg.number)
-                if ack is None or msg.request != ack.digest or ack.accepted is not None \
-                        or msg.tentative:
+                if ack is None or msg.request != ack.digest:
+                    continue
+                if ack.accepted is not None:
+                    if not msg.tentative and msg.outcome != Outcome.BUSY and ack.key != \
+                            (msg.seq, msg.position, msg.result, msg.outcome):
+                        self.contradictions += 1  # a durable answer unlike the accepted one
                     continue
                 if msg.outcome == Outcome.BUSY:
                     self.busy_answers += 1
@@ -196,9 +203,9 @@ class RequestStream:
                         ack.next_retry = time.monotonic() + ack.backoff
                     continue
                 key: ReplyKey = (msg.seq, msg.position, msg.result, msg.outcome)
-                ack.committed[replica] = key
+                (ack.tentative if msg.tentative else ack.committed)[replica] = key
                 ack.busy.discard(replica)
-                if accepts(key, ack.committed, {}, n):
+                if accepts(key, ack.committed, ack.tentative, n):
                     ack.accepted = time.monotonic()
                     ack.key = key
                     self.accept_times.append(ack.accepted)
@@ -213,7 +220,7 @@ class RequestStream:
     def _retransmit(self, client: Client, ack: Ack, now: float) -> None:
         ack.retries += 1
         for replica, sock in client.sockets.items():
-            if replica not in ack.committed:
+            if replica not in ack.committed and replica not in ack.tentative:
                 _send(sock, ack.frame)
         if ack.backing_off:  # it waited for room: send it again soon if still none
             ack.next_retry = now + self.retry_after
