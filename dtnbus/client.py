@@ -61,6 +61,10 @@ class _Pending:
     accepted_at: float = 0.0
 
 
+def _early_retry(key: ReplyKey, p: _Pending, f1: int) -> bool:
+    return sum(1 for k in p.tentative.values() if k == key) >= f1
+
+
 def accepts(key: ReplyKey, committed: dict[int, ReplyKey], tentative: dict[int, ReplyKey],
             n: int) -> bool:
     """The client's rule: f+1 matching committed replies (one is from a correct replica that
@@ -154,7 +158,10 @@ class Client:
         self.id = spec.id
         self.codec = Codec(config.client_signer(spec.id), config.replica_verifiers(),
                            config.client_verifiers())
-        curve = config.curve.client_end(spec.id) if config.curve is not None else None
+        curve = None
+        if config.curve is not None:
+            local = config.local_curve_key(spec.id)
+            curve = config.curve.client_end(spec.id, local)
         self.ctx = zmq.Context()
         self.sockets: dict[int, zmq.Socket] = {}
         self.poller = zmq.Poller()
@@ -332,6 +339,10 @@ class Client:
                 answers[replica] = key
                 p.busy.discard(replica)
                 now = time.monotonic()
+                if p.accepted is None and msg.tentative and _early_retry(key, p, f1):
+                    # f+1 promised the same result but q have not: a slow or faulty
+                    # replica; the committed answers are a retransmission away
+                    p.next_retry = min(p.next_retry, now + max(0.05, now - p.first_sent))
                 if p.accepted is None and accepts(key, p.committed, p.tentative, n):
                     p.accepted, p.accepted_at = key, now
                     decided += 1
@@ -395,7 +406,8 @@ class Client:
         were too busy to take it), backing off so a loaded cluster is not flooded."""
         p.retries += 1
         self.metrics.request_retransmitted()
-        targets = [r for r in self.sockets if r not in p.committed and r not in p.tentative]
+        # a replica that answered tentatively holds the committed answer by now: ask it too
+        targets = [r for r in self.sockets if r not in p.committed]
         arrived = max((self._send(r, p.frame, now) for r in targets), default=now)
         if p.backing_off:
             p.backing_off = False

@@ -32,7 +32,7 @@ import zmq
 from dtnbus.budget import PeerBudget
 from dtnbus.config import ClusterConfig
 from dtnbus.crypto import Verifier, load_public_key_text
-from dtnbus.curve import binding_refusal
+from dtnbus.curve import binding_refusal, client_member
 from dtnbus.effects import (
     DURABLE,
     Broadcast,
@@ -99,7 +99,6 @@ class Node:
         saved = self.ledger.durable_state()
         if saved.height or saved.records:  # a restart: resume exactly where we were
             self.replica.restore(saved)
-            self._admit(saved.admitted.items())
             log.info("node %d resumes at seq %d in view %d", node_id, saved.height,
                      self.replica.view)
         self.metrics = NodeMetrics(node_id)
@@ -117,6 +116,9 @@ class Node:
                     "in the cluster file (pub/router stay the advertised addresses)")
             raise LocalError(f"node {node_id}: cannot listen on {spec.bind_pub} / "
                              f"{spec.bind_router} / {spec.metrics}: {exc}; {hint}") from None
+        # clients the order admitted before a restart: their keys, and their CURVE keys now
+        # that the sockets (and the ZAP table) exist
+        self._admit((c, k, ck) for c, (k, ck) in saved.admitted.items())
         self.shaper = config.shaper(node_id)
         # where replies go: the connection a request came in on (a replayed frame from
         # elsewhere must not redirect another request's reply), per request identity
@@ -356,9 +358,17 @@ class Node:
                 log.info("node %d left view %d for view %d: %s", self.id, eff.view - 1,
                          eff.view, eff.reason)
 
-    def _admit(self, changes: Iterable[tuple[str, str]]) -> None:
-        """The order admitted or removed clients: their requests verify, or no longer."""
-        for client, key_text in changes:
+    def _admit(self, changes: Iterable[tuple[str, str, str]]) -> None:
+        """The order admitted or removed clients: their requests verify, or no longer, and
+        under CURVE their connections are let in, or no longer."""
+        for client, key_text, curve_key in changes:
+            guard = getattr(getattr(self, "transport", None), "guard", None)
+            if guard is not None:
+                member = client_member(client)
+                for key in [k for k, m in guard.admitted.items() if m == member]:
+                    del guard.admitted[key]
+                if key_text and curve_key:
+                    guard.admitted[curve_key.encode()] = member
             if not key_text:
                 self.codec.clients.pop(client, None)
                 log.info("node %d: client %s removed", self.id, client)
@@ -413,8 +423,9 @@ class Node:
 
     def _send_client(self, client: str, msg: Reply, now: float) -> None:
         key = (client, msg.session, msg.number)
-        # a tentative reply is followed by the committed one: keep the route until then
-        identity = self.routes.get(key) if msg.tentative else self.routes.pop(key, None)
+        # a tentative reply is followed by the committed one only when the cluster says so
+        keep = msg.tentative and self.replica.config.reply_after_tentative
+        identity = self.routes.get(key) if keep else self.routes.pop(key, None)
         if identity is None:
             return  # the request did not come to us directly: nowhere to send
         verifier = self.codec.client_verifier(client)  # a MAC for it, when it can take one

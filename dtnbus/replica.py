@@ -110,6 +110,9 @@ class ReplicaConfig:
     max_sessions: int = 200_000
     tentative: bool = True  # reply once prepared (PBFT tentative execution): saves a hop;
     # durable (the prepared certificate is on disk first) and safe (clients need q of them)
+    reply_after_tentative: bool = False  # also send the committed reply of a request that
+    # was answered tentatively (Castro-Liskov do not: a client that lacks q tentative
+    # replies asks again and gets it then); `dtnbus sync` turns it on to time execution
     view_change_timeout: float = 5.0  # the oldest waiting request waited this long:
     # suspect the primary (doubles with each view change that brings no progress)
     status_interval: float = 1.0  # PeerStatus every this many seconds (times n/16 if larger)
@@ -625,14 +628,19 @@ class Replica:
             bodies[d] = (pooled.msg, pooled.frame)
         slot.executed = True
         self.vc_timeout = self.config.view_change_timeout  # progress: the view works
+        answered = slot.sent_tentative and not self.config.reply_after_tentative
         self._apply_block(slot.seq, slot.view, slot.preprepare.digests, bodies,
-                          slot.commit_cert(self.q), slot.t_committed, out, reply=True)
+                          slot.commit_cert(self.q), slot.t_committed, out, reply=True,
+                          answered=answered)
 
     def _apply_block(self, seq: int, view: int, digests: tuple[bytes, ...],
                      bodies: dict[bytes, tuple[Request, bytes]], proof: tuple[bytes, ...],
-                     committed_at: float, out: list[Effect], reply: bool) -> None:
+                     committed_at: float, out: list[Effect], reply: bool,
+                     answered: bool = False) -> None:
         """Execute one ordered batch: the same code for a committed slot and for a block
-        taken by state transfer, so both make the same decisions and hashes."""
+        taken by state transfer, so both make the same decisions and hashes. `answered`:
+        the clients already have the (identical) tentative result; the committed replies
+        are kept for whoever asks again."""
         requests = [bodies[d] for d in digests]
         outcomes = self.clients.execute_batch(
             [(r.client, r.session, r.number, d, r.txs) for d, (r, _f) in zip(digests, requests,
@@ -657,7 +665,8 @@ class Replica:
                     answer = Reply(view, self.id, r.client, r.session, r.number, r.digest, seq,
                                    pos, self.head, r.outcome)
                     self._cache_reply(answer)
-                    out.append(SendClient(r.client, answer))
+                    if not answered:
+                        out.append(SendClient(r.client, answer))
                 else:  # decided before: the ledger holds its one true answer
                     out.append(LookupReply(r.client, r.session, r.number, r.digest, view))
         if seq % self.config.checkpoint_interval == 0:

@@ -106,6 +106,8 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
     shaping_table = dict(shaping or {})
     protocol = dict(protocol or {})
     protocol.setdefault("tentative", tentative)
+    if tentative:  # the committed replies too: sync reports when q / all n executed
+        protocol.setdefault("reply_after_tentative", True)
     if bandwidth_mbps or latency_ms:
         shaping_table.update(bandwidth_mbps=bandwidth_mbps, latency_ms=latency_ms)
     tmp = None

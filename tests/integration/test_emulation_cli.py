@@ -52,9 +52,10 @@ def test_grid_writes_csv_markdown_and_charts(tmp_path: Path) -> None:
     cells = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(cells) == 4 and all(c["ledgers_identical"] for c in cells)
     for cell in cells:
-        # five one-way latencies of 20 ms are on the critical path: nothing beats them
-        assert cell["seconds_f1"] >= 0.1
-        assert cell["bound_seconds"] >= 0.1
+        # four one-way latencies of 20 ms are on the critical path (tentative execution,
+        # the default: request, pre-prepare, prepare, reply): nothing beats them
+        assert cell["seconds_f1"] >= 0.08
+        assert cell["bound_seconds"] >= 0.08
         assert cell["seconds_2f1"] >= cell["seconds_f1"]
     files = sorted(p.suffix for p in out.iterdir())
     assert files == [".csv", ".md", ".png", ".png"]

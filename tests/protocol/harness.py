@@ -220,5 +220,13 @@ class Cluster:
     def heads(self) -> list[bytes]:
         return [r.head for i, r in enumerate(self.replicas) if i not in self.down]
 
-    def committed_replies(self, client: str = "c0") -> list[Reply]:
-        return [m for c, m in self.replies if c == client and not m.tentative]
+    def answers(self, client: str = "c0") -> list[Reply]:
+        """Each replica's answer to each of the client's requests: its committed reply, or
+        its tentative one when that is all it sent (the default: a client with q matching
+        tentative replies is done, and asks again otherwise)."""
+        best: dict[tuple[int, int, int], Reply] = {}
+        for c, m in self.replies:
+            key = (m.replica, m.session, m.number)
+            if c == client and (key not in best or best[key].tentative):
+                best[key] = m
+        return list(best.values())

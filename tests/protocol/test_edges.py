@@ -128,7 +128,7 @@ def test_a_primary_that_censors_one_client_is_replaced_and_the_request_executes(
     for i in (1, 2, 3):
         executed = [r for b in c.blocks[i] for r in b.requests if r.client == "victim"]
         assert [r.outcome for r in executed] == [Outcome.EXECUTED]
-    assert any(m.outcome == Outcome.EXECUTED for m in c.committed_replies("victim"))
+    assert any(m.outcome == Outcome.EXECUTED for m in c.answers("victim"))
     _agree(c)
 
 
@@ -298,7 +298,7 @@ def test_a_late_request_below_its_session_window_is_answered_stale_never_lost() 
     c.replies.clear()
     c.request((b"s2",), number=2)
     c.run()
-    answers = {m.outcome for m in c.committed_replies()}
+    answers = {m.outcome for m in c.answers()}
     assert answers == {Outcome.STALE}
     assert all(b.requests[0].number != 2 or b.requests[0].outcome != Outcome.EXECUTED
                for b in c.blocks[1])
@@ -309,11 +309,11 @@ def test_a_second_request_under_a_taken_identity_is_refused_never_answered_as_th
     c = Cluster(4)
     c.request((b"first",), number=7)
     c.run()
-    first = {m.result for m in c.committed_replies()}
+    first = {m.result for m in c.answers()}
     c.replies.clear()
     c.request((b"second",), number=7)
     c.run()
-    answers = c.committed_replies()
+    answers = c.answers()
     assert answers and all(m.outcome == Outcome.CONFLICT for m in answers)
     assert all(isinstance(m, Reply) and m.request != c.blocks[1][0].digests[0] for m in answers)
     assert first and all(b.executed_txs <= 1 for b in c.blocks[1])
@@ -323,13 +323,13 @@ def test_a_retransmitted_request_is_answered_with_its_own_result_after_a_restart
     c = Cluster(4, config_overrides={"reply_cache": 1})
     c.request((b"again",), number=1)
     c.run()
-    original = {(m.seq, m.result) for m in c.committed_replies()}
+    original = {(m.seq, m.result) for m in c.answers()}
     for i in range(4):
         c.restart(i)
     c.replies.clear()
     c.request((b"again",), number=1)
     c.run()
-    again = c.committed_replies()
+    again = c.answers()
     assert len(again) == 4 and {(m.seq, m.result) for m in again} == original
     assert all(m.outcome == Outcome.EXECUTED for m in again)
     assert all(len([b for b in c.blocks[i] if isinstance(b, Execute)]) == 1 for i in range(4))
