@@ -205,6 +205,11 @@ class RequestStream:
                 key: ReplyKey = (msg.seq, msg.position, msg.result, msg.outcome)
                 (ack.tentative if msg.tentative else ack.committed)[replica] = key
                 ack.busy.discard(replica)
+                if msg.tentative and sum(1 for k in ack.tentative.values() if k == key) >= f1:
+                    # f+1 promised one result but q have not (a replica is slow or down):
+                    # those that answered tentatively hold the committed answer; ask again
+                    now = time.monotonic()
+                    ack.next_retry = min(ack.next_retry, now + max(0.05, now - ack.sent))
                 if accepts(key, ack.committed, ack.tentative, n):
                     ack.accepted = time.monotonic()
                     ack.key = key
@@ -220,7 +225,7 @@ class RequestStream:
     def _retransmit(self, client: Client, ack: Ack, now: float) -> None:
         ack.retries += 1
         for replica, sock in client.sockets.items():
-            if replica not in ack.committed and replica not in ack.tentative:
+            if replica not in ack.committed:  # a tentative answer: its committed one now
                 _send(sock, ack.frame)
         if ack.backing_off:  # it waited for room: send it again soon if still none
             ack.next_retry = now + self.retry_after
