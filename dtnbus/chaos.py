@@ -66,7 +66,7 @@ class ChaosPlan:
     checkpoint_interval: int = 16  # small: restarted nodes fall behind the window and
     window: int = 64  # must take state, not only replay votes
     primary_share: float = 0.4  # of kills aimed at the primary of the moment
-    gap: tuple[float, float] = (0.3, 2.0)  # seconds of whole-cluster running before a kill
+    gap: tuple[float, float] = (0.2, 2.0)  # seconds of whole-cluster running before a kill
     down: tuple[float, float] = (0.1, 2.0)  # seconds a killed node stays down
     catchup_timeout: float = 60.0
     client_window: int = 8
@@ -580,8 +580,8 @@ def json_line(results: list[ChaosResult]) -> str:
               help="Share of kills aimed at the primary of the moment.")
 @click.option("--max-down", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="A killed node stays down between 0.1 s and this long.")
-@click.option("--max-gap", type=click.FloatRange(min=0.3), default=2.0, show_default=True,
-              help="Seconds of whole-cluster running before a kill: between 0.3 and this.")
+@click.option("--max-gap", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+              help="Seconds of whole-cluster running before a kill: between 0.2 and this.")
 @click.option("--stall-bound", type=click.FloatRange(min=0.1), default=None,
               help="Longest allowed time without an acknowledgement "
                    "(default 3 x view-change timeout + 2 s).")
@@ -610,7 +610,7 @@ def chaos_command(nodes: int, kills: int, seed: int, seeds: int, view_change_tim
                          view_change_timeout=view_change_timeout,
                          checkpoint_interval=checkpoint_interval,
                          window=max(64, 4 * checkpoint_interval),
-                         primary_share=primary_share, gap=(0.3, max_gap),
+                         primary_share=primary_share, gap=(0.2, max_gap),
                          down=(0.1, max(0.1, max_down)), client_window=client_window,
                          stall_bound=stall_bound)
         result = run_chaos(plan, directory, log=lambda line: click.echo(line, err=True))

@@ -1,6 +1,7 @@
 """Issue 9's real-process test: kill -9 and restart, over and over, the primary included.
 
-27 cycles over three seeds (nine each; `dtnbus chaos --kills 100` is the long run). A
+26 cycles over two seeds (13 each, one through the command line; `make bench-chaos` is
+the long run: 100 per seed). A
 client stream runs throughout; each cycle kills one node with SIGKILL at a random moment,
 restarts it after a random time and waits until it has caught up. Every request the client
 saw acknowledged must be in every ledger exactly once, where it was told; the ledgers
@@ -21,8 +22,8 @@ from integration_support import processes_mentioning
 
 from dtnbus.chaos import ChaosPlan, ChaosResult, run_chaos
 
-KILLS = 9
-FAST = {"gap": (0.3, 1.0), "down": (0.1, 1.0)}  # the same faults, less waiting between
+KILLS = 13
+FAST = {"gap": (0.2, 0.8), "down": (0.1, 0.8), "client_window": 4}  # less waiting between
 
 
 def _explain(result: ChaosResult) -> str:
@@ -62,9 +63,8 @@ def _assert_clean(result: ChaosResult, directory: Path) -> None:
     assert len(set(result.heights.values())) == 1
 
 
-@pytest.mark.parametrize("seed", [12, 13])
-def test_kill9_restart_cycles_lose_nothing_and_never_stall(tmp_path: Path, seed: int) -> None:
-    plan = ChaosPlan(kills=KILLS, seed=seed, **FAST)  # type: ignore[arg-type]
+def test_kill9_restart_cycles_lose_nothing_and_never_stall(tmp_path: Path) -> None:
+    plan = ChaosPlan(kills=KILLS, seed=12, **FAST)  # type: ignore[arg-type]
     directory = tmp_path / "cluster"
     result = run_chaos(plan, directory)
     _assert_clean(result, directory)
@@ -72,13 +72,14 @@ def test_kill9_restart_cycles_lose_nothing_and_never_stall(tmp_path: Path, seed:
 
 
 def test_chaos_command_runs_a_seed_and_reports_json(tmp_path: Path) -> None:
-    """The same run through `dtnbus chaos` (seed 11): exit 0, a table, files, JSON."""
+    """The second seed through `dtnbus chaos` (seed 11): exit 0, a table, files, JSON."""
     directory = tmp_path / "cluster"
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "dtnbus", "chaos", "--kills", str(KILLS), "--seed", "11",
-         "--max-gap", "1.0", "--max-down", "1.0", "--dir", str(directory), "--out", str(out),
-         "--json"], capture_output=True, text=True, timeout=240, check=False)
+         "--max-gap", "0.8", "--max-down", "0.8", "--client-window", "4", "--dir",
+         str(directory), "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     if proc.returncode == 1:
