@@ -235,9 +235,9 @@ def test_clients_told_busy_by_a_full_pool_are_served_again_afterwards(
         for s in flooders:
             s.stop()
         fresh = RequestStream(config, window=4, tag=99).start()
-        served = _wait(lambda: fresh.accepted_count() > 0, 12)
+        served = _wait(lambda: fresh.accepted_count() > 0, 10)
         fresh.stop()
-        assert served, "a fresh client got nothing done within 12 s of the flood's end"
+        assert served, "a fresh client got nothing done within 10 s of the flood's end"
     finally:
         for s in flooders:
             s.stop()
