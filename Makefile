@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-python test-contracts lint bench bench-curve bench-matrix bench-sim bench-sim-seeds clean chain
+.PHONY: setup run test test-python test-contracts lint bench bench-curve bench-matrix bench-sim bench-sim-seeds \
+	bench-chaos bench-fuzz bench-flood clean chain
 
 setup:
 	@bash tools/setup.sh
@@ -51,3 +52,16 @@ clean:
 ## bench-matrix: the reference's sync matrix, ours beside it (long: about 30 minutes).
 bench-matrix: setup
 	$(PY) -m benchmarks.matrix
+
+## bench-chaos: 100 kill -9/restart cycles per seed, three seeds, under a client stream
+## (about 25 minutes); results/chaos*.{csv,png}.
+bench-chaos: setup
+	$(BIN)/dtnbus chaos --nodes 4 --kills 100 --seed 1 --seeds 3
+
+## bench-fuzz: 1,000,000 hostile frames at every socket of real nodes (about 10 minutes).
+bench-fuzz: setup
+	$(PY) -m benchmarks.fuzz --frames 1000000
+
+## bench-flood: one member's floods of every kind, and clients at 10x capacity for 60 s.
+bench-flood: setup
+	$(PY) -m benchmarks.flood

@@ -1064,7 +1064,14 @@ def _add_optional_commands() -> None:
     cli.add_command(monitor_command)
 
 
+def _add_fault_commands() -> None:
+    from dtnbus.chaos import chaos_command
+
+    cli.add_command(chaos_command)
+
+
 _add_optional_commands()
+_add_fault_commands()
 
 
 def main() -> None:

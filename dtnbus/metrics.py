@@ -18,7 +18,9 @@ instance to its node id for dashboards that scrape without those target labels.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import sys
 import threading
 from collections.abc import Iterable
 from typing import NoReturn
@@ -103,6 +105,12 @@ _KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _LINK_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.:-]")
 # Shaper links are bounded by the cluster's members (nodes and configured clients).
 MAX_SHAPER_LINKS = 1024
+
+
+def _quiet_http_error(request: object, client_address: object) -> None:
+    exc = sys.exc_info()[1]
+    logging.getLogger("dtnbus.metrics").debug("metrics request from %s failed: %r",
+                                              client_address, exc)
 
 
 class MetricsUsageError(LocalError, ValueError):
@@ -223,7 +231,10 @@ class NodeMetrics:
 
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics on host:port from a daemon thread (port 0 picks a free one)."""
-        start_http_server(port, addr=host, registry=self.registry)
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        # a scraper that hangs up early or sends garbage is not a fault of this node: one
+        # debug line, not a traceback on stderr (the node's log) for every such connection
+        server.handle_error = _quiet_http_error  # type: ignore[method-assign]
 
     def observe_phase(self, phase: str, seconds: float) -> None:
         """Record one batch's time in one phase (call once per batch and phase)."""
