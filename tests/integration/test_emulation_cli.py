@@ -54,8 +54,10 @@ def test_grid_writes_csv_markdown_and_charts(tmp_path: Path) -> None:
     for cell in cells:
         # five one-way latencies of 20 ms are on the critical path: nothing beats them
         assert cell["seconds_f1"] >= 0.1
-        assert cell["bound_seconds"] >= 0.1
+        assert cell["latency_floor_s"] >= 0.1 and cell["seconds_f1"] >= cell["latency_floor_s"]
+        assert cell["latency_expected_s"] >= cell["latency_floor_s"]
         assert cell["seconds_2f1"] >= cell["seconds_f1"]
+        assert len(cell["runs"]) == 1 and cell["runs"][0]["seed"] == cell["seeds"][0]
     files = sorted(p.suffix for p in out.iterdir())
     assert files == [".csv", ".md", ".png", ".png"]
     rows = list(csv.DictReader(next(out.glob("*.csv")).open()))
