@@ -505,9 +505,10 @@ class ListOf(click.ParamType):
               help="Token bucket depth in bytes (default: max(1 frame, 5 ms of the rate)).")
 @click.option("--request-txs", type=click.IntRange(min=1), default=256, show_default=True,
               help="Transactions per signed client request.")
-@click.option("--tentative", is_flag=True,
+@click.option("--tentative/--no-tentative", default=None,
               help="PBFT tentative execution: reply once prepared; the client then needs a "
-                   "commit quorum of matching replies. Saves one latency hop.")
+                   "commit quorum of matching replies. Saves one latency hop. Default: the "
+                   "protocol's ([protocol] tentative).")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Seed of the emulated latencies' draws (default: a fresh one, printed); "
                    "run k of a cell uses seed+k-1.")
@@ -523,7 +524,7 @@ class ListOf(click.ParamType):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
          latency: list[float], mode: str, latency_dist: str, jitter: float, mbps_base: str,
-         burst: int | None, request_txs: int, tentative: bool, seed: int | None,
+         burst: int | None, request_txs: int, tentative: bool | None, seed: int | None,
          repeat: int, scheme: str, directory: Path | None, fresh: bool, out: Path,
          as_json: bool) -> None:
     """Synchronize TX transactions across NODES nodes and report how long it took.

@@ -1,8 +1,10 @@
 """Sync results as files a researcher keeps: CSV, a markdown table, and PNG charts.
 
-One row per sync run (one cell of a grid). The columns are the same in the CSV and
-the markdown, and the phase times are the nodes' own metrics, so what lands in
-results/ and what Grafana shows agree.
+One row per cell of a grid: each time the median over the cell's runs, with its min and
+max (`<column>_min`, `<column>_max`; the markdown shows "median (min-max)"), beside the
+strict floor and the expectation it is compared with; optionally one row per run in
+`<stem>-runs.csv`. The phase times are the nodes' own metrics, so what lands in results/
+and what Grafana shows agree.
 """
 
 from __future__ import annotations
@@ -78,9 +80,11 @@ def _fmt(value: Any) -> str:
 
 def write_results(rows: Sequence[dict[str, Any]], out_dir: Path, stem: str | None = None,
                   title: str = "dtnbus sync",
-                  run_rows: Sequence[dict[str, Any]] | None = None) -> list[Path]:
+                  run_rows: Sequence[dict[str, Any]] | None = None,
+                  notes: Sequence[str] = ()) -> list[Path]:
     """Write `<stem>.csv`, `<stem>.md` and `<stem>.png` (+ `<stem>-phases.png`); with
-    `run_rows` (one row per run, `result_row`), also `<stem>-runs.csv`."""
+    `run_rows` (one row per run, `result_row`), also `<stem>-runs.csv`. `notes`: lines
+    under the markdown's title (the machine, the date, the load)."""
     if not rows:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +99,7 @@ def write_results(rows: Sequence[dict[str, Any]], out_dir: Path, stem: str | Non
                    run_rows)
         paths.append(runs_path)
     md_path = out_dir / f"{stem}.md"
-    md_path.write_text(markdown_table(rows, columns, title))
+    md_path.write_text(markdown_table(rows, columns, title, notes))
     paths.append(md_path)
     with contextlib.suppress(ImportError):  # matplotlib is a dev extra; CSV and md suffice
         paths += _plots(rows, out_dir, stem, title)
@@ -109,12 +113,15 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]
         writer.writerows(rows)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str) -> str:
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str,
+                   notes: Sequence[str] = ()) -> str:
     """The rows as markdown; a ranged column shows "median (min-max)" in one cell when a
     cell ran more than once."""
     folded = {f"{c}_{end}" for c in RANGED for end in ("min", "max")}
     shown = [c for c in columns if c not in folded and any(r.get(c) is not None for r in rows)]
     lines = [f"# {title}", ""]
+    if notes:
+        lines += [*notes, ""]
     if any((r.get("runs") or 1) > 1 for r in rows):
         lines += ["Times and ratios: the median over a cell's runs (min-max); ratios are "
                   "ours (q replies) over the strict floor, the expectation and the reference.",

@@ -97,14 +97,16 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
                 latency_ms: float = 0.0, *, tx_bytes: int = 300, request_txs: int = 256,
                 scheme: str = "ed25519", directory: Path | None = None,
                 protocol: dict[str, Any] | None = None,
-                shaping: dict[str, Any] | None = None, tentative: bool = False,
+                shaping: dict[str, Any] | None = None, tentative: bool | None = None,
                 timeout: float | None = None,
                 wait_all: float = 30.0, fresh: bool = False, seed: int | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> SyncResult:
     """Start an n-node cluster (not timed), synchronize `data` (a count of generated
     `tx_bytes`-byte transactions, or the transactions themselves), stop the cluster.
     A `directory` that already holds a cluster is refused unless `fresh`. `seed` draws
-    the emulated latencies (None: a fresh seed, reported in the result)."""
+    the emulated latencies (None: a fresh seed, reported in the result). `tentative`:
+    reply once prepared (True), once executed (False), or the protocol's default (None);
+    always written into the cluster file, so the floor counts the hops the nodes run."""
     if bandwidth_mbps < 0 or latency_ms < 0:
         raise LocalError("bandwidth and latency must be >= 0 (0/0 means no shaping)")
     if request_txs < 1:
@@ -114,8 +116,9 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         raise LocalError("nothing to synchronize: give at least one transaction")
     shaping_table = dict(shaping or {})
     protocol = dict(protocol or {})
-    if tentative:
-        protocol["tentative"] = True
+    if tentative is None:
+        tentative = bool(protocol.get("tentative", default_tentative()))
+    protocol["tentative"] = tentative
     if bandwidth_mbps or latency_ms:
         shaping_table.update(bandwidth_mbps=bandwidth_mbps, latency_ms=latency_ms)
     if seed is None:
@@ -184,6 +187,13 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
                "mode": shaping_table.get("mode", "link"),
                "mbps_base": shaping_table.get("mbps_base", 1e6), "scheme": scheme},
     )
+
+
+def default_tentative() -> bool:
+    """Whether replicas reply once prepared when the cluster file does not say."""
+    from dtnbus.replica import ReplicaConfig
+
+    return bool(ReplicaConfig.__dataclass_fields__["tentative"].default)
 
 
 def fresh_seed() -> int:
