@@ -175,8 +175,8 @@ class LoadGenerator:
             self.busy += 1
             out.next_retry = min(out.next_retry, time.monotonic() + 0.05)
             return []
-        try:  # only a reply we still need is worth a signature check
-            codec.authenticate(raw)
+        try:  # only a reply we still need is worth a check; its MAC is keyed for its client
+            self.codecs[client].authenticate(raw)
         except PeerError:
             return []
         key = (msg.seq, msg.position, msg.result, msg.outcome)

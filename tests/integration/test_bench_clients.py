@@ -1,0 +1,31 @@
+"""The load generator behind `dtnbus bench` and benchmarks/latency_curve.py: every client
+session gets its requests decided, not only the first (a reply's MAC is keyed for the
+client it answers, so each must be checked with that client's keys)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from dtnbus.bench import LoadGenerator
+from dtnbus.cluster import cluster_up, stop_nodes
+
+
+def test_every_client_of_the_load_generator_gets_its_requests_decided(tmp_path: Path) -> None:
+    config = cluster_up(tmp_path, 4, "ed25519", fresh=True, extra_clients=3)
+    try:
+        gen = LoadGenerator(config, ["client-1", "client-2", "client-3"], 300, 1)
+        try:
+            gen.measuring = True
+            for client in (0, 1, 2, 0, 1, 2):
+                gen.send(client, time.monotonic())
+            deadline = time.monotonic() + 30
+            while gen.out and time.monotonic() < deadline:
+                gen.receive(20)
+                gen.retransmit(time.monotonic())
+            assert not gen.out, f"undecided (client, number): {sorted(gen.out)}"
+            assert gen.committed_txs == 6
+        finally:
+            gen.close()
+    finally:
+        stop_nodes(tmp_path)
