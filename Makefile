@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-python test-contracts lint bench bench-matrix clean chain
+.PHONY: setup run test test-python test-contracts lint bench bench-matrix bench-table bench-latency clean chain
 
 setup:
 	@bash tools/setup.sh
@@ -36,6 +36,14 @@ bench: setup
 clean:
 	rm -rf .dtnbus results build reports
 
-## bench-matrix: the reference's sync matrix, ours beside it (long: about 30 minutes).
+## bench-matrix: the reference's sync matrix, ours beside it, 3 seeds a cell (long: hours).
 bench-matrix: setup
 	$(PY) -m benchmarks.matrix
+
+## bench-table: dtnbus bench at n = 4 and 16, 1 and 256 tx per request (about 10 minutes).
+bench-table: setup
+	$(PY) -m benchmarks.bench_table
+
+## bench-latency: latency vs load at n = 4 and 16, open loop 10-100 % (about 10 minutes).
+bench-latency: setup
+	$(PY) -m benchmarks.latency_curve --nodes 4 16
