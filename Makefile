@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-python test-contracts lint bench bench-matrix bench-table bench-latency clean chain
+.PHONY: setup run test test-python test-contracts lint bench bench-curve bench-matrix bench-table bench-latency clean chain
 
 setup:
 	@bash tools/setup.sh
@@ -32,6 +32,10 @@ chain: setup
 
 bench: setup
 	$(PY) -m benchmarks.throughput
+
+## bench-curve: what CurveZMQ costs on `dtnbus sync` and on the sockets (about 10 minutes).
+bench-curve: setup
+	$(PY) -m benchmarks.curve_cost
 
 clean:
 	rm -rf .dtnbus results build reports

@@ -87,6 +87,7 @@ class _Out:
     next_retry: float
     committed: dict[int, tuple[int, int, bytes, int]]
     txs: int
+    tentative: dict[int, tuple[int, int, bytes, int]] = dataclasses.field(default_factory=dict)
 
 
 class LoadGenerator:
@@ -164,7 +165,7 @@ class LoadGenerator:
         except PeerError:
             return []
         msg = raw.msg
-        if not isinstance(msg, Reply) or msg.tentative:
+        if not isinstance(msg, Reply):
             return []
         client = self.client_ids.index(msg.client) if len(self.client_ids) < 64 else \
             self._index(msg.client)
@@ -180,8 +181,8 @@ class LoadGenerator:
         except PeerError:
             return []
         key = (msg.seq, msg.position, msg.result, msg.outcome)
-        out.committed[replica] = key
-        if not accepts(key, out.committed, {}, self.n):
+        (out.tentative if msg.tentative else out.committed)[replica] = key
+        if not accepts(key, out.committed, out.tentative, self.n):
             return []
         now = time.monotonic()
         del self.out[(client, msg.number)]

@@ -16,6 +16,10 @@ DIR_OPTION = click.option("--dir", "directory", type=click.Path(path_type=Path),
                           help=f"Cluster directory (default {DEFAULT_DIR}).")
 CONFIG_OPTION = click.option("--config", "config_file", type=click.Path(path_type=Path),
                              default=None, help="Cluster file (instead of --dir).")
+CURVE_OPTION = click.option(
+    "--curve", is_flag=True,
+    help="CurveZMQ on every connection: encrypted, and only keys in the cluster file may "
+         "connect (docs/security.md).")
 SCHEME_OPTION = click.option("--scheme", type=click.Choice(["ed25519", "rsa2048"]),
                              default="ed25519", show_default=True, help="Signature scheme.")
 
@@ -63,14 +67,18 @@ FRESH_OPTION = click.option("--fresh", is_flag=True,
               help="First of 3 consecutive ports per node (default: free ports; 7000 with "
                    "--hosts or --node).")
 @FRESH_OPTION
+@CURVE_OPTION
 def keygen(nodes: int | None, node_id: int | None, client_name: str | None, extra_clients: int,
            out: Path, scheme: str, host: str, hosts: str | None, advertise: str | None,
            bind: str | None, metrics_host: str, operator: bool, base_port: int | None,
-           fresh: bool) -> None:
+           fresh: bool, curve: bool) -> None:
     """Create key pairs (mode 0600) and a cluster file, or one host's key and fragment."""
     if sum(x is not None for x in (nodes, node_id, client_name)) != 1:
         raise LocalError("give exactly one of --nodes N (all keys here), --node K (this "
                          "host's key) or --client NAME")
+    if curve and nodes is None:
+        raise LocalError("--curve makes every key on this machine: use it with --nodes N "
+                         "(per-host CURVE keys are not built yet)")
     if node_id is not None:
         from dtnbus.provision import DEFAULT_BASE_PORT, node_fragment
 
@@ -96,9 +104,10 @@ def keygen(nodes: int | None, node_id: int | None, client_name: str | None, extr
     _note_discarded(out, fresh, existing_cluster_files(out) if out.is_dir() else [])
     path = generate_cluster(out, nodes, scheme, host=host, base_port=base_port,
                             hosts=host_list, bind=bind, metrics_host=metrics_host, fresh=fresh,
-                            clients=extra_clients)
+                            clients=extra_clients, curve=curve)
     who = f" and {extra_clients + 1} clients" if extra_clients else ""
-    click.echo(f"wrote {path} ({nodes} nodes{who}, {scheme}); private keys in "
+    click.echo(f"wrote {path} ({nodes} nodes{who}, {scheme}{', CURVE' if curve else ''}); "
+               f"private keys in "
                f"{out / 'keys'} (0600)")
 
 
@@ -146,8 +155,9 @@ READY_TIMEOUT_OPTION = click.option("--timeout", "ready_timeout", type=click.Flo
 @click.option("--latency", type=click.FloatRange(min=0), default=0.0,
               help="Per-link one-way latency in ms (0: none).")
 @FRESH_OPTION
+@CURVE_OPTION
 def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: float,
-                   latency: float, fresh: bool) -> None:
+                   latency: float, fresh: bool, curve: bool) -> None:
     """Create a new cluster in DIR and start it; returns when every node is ready.
 
     A directory that already holds a cluster is refused: start it with 'cluster start',
@@ -162,8 +172,9 @@ def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: f
                if bandwidth or latency else None)
     _note_discarded(directory, fresh,
                     existing_cluster_files(directory) if directory.is_dir() else [])
-    config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh)
-    click.echo(f"cluster of {config.n} nodes (f={config.f}) ready in {directory}")
+    config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh, curve=curve)
+    click.echo(f"cluster of {config.n} nodes (f={config.f}{', CURVE' if curve else ''}) "
+               f"ready in {directory}")
 
 
 @cluster.command("start")
@@ -366,7 +377,10 @@ def submit(directory: Path | None, config_file: Path | None, count: int | None, 
     with Client(config, spec.id, session=session) as client:
         answered = client.status(PROBE_SECONDS)
         if len(answered) < q:
-            raise ProblemFound(_down_message(config, answered, q, directory, config_file))
+            refused = client.refused_by()  # CURVE: the nodes may have refused our key
+            raise ProblemFound(f"{len(answered)} of {config.n} nodes answered: {refused}"
+                               if refused else
+                               _down_message(config, answered, q, directory, config_file))
         silent = [s.id for s in config.nodes if s.id not in answered]
         if silent:
             click.echo(f"note: node(s) {','.join(map(str, silent))} did not answer; "
@@ -506,15 +520,17 @@ class ListOf(click.ParamType):
 @click.option("--request-txs", type=click.IntRange(min=1), default=256, show_default=True,
               help="Transactions per signed client request.")
 @click.option("--tentative/--no-tentative", default=None,
-              help="PBFT tentative execution: reply once prepared; the client then needs a "
-                   "commit quorum of matching replies. Saves one latency hop. Default: the "
-                   "protocol's ([protocol] tentative).")
+              help="PBFT tentative execution: replicas reply once prepared (the prepared "
+                   "certificate durable first); the client accepts q matching replies, or "
+                   "f+1 committed ones. Saves the commit hop. Default: the protocol's "
+                   "([protocol] tentative, true).")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Seed of the emulated latencies' draws (default: a fresh one, printed); "
                    "run k of a cell uses seed+k-1.")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run each cell this many times; report the median and range.")
 @SCHEME_OPTION
+@CURVE_OPTION
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Keep the cluster directory here (default: a temporary one); a grid "
                    "keeps one sub-directory per cell. An existing cluster is refused.")
@@ -525,8 +541,8 @@ class ListOf(click.ParamType):
 def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
          latency: list[float], mode: str, latency_dist: str, jitter: float, mbps_base: str,
          burst: int | None, request_txs: int, tentative: bool | None, seed: int | None,
-         repeat: int, scheme: str, directory: Path | None, fresh: bool, out: Path,
-         as_json: bool) -> None:
+         repeat: int, scheme: str, curve: bool, directory: Path | None, fresh: bool,
+         out: Path, as_json: bool) -> None:
     """Synchronize TX transactions across NODES nodes and report how long it took.
 
     Start-up is not timed. Prints the time to f+1 matching replies, to a commit quorum
@@ -568,7 +584,7 @@ def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
 
         series = run_series(n, t, bw, lat, repeat=repeat, seed=seed, tx_bytes=tx_bytes,
                             request_txs=request_txs, scheme=scheme, directory=dirs[i - 1],
-                            shaping=shaping, fresh=fresh, tentative=tentative,
+                            shaping=shaping, fresh=fresh, curve=curve, tentative=tentative,
                             on_progress=_progress_printer(t, request_txs), on_run=each_run)
         for line in summary_lines(series):
             click.echo(line)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from dtnbus.config import ClusterConfig
+from dtnbus.curve import HandshakeWatch, connect_to
 from dtnbus.errors import LocalError, PeerError
 from dtnbus.messages import (
     Outcome,
@@ -153,6 +154,7 @@ class Client:
         self.id = spec.id
         self.codec = Codec(config.client_signer(spec.id), config.replica_verifiers(),
                            config.client_verifiers())
+        curve = config.curve.client_end(spec.id) if config.curve is not None else None
         self.ctx = zmq.Context()
         self.sockets: dict[int, zmq.Socket] = {}
         self.poller = zmq.Poller()
@@ -164,17 +166,27 @@ class Client:
             sock.setsockopt(zmq.SNDHWM, 1_000_000)
             sock.setsockopt(zmq.RCVHWM, 1_000_000)
             sock.setsockopt(zmq.IDENTITY, f"{spec.id}-{os.getpid()}-{token}-{node.id}".encode())
-            sock.connect(node.router)
+            if curve is None:
+                sock.connect(node.router)
+            else:
+                connect_to(sock, curve, node.id, node.router)
             self.sockets[node.id] = sock
             self.poller.register(sock, zmq.POLLIN)
+        self.handshakes = HandshakeWatch(self.sockets) if curve is not None else None
         self.shaper = config.shaper(spec.id)  # a client's links are shaped like a node's
         self.metrics = ClientMetrics()
         self._nonce = time.time_ns()
 
     def close(self) -> None:
+        if self.handshakes is not None:
+            self.handshakes.close()
         for sock in self.sockets.values():
             sock.close(linger=0)
         self.ctx.term()
+
+    def refused_by(self) -> str | None:
+        """Why nodes refused our CURVE handshake, as one sentence (None: none did)."""
+        return self.handshakes.summary() if self.handshakes is not None else None
 
     def __enter__(self) -> Client:
         return self
@@ -196,13 +208,13 @@ class Client:
         """Send (or queue on the emulated link); return when it will have arrived."""
         if self.shaper is not None and not self.shaper.is_unshaped(replica):
             return self.shaper.submit(now, replica, len(frame), frame)
-        self.sockets[replica].send(frame, copy=len(frame) < 65536)
+        _send_nowait(self.sockets[replica], frame)
         return now
 
     def _release(self, now: float) -> None:
         if self.shaper is not None:
             for replica, frame in self.shaper.pop_due(now):
-                self.sockets[replica].send(frame, copy=len(frame) < 65536)
+                _send_nowait(self.sockets[replica], frame)
 
     def _receive(self, timeout: float) -> list[tuple[int, object]]:
         """Authenticated messages that arrived within `timeout` seconds, as (replica, msg)."""
@@ -400,7 +412,7 @@ class Client:
         nonce = self._nonce
         frame = self.codec.encode(StatusQuery(self.id, nonce))
         for sock in self.sockets.values():
-            sock.send(frame)  # status is control traffic: never shaped
+            _send_nowait(sock, frame)  # status is control traffic: never shaped
         answers: dict[int, Status] = {}
         deadline = time.monotonic() + timeout
         while len(answers) < self.config.n:
@@ -427,3 +439,14 @@ class Client:
         ready = sorted(r for r, s in answers.items() if s.ready)
         raise LocalError(f"cluster not ready after {timeout:.0f}s: ready nodes {ready} of "
                          f"{self.config.n}; see the node logs")
+
+
+def _send_nowait(sock: zmq.Socket, frame: bytes) -> bool:
+    """Send without blocking; False if the frame could not be queued. A DEALER whose
+    only connection was refused (a CURVE key the node does not admit) has no peer, and
+    a blocking send would then hang forever; the retransmission timer tries again."""
+    try:
+        sock.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
+    except zmq.Again:
+        return False
+    return True

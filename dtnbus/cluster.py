@@ -280,11 +280,13 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
                protocol: dict[str, Any] | None = None, shaping: dict[str, Any] | None = None,
                links: list[dict[str, Any]] | None = None, ready_timeout: float | None = None,
                log_level: str = "INFO", fresh: bool = False,
-               extra_clients: int = 0, durability: str = "fsync") -> ClusterConfig:
+               extra_clients: int = 0, durability: str = "fsync",
+               curve: bool = False) -> ClusterConfig:
     """Create a new cluster in `directory`, start it and wait until every node is ready.
 
     A directory that already holds keys, ledgers or a cluster file is refused unless
-    `fresh` (then they are discarded); a running cluster is always refused."""
+    `fresh` (then they are discarded); a running cluster is always refused. `curve`:
+    every connection CurveZMQ-encrypted and authenticated (curve.py)."""
     check_cluster_dir(directory)
     if nodes < 4:
         raise LocalError(f"--nodes must be at least 4 (n >= 3f+1 with f >= 1), got {nodes}")
@@ -297,7 +299,7 @@ def cluster_up(directory: Path, nodes: int, scheme: str = "ed25519",
     ensure_directory(directory, "--dir")
     path = generate_cluster(directory, nodes, scheme, protocol=protocol, shaping=shaping,
                             links=links, fresh=fresh, clients=extra_clients,
-                            durability=durability)
+                            durability=durability, curve=curve)
     config = load_cluster(path)
     write_targets(config, directory)
     pids = start_nodes(config, directory, log_level=log_level)

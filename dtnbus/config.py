@@ -29,6 +29,10 @@ Relative paths in the file (key files, ledgers) are relative to the file itself.
     durability = "fsync"  # or "process": see docs/protocol.md, the fault model
     [admission]           # optional
     open = false          # true: any Ed25519 key is a client, named "pk:<its key>"
+
+With `curve = true` (top level) every connection is CurveZMQ (curve.py): each
+[[nodes]] table then also holds `curve_public_key` (z85) and `curve_key_file`, and so
+does each [[clients]] table whose client may connect.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from dtnbus.crypto import (
     scheme_of,
     write_private_key,
 )
+from dtnbus.curve import CurveKeys, add_curve_keys, load_curve_keys
 from dtnbus.errors import LocalError
 from dtnbus.messages import max_faulty
 from dtnbus.replica import ReplicaConfig
@@ -125,6 +130,7 @@ class ClusterConfig:
     regions: dict[str, list[int]] = field(default_factory=dict)
     open_admission: bool = False
     durability: str = "fsync"
+    curve: CurveKeys | None = None  # CurveZMQ keys when the file says `curve = true`
 
     @property
     def sqlite_synchronous(self) -> str:
@@ -393,7 +399,7 @@ def load_cluster(path: Path) -> ClusterConfig:
         raise LocalError(f"{path}: a client id appears twice in [[clients]]; ids are unique")
     config.replica_config(0)  # validates [protocol]
     config.shaper(0)  # validates [shaping], [regions] and [[links]]
-    return config
+    return dataclasses.replace(config, curve=load_curve_keys(raw, path))
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -455,9 +461,10 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
                      regions: dict[str, list[int]] | None = None,
                      bind: str | None = None, metrics_host: str = "127.0.0.1",
                      fresh: bool = False, clients: int = 0,
-                     durability: str = "fsync") -> Path:
+                     durability: str = "fsync", curve: bool = False) -> Path:
     """Create keys (mode 0600) for N nodes, the operator client "client" and `clients` more
-    ("client-1", ...), and write `out/cluster.toml`.
+    ("client-1", ...), and write `out/cluster.toml`. With `curve`, each also gets a CURVE
+    key pair and the file says `curve = true` (curve.py).
 
     `hosts` gives each node its own address (one machine or network namespace each);
     they then all use the same ports, `base_port` (default 7000) onwards. `bind` is the
@@ -529,6 +536,8 @@ def generate_cluster(out: Path, nodes: int, scheme: str = "ed25519", host: str =
             doc["regions"] = regions
         if links:
             doc["links"] = links
+        if curve:
+            add_curve_keys(out, doc)
         path = out / "cluster.toml"
         write_text_atomic(path, tomli_w.dumps(doc))
     except OSError as exc:

@@ -177,14 +177,20 @@ def load_public_key_text(text: str) -> PublicKey:
 
 def write_private_key(path: Path, key: PrivateKey) -> None:
     """Write a PEM private key that only its owner can read (created 0600, never chmod'ed later)."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    write_secret_file(path, key.private_bytes(serialization.Encoding.PEM,
+                                              serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read: created 0600 (O_EXCL), never chmod'ed later,
+    so there is no moment at which it is readable by others."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         path.unlink()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+        fh.write(data)
 
 
 def read_private_key(path: Path) -> PrivateKey:

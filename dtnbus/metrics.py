@@ -68,6 +68,17 @@ DROP_REASONS: tuple[str, ...] = (
     # node goes on (tests fail if this is ever counted)
 )
 
+# Why the CurveZMQ layer refused a connection or a frame (zap.py, transport.py, node.py).
+CURVE_REFUSAL_REASONS: tuple[str, ...] = (
+    "no_curve",  # the peer speaks no CURVE (a plain ZeroMQ socket)
+    "bad_handshake",  # the CURVE handshake failed: wrong server key, forged client key
+    "handshake_aborted",  # the peer hung up mid-handshake (often a plain ZeroMQ peer)
+    "unknown_key",  # a valid CURVE key that the cluster file does not list
+    "not_a_replica",  # a client key tried to subscribe to a replica's PUB
+    "identity_mismatch",  # a connection claims a routing identity that is not its own
+    "member_mismatch",  # a frame its connection's member may not deliver
+)
+
 # Latency buckets, in seconds: 0.5 ms to 100 s with mantissas 1, 2, 3, 5 in every decade
 # (four per decade, neighbours at most 2x apart). A 2 ms loopback phase and a 300 ms WAN
 # phase land nine buckets apart, and histogram_quantile's linear interpolation inside a
@@ -198,6 +209,13 @@ class NodeMetrics:
         self._phase_children = {phase: self._phase.labels(phase=phase) for phase in PHASES}
         self._drop_children = {r: self._dropped.labels(reason=r) for r in DROP_REASONS}
         self._message_children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+        self._curve_refused = Counter(
+            "dtnbus_curve_refused_total",
+            "Connections or frames the CurveZMQ layer refused, by reason (curve = true).",
+            ["reason"], registry=r,
+        )
+        self._curve_children = {c: self._curve_refused.labels(reason=c)
+                                for c in CURVE_REFUSAL_REASONS}
 
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics on host:port from a daemon thread (port 0 picks a free one)."""
@@ -228,6 +246,14 @@ class NodeMetrics:
         if sender is not None:
             peer = str(sender) if isinstance(sender, int) else "client"
             self._peer_drops.labels(peer=peer, reason=reason).inc()
+
+    def curve_refused(self, reason: str) -> None:
+        """Count a refusal of the CURVE layer; `reason` is one of CURVE_REFUSAL_REASONS.
+        Called from the ZAP thread too: prometheus-client counters are thread-safe."""
+        child = self._curve_children.get(reason)
+        if child is None:
+            _reject(reason, CURVE_REFUSAL_REASONS, "CURVE refusal reason")
+        child.inc()
 
     def view_changed(self, view: int) -> None:
         """Record a move to a new view."""

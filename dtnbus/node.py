@@ -32,6 +32,7 @@ import zmq
 from dtnbus.budget import PeerBudget
 from dtnbus.config import ClusterConfig
 from dtnbus.crypto import Verifier, load_public_key_text
+from dtnbus.curve import binding_refusal
 from dtnbus.effects import (
     DURABLE,
     Broadcast,
@@ -90,6 +91,7 @@ class Node:
         self.codec = Codec(config.node_signer(node_id), config.replica_verifiers(),
                            config.client_verifiers(), open_clients=config.open_admission,
                            me=node_id)
+        curve = config.curve.node_end(node_id) if config.curve is not None else None
         self.ledger = Ledger(spec.ledger, config.sqlite_synchronous)
         self.replica = Replica(config.replica_config(node_id), self.codec.encode,
                                config.admitted_at_genesis(), config.operators(),
@@ -106,7 +108,8 @@ class Node:
             if serve_metrics and spec.metrics:
                 host, _, port = spec.metrics.rpartition(":")
                 self.metrics.serve(host, int(port))
-            self.transport = Transport(Endpoints(spec.bind_pub, spec.bind_router, node_id), peers)
+            self.transport = Transport(Endpoints(spec.bind_pub, spec.bind_router, node_id), peers,
+                                       curve=curve, on_refusal=self.metrics.curve_refused)
         except (OSError, ValueError, zmq.ZMQError) as exc:
             self.ledger.close()
             hint = ("is another node running there?" if "in use" in str(exc) else
@@ -151,8 +154,8 @@ class Node:
             if due is not None:
                 wake.append(due)
         timeout_ms = max(0, int((min(wake) - now) * 1000 + 0.999))
-        for source, identity, frame in self.transport.poll(timeout_ms):
-            self._on_frame(source, identity, frame)
+        for source, identity, frame, member in self.transport.poll(timeout_ms):
+            self._on_frame(source, identity, frame, member)
         now = time.monotonic()
         try:
             self.outbox.extend(self.replica.tick(now))
@@ -178,12 +181,17 @@ class Node:
 
     # ------------------------------------------------------------ input
 
-    def _on_frame(self, source: int, identity: bytes | None, frame: bytes) -> None:
+    def _on_frame(self, source: int, identity: bytes | None, frame: bytes,
+                  member: str | None = None) -> None:
         now = time.monotonic()
         sender: int | str | None = None
         try:
             raw = self.codec.parse(frame)
             sender = sender_of(raw.msg)
+            if member is not None and (why := binding_refusal(member, raw.msg)) is not None:
+                self.transport.refuse(why, f"{member} delivered {kind_name(raw.msg.KIND)} "
+                                           f"from {sender!r}")
+                return
             verdict = self.replica.admit(raw, now)
             if verdict is not None:
                 if verdict == UNNEEDED:  # a vote its slot no longer needs: not worth a check

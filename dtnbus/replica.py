@@ -108,7 +108,8 @@ class ReplicaConfig:
     session_window: int = 4096  # numbers one client session may have outstanding
     sessions_per_client: int = 1024
     max_sessions: int = 200_000
-    tentative: bool = False  # reply once prepared (PBFT tentative execution): saves a hop
+    tentative: bool = True  # reply once prepared (PBFT tentative execution): saves a hop;
+    # durable (the prepared certificate is on disk first) and safe (clients need q of them)
     view_change_timeout: float = 5.0  # the oldest waiting request waited this long:
     # suspect the primary (doubles with each view change that brings no progress)
     status_interval: float = 1.0  # PeerStatus every this many seconds (times n/16 if larger)
@@ -545,6 +546,10 @@ class Replica:
         never executes twice."""
         if slot.preprepare is None or slot.missing:
             return
+        if not self.active or slot.view != self.view:
+            # a replica that left a view never speaks in it again: its VIEW-CHANGE showed
+            # what it had prepared there, and nothing may be added behind its back (sim-2)
+            return
         me = self.id
         if not slot.sent_prepare and me != primary_of(slot.view, self.n):
             slot.sent_prepare = True
@@ -780,9 +785,16 @@ class Replica:
     def _view_change_timer(self, now: float, out: list[Effect]) -> None:
         cfg = self.config
         if not self.active:
-            if now >= self.view_started + self.vc_timeout:
+            # Castro-Liskov: the timer for the new view runs only once a quorum voted for
+            # it; alone (or with too few), a replica waits for the others instead of
+            # running ahead of them view after view (sim-1)
+            voters = sum(1 for v in self.view_changes.values() if v.new_view == self.view)
+            if voters < self.q:
+                self.view_started = now
+            elif now >= self.view_started + self.vc_timeout:
                 self._start_view_change(self.view + 1, now, out, "the new view did not start")
-            elif now >= self.vc_sent + cfg.retransmit_after and self.own_vc is not None:
+                return
+            if now >= self.vc_sent + cfg.retransmit_after and self.own_vc is not None:
                 self.vc_sent = now  # PUB/SUB may have lost it: say it again, the same frame
                 out.append(Broadcast(*self.own_vc))
                 self._maybe_new_view(now, out)

@@ -99,7 +99,8 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
                 protocol: dict[str, Any] | None = None,
                 shaping: dict[str, Any] | None = None, tentative: bool | None = None,
                 timeout: float | None = None,
-                wait_all: float = 30.0, fresh: bool = False, seed: int | None = None,
+                wait_all: float = 30.0, fresh: bool = False, curve: bool = False,
+                seed: int | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> SyncResult:
     """Start an n-node cluster (not timed), synchronize `data` (a count of generated
     `tx_bytes`-byte transactions, or the transactions themselves), stop the cluster.
@@ -139,7 +140,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
     retry_after = max(2.0, 3 * bound.expected_s) if bound else 2.0
     try:
         config = cluster_up(directory, nodes, scheme, protocol=protocol,
-                            shaping=shaping_table or None, fresh=fresh)
+                            shaping=shaping_table or None, fresh=fresh, curve=curve)
         try:
             with Client(config) as client:
                 result = client.submit(chunk(txs, request_txs), timeout=timeout,
@@ -185,7 +186,8 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         seconds_all_committed=result.seconds_all_committed,
         extra={"latency_dist": shaping_table.get("latency_dist", "constant"),
                "mode": shaping_table.get("mode", "link"),
-               "mbps_base": shaping_table.get("mbps_base", 1e6), "scheme": scheme},
+               "mbps_base": shaping_table.get("mbps_base", 1e6), "scheme": scheme,
+               "curve": curve},
     )
 
 

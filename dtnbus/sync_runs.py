@@ -134,7 +134,7 @@ def _secs(value: float | None) -> str:
 
 def _time_labels(r: SyncResult, f: int, q: int) -> list[tuple[str, str]]:
     if r.tentative:
-        return [("seconds_f1", f"client accepted all ({q} tentative replies)"),
+        return [("seconds_f1", f"f+1={f + 1} matching replies committed, or q={q} tentative"),
                 ("seconds_2f1", f"q={q} matching replies (tentative)"),
                 ("seconds_all", f"all {r.nodes} replied (tentative)"),
                 ("seconds_2f1_committed", f"q={q} nodes executed all (durable)"),
@@ -169,6 +169,9 @@ def summary_lines(series: SyncSeries) -> list[str]:
     dist = r.extra.get("latency_dist", "constant")
     if r.latency_ms and dist != "constant":
         shaped += f" {dist}"
+    if r.extra.get("curve"):
+        shaped += ", CURVE"
+    shaped += ", tentative" if r.tentative else ", five-hop normal case"
     seeds = [s for s in series.seeds if s is not None]
     drawn = ""
     if draws_latencies(r) and seeds:
@@ -177,7 +180,7 @@ def summary_lines(series: SyncSeries) -> list[str]:
     runs = f", {len(series.runs)} runs" if many else ""
     lines = [f"synchronized {r.tx} tx x {r.tx_bytes} B across {r.nodes} nodes "
              f"(f={f}, {shaped}, {r.requests} requests{runs}{drawn})"]
-    width = 42
+    width = 50
     if many:
         lines.append(f"  {'':<{width}} {'median':>9}   range (min-max)")
     for key, label in _time_labels(r, f, q):

@@ -1,4 +1,4 @@
-"""PBFT tentative execution (behind a flag): replies once prepared, and they are right."""
+"""PBFT tentative execution (the default): replies once prepared, and they are right."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def test_tentative_result_is_the_block_that_commits() -> None:
     assert len(tentative) >= 4  # at least the first batch was answered tentatively
 
 
-def test_without_the_flag_no_reply_is_tentative() -> None:
-    c = Cluster(4)
+def test_with_it_switched_off_no_reply_is_tentative() -> None:
+    c = Cluster(4, config_overrides={"tentative": False})
     c.request((b"x",))
     c.run()
     assert not _replies(c, True) and len(_replies(c, False)) == 4
@@ -54,6 +54,13 @@ def test_prepared_and_tentatively_answered_batch_survives_a_view_change() -> Non
     c.run(rounds=100, dt=0.1)
     final = {(m.seq, m.result) for m in _replies(c, False)}
     assert final == promised  # what the client was promised is what was committed
+
+
+def test_tentative_execution_is_the_default() -> None:
+    c = Cluster(4)
+    c.request((b"x",))
+    c.run()
+    assert len(_replies(c, True)) >= 3
 
 
 def test_client_rule_f_plus_1_committed_or_q_of_any_kind() -> None:
