@@ -62,7 +62,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--stem", default="latency-curve")
+    parser.add_argument("--replot", type=Path, default=None,
+                        help="only redraw the PNG from this CSV (a finished sweep)")
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        replot(args.replot, args.out / f"{args.stem}.png")
+        return
     if any(not 0 < f <= 2 for f in args.fractions):
         parser.error("--fractions must be in (0, 2]")
     started_at = time.strftime("%Y-%m-%d %H:%M %Z")
@@ -123,11 +128,37 @@ def _write(rows: list[dict[str, Any]], args: argparse.Namespace, started_at: str
     return header
 
 
+def replot(csv_path: Path, png: Path) -> None:
+    """Draw the PNG again from a sweep's CSV (numbers as the CSV holds them)."""
+    import csv
+
+    import matplotlib.pyplot as plt
+
+    def value(text: str) -> Any:
+        try:
+            return int(text) if text.isdigit() else float(text)
+        except ValueError:
+            return text or None
+
+    with csv_path.open() as fh:
+        rows = [{k: value(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    loads = [r["load_average"] for r in rows if isinstance(r.get("load_average"), float | int)]
+    span = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "?"
+    fig = figure(rows, f"latency vs load (redrawn from {csv_path.name}; {rows[0]['clients']} "
+                       f"clients, {rows[0]['request_txs']} tx per request; load average "
+                       f"{span} over the points)")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    print(f"wrote {png}")
+
+
 def figure(rows: Sequence[dict[str, Any]], title: str) -> Any:
     """One panel per n: p50, p99, p99.9 (ms, log axis: they span orders of magnitude near
     saturation) against the throughput achieved (linear from zero); the closed-loop
     saturation rate as a dashed line."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -136,20 +167,30 @@ def figure(rows: Sequence[dict[str, Any]], title: str) -> Any:
     fig, axes = plt.subplots(1, len(nodes), squeeze=False, layout="constrained",
                              figsize=(6.0 * len(nodes), 4.8))
     for ax, n in zip(axes[0], nodes, strict=True):
+        # in the order of the offered load: past saturation the achieved rate can fall
+        # back, and the curve then bends back instead of pretending to go on
         points = sorted((r for r in rows if r["nodes"] == n and r["mode"] == "open"),
-                        key=lambda r: r["tx_per_s"])
+                        key=lambda r: float(r["fraction"]))
         for key, name, marker in (("p50_ms", "p50", "o"), ("p99_ms", "p99", "s"),
                                   ("p999_ms", "p99.9", "^")):
-            pts = [(r["tx_per_s"], r[key]) for r in points if r[key]]
+            pts = [(r["tx_per_s"], r[key], r["fraction"]) for r in points if r[key]]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=name)
+            if key == "p50_ms":
+                for x, y, fraction in pts:
+                    ax.annotate(f"{float(fraction):.0%}", (x, y), textcoords="offset points",
+                                xytext=(0, -11), ha="center", fontsize=6, color="tab:blue")
         saturation = next((r["saturation_tx_per_s"] for r in rows if r["nodes"] == n), None)
         if saturation:
             ax.axvline(saturation, color="tab:red", linestyle="--", linewidth=1,
                        label=f"closed-loop saturation {saturation:,.0f} tx/s")
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlim(0, max([saturation or 0, *(r["tx_per_s"] for r in points), 1]) * 1.1)
-        ax.set_xlabel("committed transactions per second (achieved)")
+        ax.set_xlabel("committed transactions per second (achieved; labels: offered, "
+                      "% of saturation)")
         ax.set_ylabel("client-visible commit latency, ms (log)")
         ax.set_title(f"n = {n}")
         ax.grid(True, which="both", alpha=0.3)
