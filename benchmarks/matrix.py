@@ -28,6 +28,8 @@ cell), <stem>-runs.csv (one row a run), .md, .png.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import os
 import sys
 import time
@@ -64,6 +66,9 @@ MODELS: list[tuple[str, dict, bool | None, bool]] = [
     ("reference+no-tentative", REFERENCE_MODEL, False, True),
     ("constant", CONSTANT_MODEL, None, False),
 ]
+MODEL_LABELS = {"reference": "default path (tentative), the reference's latency model",
+                "reference+no-tentative": "five-hop path, the reference's latency model",
+                "constant": "default path, constant latency"}
 # issue 12's targets: (name, row key, limit, applies to the row?)
 TARGETS = [
     ("<= 1.25x the expectation (the issue's 'bound')", "ours_over_expected", 1.25,
@@ -98,7 +103,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "figure); its 'reference' is a placeholder of 1 s")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--stem", default="matrix")
+    parser.add_argument("--replot", type=Path, default=None,
+                        help="only redraw <stem>-ratios.png from this matrix CSV")
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        png = args.out / f"{args.stem}-ratios.png"
+        print(f"wrote {ratios_chart(_read_rows(args.replot), png, args.replot.name)}")
+        return
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.repeat < 3 and not args.smoke:
@@ -170,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for path in write_results(rows, args.out, args.stem, title, run_rows=run_rows,
                               notes=notes):
         print(f"wrote {path}")
+    with contextlib.suppress(ImportError):  # matplotlib is a dev extra
+        print(f"wrote {ratios_chart(rows, args.out / f'{args.stem}-ratios.png', header)}")
 
 
 def summary_rows(cells: Sequence[tuple[int, int, float, float | None]],
@@ -236,6 +249,68 @@ def target_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
                      + ("yes" if not below else "NO: " + ", ".join(
                          f"{r['nodes']}/{r['tx']}/{r['bandwidth_mbps']:g}" for r in below)))
     return lines
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    def value(text: str) -> Any:
+        try:
+            return float(text)
+        except ValueError:
+            return text or None
+
+    with path.open() as fh:
+        return [{k: value(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def ratios_chart(rows: Sequence[dict[str, Any]], path: Path, subtitle: str) -> Path:
+    """The matrix at a glance: per cell and model, ours over the reference (top; the
+    issue's 0.7 and 0.45 marked) and over the expectation (bottom; 1.25 marked), the bar
+    the median and the whisker the range over the seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = list(dict.fromkeys((int(r["nodes"]), int(r["tx"]), float(r["bandwidth_mbps"]))
+                               for r in rows))
+    models = list(dict.fromkeys(str(r.get("model")) for r in rows))
+    by = {(int(r["nodes"]), int(r["tx"]), float(r["bandwidth_mbps"]), str(r.get("model"))): r
+          for r in rows}
+    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.55 * len(cells) + 3), 8.0),
+                             layout="constrained")
+    width = 0.8 / max(1, len(models))
+    x = list(range(len(cells)))
+    panels = (("ours_over_reference", "ours / reference", ((0.7, "0.7"), (0.45, "0.45"))),
+              ("ours_over_expected", "ours / expectation", ((1.25, "1.25"), (1.0, "1"))))
+    for ax, (key, label, lines) in zip(axes, panels, strict=True):
+        top = 1.0
+        for i, model in enumerate(models):
+            med, lo, hi = [], [], []
+            for c in cells:
+                r = by.get((*c, model), {})
+                v = r.get(key)
+                med.append(v or 0.0)
+                lo.append(max(0.0, v - r[f"{key}_min"]) if v and r.get(f"{key}_min") else 0.0)
+                hi.append(max(0.0, r[f"{key}_max"] - v) if v and r.get(f"{key}_max") else 0.0)
+                top = max(top, (v or 0.0) + hi[-1])
+            ax.bar([p + (i - (len(models) - 1) / 2) * width for p in x], med, width,
+                   yerr=[lo, hi], capsize=2, label=MODEL_LABELS.get(model, model))
+        for level, text in lines:
+            ax.axhline(level, color="tab:red", linewidth=0.8, linestyle="--")
+            ax.text(len(cells) - 0.4, level, f" {text}", va="center", fontsize=7,
+                    color="tab:red")
+        ax.set_ylim(0, top * 1.1)
+        ax.set_xticks(x, [f"{n}/{tx}\n{bw:g} Mbps" for n, tx, bw in cells], fontsize=7)
+        ax.set_ylabel(label + " (median; range)")
+        ax.legend(fontsize=8, loc="upper left")
+    axes[0].set_title(f"the sync matrix, n/tx per cell; ours = 2f+1 replies\n{subtitle}",
+                      fontsize=8)
+    axes[0].set_xlabel("cells without a bar have no published reference figure", fontsize=8)
+    axes[1].set_xlabel("every run is >= the strict floor (ours / floor >= 1); the table "
+                       "has the floor and the expectation in seconds", fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

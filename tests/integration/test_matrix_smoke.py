@@ -29,3 +29,4 @@ def test_matrix_smoke_reports_median_range_floor_and_targets(
     assert all(float(r["seconds_2f1"]) >= float(r["latency_floor_s"]) for r in runs)
     md = (tmp_path / "m.md").read_text()
     assert "targets (issue 12)" in md and "(min-max)" in md
+    assert (tmp_path / "m-ratios.png").stat().st_size > 0
