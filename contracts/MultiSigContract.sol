@@ -3,49 +3,75 @@ pragma solidity 0.8.24;
 
 /// @title MultiSigContract: validator owners jointly reward a trainer (dtnbus Layer 2).
 /// @notice Seed-compatible interface (constructor, propose/confirm/execute, public getters)
-/// with the seed's defects fixed. Payment is *pull*: executing a proposal books
-/// `rewards[destination] += value` and reserves that much of the wallet's balance; the trainer
-/// collects it with `withdraw()`. See docs/contracts.md for why pull, and for the gas table.
-/// @dev Storage is laid out for gas (30 owners / threshold 3 must cost no more than the seed):
-/// - owner checks and confirmations use a 1-based owner position and a per-proposal bitmap,
-///   so confirm and execute are O(1) and never loop over owners;
-/// - a proposal's second slot is written non-zero at proposal time (`exists`), so each
-///   confirmation is a non-zero -> non-zero write (2,900 gas) rather than a fresh slot (20,000);
-/// - `totalOwed`, `transactionCount` and `_ownerCount` share one slot that the constructor makes
-///   non-zero, so the first proposal and the first execution do not pay for a fresh slot either.
+/// with the seed's defects fixed, plus `proposeReward`: the proposal of a reward the validators
+/// committed on Layer 1, indexed by its contents so that it can be proposed, and paid, once.
+/// Payment is *pull*: executing a proposal books `rewards[destination] += value` and reserves
+/// that much of the wallet's balance; the trainer collects it with `withdraw()`.
+/// See docs/contracts.md for why pull, the storage layout and the gas table.
+/// @dev One storage word per proposal, written once when proposed (the only fresh slot a
+/// proposal costs) and updated in place by every confirmation and by the execution:
+///   bits   0..159  destination
+///   bits 160..223  value in gwei (uint64: 1.8e10 BNB; values are whole gwei)
+///   bits 224..254  confirmedBy: bit 224 + k <=> owners[k] has confirmed (so at most 31 owners)
+///   bit  255       executed
+/// A proposal exists iff its word is non-zero (its destination never is). Confirmations are
+/// counted by popcount: no step loops over owners. `totalOwed`, `transactionCount` and
+/// `_ownerCount` share one slot that the constructor makes non-zero, so neither the first
+/// proposal nor the first execution pays for a fresh slot.
 contract MultiSigContract {
-    /// @notice Largest owner set: one bit per owner in a proposal's confirmation bitmap.
-    uint256 public constant MAX_OWNERS = 224;
+    /// @notice Largest owner set: one bit per owner in a proposal's word.
+    uint256 public constant MAX_OWNERS = 31;
 
-    struct Payment {
-        // slot 0: what to pay
-        address destination;
-        uint96 value; // 2^96 wei is ~7.9e10 BNB: more than exists
-        // slot 1: voting state
-        bool exists;
-        bool executed;
-        uint16 numConfirmations;
-        uint224 confirmedBy; // bit k set <=> owners[k] has confirmed
-    }
+    uint256 private constant GWEI = 1e9;
+    uint256 private constant VALUE_MASK = type(uint64).max;
+    uint256 private constant CONFIRMED_SHIFT = 224;
+    uint256 private constant EXECUTED = 1 << 255;
+    uint256 private constant REWARD_INDEX = 1 << 255; // top bit: beyond any uint64 count
 
-    // storage, not immutable: brownie's coverage cannot map a contract with immutables
-    uint256 public numSignaturesRequired;
+    /// @notice Confirmations a proposal needs before it can be executed.
+    uint256 public immutable numSignaturesRequired;
     address[] public owners;
     /// @notice BNB credited by executed proposals and not yet withdrawn, per beneficiary.
     mapping(address => uint256) public rewards;
 
     /// @notice Sum of `rewards`: the part of the balance that belongs to beneficiaries.
     uint128 public totalOwed;
-    /// @notice Number of proposals; valid indexes are 0 .. transactionCount - 1.
+    /// @notice Number of `proposeTransaction` proposals; their indexes are 0 .. count - 1.
+    /// Reward proposals are indexed by `rewardIndex` instead and not counted here.
     uint64 public transactionCount;
     uint64 private _ownerCount; // shares the slot above and keeps it non-zero (see @dev)
 
-    mapping(address => uint256) private _ownerPosition; // owners index + 1; 0: not an owner
-    mapping(uint256 => Payment) private _proposals;
+    mapping(address => uint256) private _ownerBit; // 1 << (224 + k) for owners[k]; 0: none
+    mapping(uint256 => uint256) private _proposals; // index => the packed word above
+
+    error TooManyOwners();
+    error InvalidThreshold();
+    error ZeroOwner();
+    error DuplicateOwner();
+    error NotAnOwner();
+    error ZeroDestination();
+    error ValueNotWholeGwei();
+    error ValueTooLarge();
+    error ZeroRewardId();
+    error ZeroAmount();
+    error RewardAlreadyProposed();
+    error UnknownTransaction();
+    error AlreadyExecuted();
+    error AlreadyConfirmed();
+    error NotConfirmed();
+    error NotEnoughConfirmations();
+    error InsufficientBalance();
+    error NothingToWithdraw();
+    error PayoutFailed();
 
     event Deposit(address indexed sender, uint256 amount);
+    /// @notice `rewardId` links a reward proposal to its Layer 1 entry (zero for the others).
     event Proposal(
-        uint256 indexed txIndex, address indexed proposer, address indexed destination, uint256 value
+        uint256 indexed txIndex,
+        address indexed proposer,
+        address indexed destination,
+        uint256 value,
+        bytes32 rewardId
     );
     event Confirmation(uint256 indexed txIndex, address indexed owner);
     event Revocation(uint256 indexed txIndex, address indexed owner);
@@ -56,13 +82,13 @@ contract MultiSigContract {
 
     constructor(uint256 numSignaturesRequired_, address[] memory owners_) {
         uint256 n = owners_.length;
-        require(n <= MAX_OWNERS, "too many owners");
-        require(numSignaturesRequired_ > 0 && numSignaturesRequired_ <= n, "invalid threshold");
+        if (n > MAX_OWNERS) revert TooManyOwners();
+        if (numSignaturesRequired_ == 0 || numSignaturesRequired_ > n) revert InvalidThreshold();
         for (uint256 i = 0; i < n; i++) {
             address owner = owners_[i];
-            require(owner != address(0), "zero owner");
-            require(_ownerPosition[owner] == 0, "duplicate owner");
-            _ownerPosition[owner] = i + 1;
+            if (owner == address(0)) revert ZeroOwner();
+            if (_ownerBit[owner] != 0) revert DuplicateOwner();
+            _ownerBit[owner] = 1 << (CONFIRMED_SHIFT + i);
         }
         owners = owners_;
         numSignaturesRequired = numSignaturesRequired_;
@@ -74,96 +100,112 @@ contract MultiSigContract {
         emit Deposit(msg.sender, msg.value);
     }
 
-    /// @notice Proposes paying `value` wei to `destination`; returns the proposal's index.
+    /// @notice Proposes paying `value` wei (whole gwei) to `destination`; returns the index.
     /// The proposer does not confirm implicitly (as in the seed): they call confirmTransaction.
     function proposeTransaction(address destination, uint256 value) external returns (uint256) {
-        require(_ownerPosition[msg.sender] != 0, "not an owner");
-        require(destination != address(0), "zero destination");
-        require(value <= type(uint96).max, "value too large");
+        _callerBit();
         uint256 txIndex = transactionCount;
         transactionCount = uint64(txIndex + 1);
-        _proposals[txIndex] = Payment({
-            destination: destination,
-            value: uint96(value),
-            exists: true,
-            executed: false,
-            numConfirmations: 0,
-            confirmedBy: 0
-        });
-        emit Proposal(txIndex, msg.sender, destination, value);
+        _proposals[txIndex] = _pack(destination, value);
+        emit Proposal(txIndex, msg.sender, destination, value, 0);
         return txIndex;
     }
 
+    /// @notice Proposes the Layer 1 reward `rewardId` (pay `amount` wei to `trainer`) and
+    /// confirms it as the proposer, whose validator checked the committed entry first.
+    /// Its index is `rewardIndex(rewardId, trainer, amount)`: the same reward can be proposed
+    /// only once, and a proposal with other contents under the same id (which no correct
+    /// validator confirms) cannot block the real one.
+    function proposeReward(
+        bytes32 rewardId, address trainer, uint256 amount
+    ) external returns (uint256 txIndex) {
+        uint256 bit = _callerBit();
+        if (rewardId == 0) revert ZeroRewardId();
+        if (amount == 0) revert ZeroAmount();
+        txIndex = rewardIndex(rewardId, trainer, amount);
+        if (_proposals[txIndex] != 0) revert RewardAlreadyProposed();
+        _proposals[txIndex] = _pack(trainer, amount) | bit;
+        emit Proposal(txIndex, msg.sender, trainer, amount, rewardId);
+        emit Confirmation(txIndex, msg.sender);
+    }
+
     function confirmTransaction(uint256 txIndex) external {
-        uint256 bit = _ownerBit(msg.sender);
-        Payment storage p = _pending(txIndex);
-        require(p.confirmedBy & bit == 0, "already confirmed");
-        p.confirmedBy |= uint224(bit);
-        p.numConfirmations += 1;
+        uint256 bit = _callerBit();
+        uint256 word = _pending(txIndex);
+        if (word & bit != 0) revert AlreadyConfirmed();
+        _proposals[txIndex] = word | bit;
         emit Confirmation(txIndex, msg.sender);
     }
 
     function revokeConfirmation(uint256 txIndex) external {
-        uint256 bit = _ownerBit(msg.sender);
-        Payment storage p = _pending(txIndex);
-        require(p.confirmedBy & bit != 0, "not confirmed");
-        p.confirmedBy &= ~uint224(bit);
-        p.numConfirmations -= 1;
+        uint256 bit = _callerBit();
+        uint256 word = _pending(txIndex);
+        if (word & bit == 0) revert NotConfirmed();
+        _proposals[txIndex] = word & ~bit;
         emit Revocation(txIndex, msg.sender);
     }
 
     /// @notice Books the reward for the trainer once enough owners have confirmed. Reverts,
     /// rather than over-committing, if the unreserved balance cannot cover `value`.
     function executeTransaction(uint256 txIndex) external {
-        require(_ownerPosition[msg.sender] != 0, "not an owner");
-        Payment storage p = _pending(txIndex);
-        require(p.numConfirmations >= numSignaturesRequired, "not enough confirmations");
-        uint128 owed = totalOwed + p.value;
-        require(owed <= address(this).balance, "insufficient balance");
+        _callerBit();
+        uint256 word = _pending(txIndex);
+        if (_popcount(word >> CONFIRMED_SHIFT) < numSignaturesRequired) {
+            revert NotEnoughConfirmations();
+        }
+        uint256 value = ((word >> 160) & VALUE_MASK) * GWEI;
+        uint256 owed = totalOwed + value;
+        if (owed > address(this).balance) revert InsufficientBalance();
         // effects only: no external call here, the trainer pulls with withdraw()
-        p.executed = true;
-        totalOwed = owed;
-        address destination = p.destination;
-        rewards[destination] += p.value;
-        emit Execution(txIndex, msg.sender, destination, p.value);
+        _proposals[txIndex] = word | EXECUTED;
+        totalOwed = uint128(owed); // owed <= balance < 2^128
+        address destination = address(uint160(word));
+        rewards[destination] += value;
+        emit Execution(txIndex, msg.sender, destination, value);
     }
 
     /// @notice Pays the caller everything executed proposals have credited to them.
     function withdraw() external {
         uint256 amount = rewards[msg.sender];
-        require(amount > 0, "nothing to withdraw");
+        if (amount == 0) revert NothingToWithdraw();
         // checks-effects-interactions: zero the credit before the call, so a re-entrant
         // withdraw finds nothing and the books stay balanced during the call
         rewards[msg.sender] = 0;
         totalOwed -= uint128(amount);
         emit Payout(msg.sender, amount);
         (bool ok, ) = payable(msg.sender).call{value: amount}("");
-        require(ok, "payout failed");
+        if (!ok) revert PayoutFailed();
     }
 
     // ---- views -------------------------------------------------------------------------------
+
+    /// @notice The index of a reward proposal: the hash of its contents with the top bit set,
+    /// which no `proposeTransaction` index (a uint64 count) reaches.
+    function rewardIndex(
+        bytes32 rewardId, address trainer, uint256 amount
+    ) public pure returns (uint256) {
+        return uint256(keccak256(abi.encode(rewardId, trainer, amount))) | REWARD_INDEX;
+    }
 
     /// @notice Seed-compatible getter: (destination, value, executed).
     function transactions(
         uint256 txIndex
     ) external view returns (address destination, uint256 value, bool executed) {
-        Payment storage p = _existing(txIndex);
-        return (p.destination, p.value, p.executed);
+        uint256 word = _existing(txIndex);
+        return (address(uint160(word)), ((word >> 160) & VALUE_MASK) * GWEI, word >= EXECUTED);
     }
 
     /// @notice Seed-compatible getter: has `owner` confirmed proposal `txIndex`?
     function confirmations(uint256 txIndex, address owner) external view returns (bool) {
-        Payment storage p = _existing(txIndex);
-        uint256 position = _ownerPosition[owner];
-        return position != 0 && (p.confirmedBy >> (position - 1)) & 1 == 1;
+        return _existing(txIndex) & _ownerBit[owner] != 0;
     }
 
     function confirmationCount(uint256 txIndex) external view returns (uint256) {
-        return _existing(txIndex).numConfirmations;
+        return _popcount(_existing(txIndex) >> CONFIRMED_SHIFT);
     }
 
     function isOwner(address account) external view returns (bool) {
-        return _ownerPosition[account] != 0;
+        return _ownerBit[account] != 0;
     }
 
     function ownerCount() external view returns (uint256) {
@@ -176,19 +218,37 @@ contract MultiSigContract {
 
     // ---- internals ---------------------------------------------------------------------------
 
-    function _ownerBit(address account) private view returns (uint256) {
-        uint256 position = _ownerPosition[account];
-        require(position != 0, "not an owner");
-        return 1 << (position - 1);
+    /// @dev The caller's confirmation bit; reverts unless the caller is an owner.
+    function _callerBit() private view returns (uint256 bit) {
+        bit = _ownerBit[msg.sender];
+        if (bit == 0) revert NotAnOwner();
     }
 
-    function _existing(uint256 txIndex) private view returns (Payment storage p) {
-        p = _proposals[txIndex];
-        require(p.exists, "unknown transaction");
+    function _pack(address destination, uint256 value) private pure returns (uint256) {
+        if (destination == address(0)) revert ZeroDestination();
+        if (value % GWEI != 0) revert ValueNotWholeGwei();
+        if (value / GWEI > VALUE_MASK) revert ValueTooLarge();
+        return uint256(uint160(destination)) | ((value / GWEI) << 160);
     }
 
-    function _pending(uint256 txIndex) private view returns (Payment storage p) {
-        p = _existing(txIndex);
-        require(!p.executed, "already executed");
+    function _existing(uint256 txIndex) private view returns (uint256 word) {
+        word = _proposals[txIndex];
+        if (word == 0) revert UnknownTransaction();
+    }
+
+    function _pending(uint256 txIndex) private view returns (uint256 word) {
+        word = _existing(txIndex);
+        if (word >= EXECUTED) revert AlreadyExecuted();
+    }
+
+    /// @dev Set bits among the 31 confirmation bits (SWAR popcount: constant gas).
+    function _popcount(uint256 bits) private pure returns (uint256 x) {
+        unchecked {
+            x = bits & 0x7fffffff;
+            x -= (x >> 1) & 0x55555555;
+            x = (x & 0x33333333) + ((x >> 2) & 0x33333333);
+            x = (x + (x >> 4)) & 0x0f0f0f0f;
+            x = ((x * 0x01010101) >> 24) & 0xff;
+        }
     }
 }

@@ -8,7 +8,9 @@ executes that request, so all of them change the admitted set at the same point 
 order, and the block hash covers it (a request from a client that is not admitted there
 is REFUSED, the same everywhere). No restart, no file to copy around.
 
-A command is `PREFIX + msgpack([action, client, public_key])`, action "add" or "remove".
+A command is `PREFIX + msgpack([action, client, public_key, curve_key])`, action "add"
+or "remove"; `curve_key` (z85, may be empty) lets the client connect under CurveZMQ: every
+node adds it to its ZAP table when it executes the command.
 Only an operator's request may carry one; from anyone else the bytes are an ordinary
 transaction.
 """
@@ -30,14 +32,15 @@ class AdmissionChange:
     action: str  # "add" or "remove"
     client: str
     public_key: str  # the key text as in a cluster file ("" when removing)
+    curve_key: str = ""  # its CurveZMQ public key (z85), when the cluster runs CURVE
 
 
 def encode(change: AdmissionChange) -> bytes:
     """The transaction an operator submits to apply `change`."""
     if change.action not in ACTIONS:
         raise ValueError(f"admission action must be one of {ACTIONS}, got {change.action!r}")
-    return PREFIX + msgpack.packb([change.action, change.client, change.public_key],
-                                  use_bin_type=True)
+    return PREFIX + msgpack.packb([change.action, change.client, change.public_key,
+                                   change.curve_key], use_bin_type=True)
 
 
 def decode(tx: bytes) -> AdmissionChange | None:
@@ -46,13 +49,14 @@ def decode(tx: bytes) -> AdmissionChange | None:
     if not tx.startswith(PREFIX):
         return None
     try:
-        action, client, key = msgpack.unpackb(tx[len(PREFIX):], raw=False)
+        action, client, key, *rest = msgpack.unpackb(tx[len(PREFIX):], raw=False)
     except Exception:
         return None
+    curve = rest[0] if len(rest) == 1 else ""
     if action not in ACTIONS or type(client) is not str or type(key) is not str \
-            or not 0 < len(client) <= 256:
+            or type(curve) is not str or len(rest) > 1 or not 0 < len(client) <= 256:
         return None
-    return AdmissionChange(action, client, key)
+    return AdmissionChange(action, client, key, curve)
 
 
 def open_id(raw_public_key: bytes) -> str:

@@ -183,6 +183,9 @@ class LoadGenerator:
         key = (msg.seq, msg.position, msg.result, msg.outcome)
         (out.tentative if msg.tentative else out.committed)[replica] = key
         if not accepts(key, out.committed, out.tentative, self.n):
+            if msg.tentative and sum(1 for k in out.tentative.values() if k == key) >= self.f1:
+                now = time.monotonic()  # as the client does: ask again for committed ones
+                out.next_retry = min(out.next_retry, now + max(0.05, now - out.sent))
             return []
         now = time.monotonic()
         del self.out[(client, msg.number)]

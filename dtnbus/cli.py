@@ -11,6 +11,7 @@ import click
 
 from dtnbus.cluster import DEFAULT_DIR
 from dtnbus.errors import LocalError, ProblemFound
+from dtnbus.l2.commands import chain_options
 
 DIR_OPTION = click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
                           help=f"Cluster directory (default {DEFAULT_DIR}).")
@@ -156,18 +157,22 @@ READY_TIMEOUT_OPTION = click.option("--timeout", "ready_timeout", type=click.Flo
               help="Per-link one-way latency in ms (0: none).")
 @FRESH_OPTION
 @CURVE_OPTION
+@chain_options
 def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: float,
-                   latency: float, fresh: bool, curve: bool) -> None:
+                   latency: float, fresh: bool, curve: bool, chain: str | None,
+                   threshold: int | None, deposit: str | None, takeover: float) -> None:
     """Create a new cluster in DIR and start it; returns when every node is ready.
 
     A directory that already holds a cluster is refused: start it with 'cluster start',
     or add --fresh to discard it."""
     from dtnbus.cluster import check_cluster_dir, cluster_up, refuse_running
     from dtnbus.config import existing_cluster_files
+    from dtnbus.l2.commands import check_chain_options
 
     directory = directory or DEFAULT_DIR
     check_cluster_dir(directory)
     refuse_running(directory)
+    check_chain_options(nodes, chain, threshold, deposit)
     shaping = ({"bandwidth_mbps": bandwidth, "latency_ms": latency}
                if bandwidth or latency else None)
     _note_discarded(directory, fresh,
@@ -175,6 +180,22 @@ def cluster_up_cmd(nodes: int, directory: Path | None, scheme: str, bandwidth: f
     config = cluster_up(directory, nodes, scheme, shaping=shaping, fresh=fresh, curve=curve)
     click.echo(f"cluster of {config.n} nodes (f={config.f}{', CURVE' if curve else ''}) "
                f"ready in {directory}")
+    if chain:
+        _start_chain(config, directory, chain, threshold, deposit, takeover)
+
+
+def _start_chain(config: object, directory: Path, chain: str, threshold: int | None,
+                 deposit: str | None, takeover: float) -> None:
+    """The wallet and payout agents (dtnbus/l2); on failure the whole cluster stops."""
+    from dtnbus.cluster import stop_nodes
+    from dtnbus.l2.commands import start_chain_for, stop_chain_for
+
+    try:
+        click.echo(start_chain_for(config, directory, chain, threshold, deposit, takeover))
+    except BaseException:
+        stop_chain_for(directory)
+        stop_nodes(directory)
+        raise
 
 
 @cluster.command("start")
@@ -187,6 +208,7 @@ def cluster_start_cmd(directory: Path | None, ids: tuple[int, ...],
 
     Nodes already running are left alone; restarted nodes catch up from their peers."""
     from dtnbus.cluster import cluster_start
+    from dtnbus.l2.commands import restart_chain_for
 
     directory = directory or DEFAULT_DIR
     config, started = cluster_start(directory, list(ids) or None, ready_timeout)
@@ -195,15 +217,22 @@ def cluster_start_cmd(directory: Path | None, ids: tuple[int, ...],
                    f"{directory}; ready (see 'dtnbus cluster status --dir {directory}')")
     else:
         click.echo(f"every requested node of {directory} was already running")
+    chain_side = restart_chain_for(directory, list(ids) or None)
+    if chain_side:
+        click.echo(chain_side)
 
 
 def _stop(directory: Path | None, config_file: Path | None, ids: tuple[int, ...]) -> None:
     from dtnbus.cluster import STOP_TIMEOUT, resolve_config, stop_cluster
+    from dtnbus.l2.commands import stop_chain_for
 
     config = resolve_config(directory, config_file)
     home = config.path.parent if config_file is not None else (directory or DEFAULT_DIR)
+    chain_side = stop_chain_for(home, list(ids) or None)
     report = stop_cluster(config, home, list(ids) or None)
     click.echo(f"{report.describe(STOP_TIMEOUT)}; keys and ledgers kept in {home}")
+    if chain_side:
+        click.echo(chain_side)
 
 
 @cluster.command("stop")
@@ -238,13 +267,18 @@ def cluster_restart_cmd(directory: Path | None, ids: tuple[int, ...],
     """Stop, then start the cluster in DIR (or only --id K): ledgers are kept and the
     restarted nodes catch up."""
     from dtnbus.cluster import STOP_TIMEOUT, cluster_start, resolve_config, stop_cluster
+    from dtnbus.l2.commands import restart_chain_for, stop_chain_for
 
     directory = directory or DEFAULT_DIR
     config = resolve_config(directory, None)
+    stop_chain_for(directory, list(ids) or None)
     report = stop_cluster(config, directory, list(ids) or None)
     click.echo(report.describe(STOP_TIMEOUT))
     config, started = cluster_start(directory, list(ids) or None, ready_timeout)
     click.echo(f"started node(s) {','.join(map(str, started))}; ready")
+    chain_side = restart_chain_for(directory, list(ids) or None)
+    if chain_side:
+        click.echo(chain_side)
 
 
 @cluster.command("status")
@@ -794,13 +828,14 @@ def client_new(directory: Path | None, config_file: Path | None, name: str,
     every node admits the client at the same point in the order; no restart."""
     from dtnbus import admission
     from dtnbus.cluster import resolve_config
-    from dtnbus.identities import admit, new_identity, operator_of
+    from dtnbus.identities import admit, curve_key_of, new_identity, operator_of
 
     config = resolve_config(directory, config_file)
     operator_of(config)  # before a key is made: can this host admit anyone?
     spec = new_identity(config, name)
     click.echo(f"made client {name}: private key {spec.key_file} (0600)", err=True)
-    result = admit(config, admission.AdmissionChange("add", name, spec.public_key), timeout)
+    result = admit(config, admission.AdmissionChange("add", name, spec.public_key,
+                                                     curve_key_of(config, name)), timeout)
     _admission_result(result, f"client {name} admitted", timeout)
 
 
@@ -851,6 +886,10 @@ def client_list(directory: Path | None, config_file: Path | None) -> None:
 
 
 def _add_optional_commands() -> None:
+    from dtnbus.l2.commands import payout, reward
+
+    cli.add_command(payout)
+    cli.add_command(reward)
     try:
         from dtnbus.monitor import monitor_command
     except ImportError:  # pragma: no cover - the monitoring module is optional at import

@@ -9,6 +9,7 @@ until all n have. A reply is sent only after its block is durable in the ledger.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +60,10 @@ class _Pending:
     backoff: float = 0.025
     accepted: ReplyKey | None = None
     accepted_at: float = 0.0
+
+
+def _early_retry(key: ReplyKey, p: _Pending, f1: int) -> bool:
+    return sum(1 for k in p.tentative.values() if k == key) >= f1
 
 
 def accepts(key: ReplyKey, committed: dict[int, ReplyKey], tentative: dict[int, ReplyKey],
@@ -154,7 +159,10 @@ class Client:
         self.id = spec.id
         self.codec = Codec(config.client_signer(spec.id), config.replica_verifiers(),
                            config.client_verifiers())
-        curve = config.curve.client_end(spec.id) if config.curve is not None else None
+        curve = None
+        if config.curve is not None:
+            local = config.local_curve_key(spec.id)
+            curve = config.curve.client_end(spec.id, local)
         self.ctx = zmq.Context()
         self.sockets: dict[int, zmq.Socket] = {}
         self.poller = zmq.Poller()
@@ -255,7 +263,9 @@ class Client:
         committed replies, or q matching of any kind), or also when q / all n executed them
         (within `wait_all` seconds more), or at `timeout`. A replica whose pool is full
         answers BUSY: once f+1 have, the request cannot be ordered now, so we back off
-        (exponentially, from 50 ms to 5 s) and send it again; the result says how long. A
+        (exponentially with jitter, from 50 ms to 1 s) and send it again, and halve how
+        many requests we keep outstanding (growing it back by one per decision, as TCP
+        does); the result says how long we waited. A
         request over the frame limit is refused before anything is sent. `on_tick(decided,
         total, replies per replica)` is called each turn of the wait loop (at least every
         50 ms), for a progress display."""
@@ -295,9 +305,10 @@ class Client:
         outstanding = 0
         inflight: dict[int, _Pending] = {}
         next_scan = 0.0
+        allowed = float(window)  # AIMD: halved by f+1 BUSY answers, +1 per decision
         while True:
             now = time.monotonic()
-            while unsent and outstanding < window:
+            while unsent and outstanding < allowed:
                 p = unsent.pop()
                 self._first_send(p, now, retry_after)
                 inflight[p.number] = p
@@ -315,11 +326,14 @@ class Client:
                     busy_answers += 1
                     p.busy.add(replica)
                     if len(p.busy) >= f1 and p.accepted is None and not p.backing_off:
-                        # f+1 replicas have no room: it cannot be ordered now; wait
+                        # f+1 replicas have no room: it cannot be ordered now; wait, and
+                        # keep fewer requests outstanding
                         p.backing_off = True
-                        p.backoff = min(5.0, max(0.05, 2 * p.backoff))
-                        p.next_retry = time.monotonic() + p.backoff
-                        backed_off += p.backoff
+                        p.backoff = min(1.0, max(0.05, 2 * p.backoff))
+                        wait = p.backoff * random.uniform(0.5, 1.0)
+                        p.next_retry = time.monotonic() + wait
+                        backed_off += wait
+                        allowed = max(1.0, allowed / 2)
                     continue
                 key: ReplyKey = (msg.seq, msg.position, msg.result, msg.outcome)
                 answers = p.tentative if msg.tentative else p.committed
@@ -332,10 +346,15 @@ class Client:
                 answers[replica] = key
                 p.busy.discard(replica)
                 now = time.monotonic()
+                if p.accepted is None and msg.tentative and _early_retry(key, p, f1):
+                    # f+1 promised the same result but q have not: a slow or faulty
+                    # replica; the committed answers are a retransmission away
+                    p.next_retry = min(p.next_retry, now + max(0.05, now - p.first_sent))
                 if p.accepted is None and accepts(key, p.committed, p.tentative, n):
                     p.accepted, p.accepted_at = key, now
                     decided += 1
                     outstanding -= 1
+                    allowed = min(float(window), allowed + 1)
                     self.metrics.request_accepted(now - p.first_sent)
                     if on_progress:
                         on_progress(decided, total)
@@ -395,7 +414,8 @@ class Client:
         were too busy to take it), backing off so a loaded cluster is not flooded."""
         p.retries += 1
         self.metrics.request_retransmitted()
-        targets = [r for r in self.sockets if r not in p.committed and r not in p.tentative]
+        # a replica that answered tentatively holds the committed answer by now: ask it too
+        targets = [r for r in self.sockets if r not in p.committed]
         arrived = max((self._send(r, p.frame, now) for r in targets), default=now)
         if p.backing_off:
             p.backing_off = False

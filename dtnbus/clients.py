@@ -53,9 +53,10 @@ class ClientTable:
         `operators` may admit and remove clients; `open_admission`: any "pk:" identity."""
         self.control = admitted is not None or open_admission
         self.listed: dict[str, str] = dict(admitted or {})  # "" = removed
+        self.curve_keys: dict[str, str] = {}  # admitted by command: their CURVE keys
         self.operators = operators
         self.open = open_admission
-        self._admission_changed: dict[str, str] = {}
+        self._admission_changed: dict[str, tuple[str, str]] = {}
         self.window = window
         self.sessions_per_client = sessions_per_client
         self.max_sessions = max_sessions
@@ -147,8 +148,10 @@ class ClientTable:
         outcomes, changes = self._decide_batch(requests)
         for change in changes:
             key = change.public_key if change.action == "add" else ""
+            curve = change.curve_key if change.action == "add" else ""
             self.listed[change.client] = key
-            self._admission_changed[change.client] = key
+            self.curve_keys[change.client] = curve
+            self._admission_changed[change.client] = (key, curve)
         touched: list[tuple[str, int]] = []
         for (client, session, number, digest, _txs), outcome in zip(requests, outcomes,
                                                                     strict=True):
@@ -211,7 +214,8 @@ class ClientTable:
         sessions = tuple(self.state_of(k) for k in sorted(self._dirty, key=self._rank.get))
         changes = ClientChanges(sessions, tuple(self._evicted),
                                 tuple((c, self.floors[c]) for c in sorted(self._floors_changed)),
-                                tuple(sorted(self._admission_changed.items())))
+                                tuple((c, k, ck) for c, (k, ck)
+                                      in sorted(self._admission_changed.items())))
         self._dirty.clear()
         self._evicted = []
         self._floors_changed.clear()
@@ -224,13 +228,14 @@ class ClientTable:
                             self._rank[key])
 
     def restore(self, sessions: list[SessionState], floors: dict[str, int],
-                admitted: dict[str, str]) -> None:
+                admitted: dict[str, tuple[str, str]]) -> None:
         """Resume from persisted state: the same sessions, in the same LRU order, and the
         admission changes the order made on top of the genesis list."""
         control, listed, operators, open_ = self.control, self.listed, self.operators, self.open
         self.__init__(self.window, self.sessions_per_client, self.max_sessions)  # type: ignore[misc]
         self.control, self.operators, self.open = control, operators, open_
-        self.listed = {**listed, **admitted}
+        self.listed = {**listed, **{c: key for c, (key, _curve) in admitted.items()}}
+        self.curve_keys = {c: curve for c, (_key, curve) in admitted.items()}
         for state in sorted(sessions, key=lambda s: s.touched):
             key = (state.client, state.session)
             self.sessions[key] = _Session(state.low, dict(state.done))

@@ -58,7 +58,7 @@ from dtnbus.crypto import (
     scheme_of,
     write_private_key,
 )
-from dtnbus.curve import CurveKeys, add_curve_keys, load_curve_keys
+from dtnbus.curve import CurveKeys, CurveMember, add_curve_keys, load_curve_keys
 from dtnbus.errors import LocalError
 from dtnbus.messages import max_faulty
 from dtnbus.replica import ReplicaConfig
@@ -163,6 +163,18 @@ class ClusterConfig:
                          f"{self.path.parent / 'clients'}; known: "
                          f"{', '.join(s.id for s in known)}; create it with: dtnbus client new "
                          f"--dir {self.path.parent} --name {client_id}")
+
+    def local_curve_key(self, client_id: str) -> CurveMember | None:
+        """The CurveZMQ key of a client made with `dtnbus client new`, from its record."""
+        path = self.path.parent / "clients" / f"{client_id}.toml"
+        try:
+            table = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            return None
+        public, key_file = table.get("curve_public_key"), table.get("curve_key_file")
+        if not isinstance(public, str) or not isinstance(key_file, str):
+            return None
+        return CurveMember(public, self.path.parent / key_file)
 
     def local_clients(self) -> list[ClientSpec]:
         """Clients created with `dtnbus client new` beside this cluster file (admitted by

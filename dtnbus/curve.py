@@ -84,8 +84,10 @@ class CurveKeys:
         return self._end(node_member(node_id), self.nodes.get(node_id), f"node {node_id}",
                          self.admitted())
 
-    def client_end(self, client_id: str) -> CurveEnd:
-        return self._end(client_member(client_id), self.clients.get(client_id),
+    def client_end(self, client_id: str, local: CurveMember | None = None) -> CurveEnd:
+        """A client's end; `local`: its key from a `dtnbus client new` record, when the
+        cluster file (genesis) does not list it."""
+        return self._end(client_member(client_id), self.clients.get(client_id) or local,
                          f"client {client_id!r}", {})
 
     def _end(self, member: str, spec: CurveMember | None, who: str,

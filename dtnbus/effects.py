@@ -100,7 +100,8 @@ class ClientChanges:
     sessions: tuple[SessionState, ...] = ()
     evicted: tuple[tuple[str, int], ...] = ()  # (client, session) no longer held
     floors: tuple[tuple[str, int], ...] = ()  # (client, floor): sessions <= floor expired
-    admitted: tuple[tuple[str, str], ...] = ()  # (client, public key; "" = removed)
+    admitted: tuple[tuple[str, str, str], ...] = ()  # (client, public key, CURVE key;
+    # "" = removed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,4 +222,5 @@ class DurableState:
     sessions: list[SessionState] = field(default_factory=list)
     floors: dict[str, int] = field(default_factory=dict)
     records: list[Persist] = field(default_factory=list)
-    admitted: dict[str, str] = field(default_factory=dict)  # changes since genesis
+    admitted: dict[str, tuple[str, str]] = field(default_factory=dict)  # client ->
+    # (public key, CURVE key): what the order changed since genesis

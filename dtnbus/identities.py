@@ -29,6 +29,7 @@ from dtnbus import admission
 from dtnbus.client import Client, SubmitResult, new_session
 from dtnbus.config import ClientSpec, ClusterConfig
 from dtnbus.crypto import generate_key, public_key_text, write_private_key
+from dtnbus.curve import new_curve_key_file
 from dtnbus.errors import LocalError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -57,9 +58,19 @@ def new_identity(config: ClusterConfig, name: str) -> ClientSpec:
     record = registry(config) / f"{name}.toml"
     record.parent.mkdir(parents=True, exist_ok=True)
     spec = ClientSpec(name, public_key_text(key.public_key()), config.path.parent / key_file)
-    record.write_text(tomli_w.dumps({"id": name, "public_key": spec.public_key,
-                                     "key_file": str(key_file)}))
+    table = {"id": name, "public_key": spec.public_key, "key_file": str(key_file)}
+    if config.curve is not None:  # its CurveZMQ key too: the admission carries the public half
+        curve_file = Path("keys") / f"client-{name}.curve.key"
+        table["curve_public_key"] = new_curve_key_file(config.path.parent / curve_file)
+        table["curve_key_file"] = str(curve_file)
+    record.write_text(tomli_w.dumps(table))
     return spec
+
+
+def curve_key_of(config: ClusterConfig, name: str) -> str:
+    """The CurveZMQ public key recorded for a client made here ("" without CURVE)."""
+    member = config.local_curve_key(name)
+    return member.public_key if member is not None else ""
 
 
 def operator_of(config: ClusterConfig) -> ClientSpec:

@@ -390,6 +390,171 @@ class ClientMetrics:
         return _histogram_summary(self._latency, "phase")
 
 
+# ---- Layer 2: a validator's payout agent (dtnbus/l2/agent.py) ---------------------------------
+
+# Steps of one reward as an agent sees them (its own clock): committed on Layer 1 -> proposal
+# on chain -> threshold confirmations -> executed (the trainer is owed).
+PAYOUT_PHASES: tuple[str, ...] = (
+    "committed_to_proposed", "proposed_to_confirmed", "confirmed_to_executed",
+)
+PAYOUT_ACTIONS: tuple[str, ...] = ("propose", "confirm", "execute")
+# What became of a transaction the agent signed.
+PAYOUT_OUTCOMES: tuple[str, ...] = (
+    "mined", "reverted", "refused", "nonce_conflict", "abandoned",
+)
+# Why a reward the agent should act on cannot be paid yet.
+PAYOUT_BLOCKERS: tuple[str, ...] = ("wallet_balance", "owner_gas", "rpc", "not_owner", "other")
+
+
+class PayoutMetrics:
+    """The metrics of one payout agent (names `dtnbus_l2_*`), in their own registry."""
+
+    def __init__(self, node_id: int, registry: CollectorRegistry | None = None) -> None:
+        self.node_id = node_id
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        info = Gauge("dtnbus_l2_agent_info", "Constant 1; maps the instance to its node id.",
+                     ["node"], registry=r)
+        info.labels(node=str(node_id)).set(1)
+        with contextlib.suppress(ValueError):
+            ProcessCollector(registry=r)
+        self._phase = Histogram(
+            "dtnbus_l2_phase_seconds", "Time a reward spends in each payout step, as this "
+            "agent saw it.", ["phase"], buckets=LATENCY_BUCKETS, registry=r)
+        self._committed = Counter(
+            "dtnbus_l2_rewards_committed_total",
+            "Rewards found in this node's ledger (first entry of each id).", registry=r)
+        self._paid = Counter(
+            "dtnbus_l2_rewards_paid_total", "Rewards whose payment was executed on chain.",
+            registry=r)
+        self._pending = Gauge(
+            "dtnbus_l2_rewards_pending", "Committed rewards not executed on chain yet.",
+            registry=r)
+        self._blocked = Gauge(
+            "dtnbus_l2_rewards_blocked", "Rewards this agent cannot act on now, by reason.",
+            ["reason"], registry=r)
+        self._duplicates = Counter(
+            "dtnbus_l2_duplicate_rewards_total", "Later ledger entries of an already committed "
+            "reward id: the same payment (same) or other contents (conflict); never paid.",
+            ["kind"], registry=r)
+        self._malformed = Counter(
+            "dtnbus_l2_malformed_rewards_total", "Reward transactions in the ledger that do not "
+            "parse; skipped.", registry=r)
+        self._transactions = Counter(
+            "dtnbus_l2_transactions_total", "Wallet transactions this agent signed, by action "
+            "and outcome.", ["action", "outcome"], registry=r)
+        self._gas = Counter(
+            "dtnbus_l2_gas_used_total", "Gas of this agent's mined transactions, by action.",
+            ["action"], registry=r)
+        self._rpc_errors = Counter(
+            "dtnbus_l2_rpc_errors_total", "Chain RPC calls that failed: no answer "
+            "(unavailable) or an error answer (error).", ["kind"], registry=r)
+        self._retries = Counter(
+            "dtnbus_l2_retries_total", "Steps put off with backoff, by what blocked them.",
+            ["reason"], registry=r)
+        self._backoff = Gauge(
+            "dtnbus_l2_backoff_seconds", "The longest backoff now in force.", registry=r)
+        self._unbacked = Gauge(
+            "dtnbus_l2_unbacked_proposals", "Proposals on chain that no entry of this node's "
+            "ledger backs (never confirmed by this agent).", registry=r)
+        self._unbacked_confirmations = Counter(
+            "dtnbus_l2_unbacked_confirmations_total", "Confirmations other owners gave to "
+            "unbacked proposals (a faulty or Byzantine validator).", registry=r)
+        self._wallet_balance = Gauge(
+            "dtnbus_l2_wallet_balance_wei", "The wallet's balance.", registry=r)
+        self._wallet_owed = Gauge(
+            "dtnbus_l2_wallet_owed_wei", "Credits executed and not withdrawn (totalOwed).",
+            registry=r)
+        self._owner_balance = Gauge(
+            "dtnbus_l2_owner_balance_wei", "This validator's owner account (gas money).",
+            registry=r)
+        self._ledger_seq = Gauge(
+            "dtnbus_l2_ledger_sequence", "Last ledger block this agent has read.", registry=r)
+        self._chain_block = Gauge(
+            "dtnbus_l2_chain_block", "Last chain block this agent has folded in.", registry=r)
+        self._phase_children = {p: self._phase.labels(phase=p) for p in PAYOUT_PHASES}
+        self._blocked_children = {b: self._blocked.labels(reason=b) for b in PAYOUT_BLOCKERS}
+        for b in PAYOUT_BLOCKERS:
+            self._retries.labels(reason=b)
+        for kind in ("same", "conflict"):
+            self._duplicates.labels(kind=kind)
+        for kind in ("unavailable", "error"):
+            self._rpc_errors.labels(kind=kind)
+        for action in PAYOUT_ACTIONS:
+            self._gas.labels(action=action)
+            for outcome in PAYOUT_OUTCOMES:
+                self._transactions.labels(action=action, outcome=outcome)
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def observe_phase(self, phase: str, seconds: float) -> None:
+        child = self._phase_children.get(phase)
+        if child is None:
+            _reject(phase, PAYOUT_PHASES, "payout phase")
+        child.observe(max(0.0, seconds))
+
+    def reward_committed(self) -> None:
+        self._committed.inc()
+
+    def reward_paid(self) -> None:
+        self._paid.inc()
+
+    def duplicate(self, conflict: bool) -> None:
+        self._duplicates.labels(kind="conflict" if conflict else "same").inc()
+
+    def malformed(self) -> None:
+        self._malformed.inc()
+
+    def transaction(self, action: str, outcome: str, gas_used: int = 0) -> None:
+        if action not in PAYOUT_ACTIONS:
+            _reject(action, PAYOUT_ACTIONS, "payout action")
+        if outcome not in PAYOUT_OUTCOMES:
+            _reject(outcome, PAYOUT_OUTCOMES, "transaction outcome")
+        self._transactions.labels(action=action, outcome=outcome).inc()
+        if gas_used:
+            self._gas.labels(action=action).inc(gas_used)
+
+    def rpc_error(self, unavailable: bool) -> None:
+        self._rpc_errors.labels(kind="unavailable" if unavailable else "error").inc()
+
+    def retry(self, reason: str) -> None:
+        if reason not in PAYOUT_BLOCKERS:
+            _reject(reason, PAYOUT_BLOCKERS, "blocker")
+        self._retries.labels(reason=reason).inc()
+
+    def set_blocked(self, counts: dict[str, int]) -> None:
+        """Rewards blocked now, per reason (reasons not given are 0)."""
+        for reason, child in self._blocked_children.items():
+            child.set(counts.get(reason, 0))
+
+    def set_backoff(self, seconds: float) -> None:
+        self._backoff.set(seconds)
+
+    def set_pending(self, count: int) -> None:
+        self._pending.set(count)
+
+    def set_unbacked(self, count: int) -> None:
+        self._unbacked.set(count)
+
+    def unbacked_confirmation(self) -> None:
+        self._unbacked_confirmations.inc()
+
+    def set_wallet(self, balance: int, owed: int) -> None:
+        self._wallet_balance.set(balance)
+        self._wallet_owed.set(owed)
+
+    def set_owner_balance(self, wei: int) -> None:
+        self._owner_balance.set(wei)
+
+    def set_progress(self, ledger_seq: int, chain_block: int) -> None:
+        self._ledger_seq.set(ledger_seq)
+        self._chain_block.set(chain_block)
+
+    def phase_summary(self) -> dict[str, tuple[int, float]]:
+        return _histogram_summary(self._phase, "phase")
+
+
 def _histogram_summary(histogram: Histogram, label: str) -> dict[str, tuple[int, float]]:
     counts: dict[str, int] = {}
     sums: dict[str, float] = {}

@@ -32,7 +32,7 @@ import zmq
 from dtnbus.budget import PeerBudget
 from dtnbus.config import ClusterConfig
 from dtnbus.crypto import Verifier, load_public_key_text
-from dtnbus.curve import binding_refusal
+from dtnbus.curve import binding_refusal, client_member
 from dtnbus.effects import (
     DURABLE,
     Broadcast,
@@ -66,10 +66,10 @@ from dtnbus.messages import (
 from dtnbus.metrics import NodeMetrics
 from dtnbus.nodeproc import NodeLock
 from dtnbus.replica import UNNEEDED, Replica
-from dtnbus.state_transfer import serve_state, verify_blocks
+from dtnbus.state_transfer import ServeGate, serve_state, verify_blocks
 from dtnbus.storage import Ledger
 from dtnbus.transport import FROM_ROUTER, Endpoints, Transport, from_replica
-from dtnbus.wire import Codec, Envelope
+from dtnbus.wire import Codec, Envelope, Unverified
 
 log = logging.getLogger("dtnbus.node")
 
@@ -99,7 +99,6 @@ class Node:
         saved = self.ledger.durable_state()
         if saved.height or saved.records:  # a restart: resume exactly where we were
             self.replica.restore(saved)
-            self._admit(saved.admitted.items())
             log.info("node %d resumes at seq %d in view %d", node_id, saved.height,
                      self.replica.view)
         self.metrics = NodeMetrics(node_id)
@@ -117,12 +116,16 @@ class Node:
                     "in the cluster file (pub/router stay the advertised addresses)")
             raise LocalError(f"node {node_id}: cannot listen on {spec.bind_pub} / "
                              f"{spec.bind_router} / {spec.metrics}: {exc}; {hint}") from None
+        # clients the order admitted before a restart: their keys, and their CURVE keys now
+        # that the sockets (and the ZAP table) exist
+        self._admit((c, k, ck) for c, (k, ck) in saved.admitted.items())
         self.shaper = config.shaper(node_id)
         # where replies go: the connection a request came in on (a replayed frame from
         # elsewhere must not redirect another request's reply), per request identity
         self.routes: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self.outbox: list[Effect] = []  # this iteration's effects, carried out by _flush
         self.refusals = PeerBudget({"refuse": (5.0, 20.0)})  # per client connection
+        self.state_gate = ServeGate()
         self.ledger_txs = self.replica.executed_txs  # as durable as the ledger's height
         self.heard: set[int] = set()
         self.peer_heard: dict[int, int] = {}  # how many peers each peer has heard
@@ -199,7 +202,9 @@ class Node:
                 else:
                     self.metrics.dropped(verdict, sender)
                 return
-            env = self.codec.authenticate(raw)
+            env = self.intake(raw, now)
+            if env is None:
+                return
         except PeerError as exc:
             if sender is None and exc.msg is not None:
                 sender = sender_of(exc.msg)  # who it claims to be: a name for the culprit
@@ -230,6 +235,17 @@ class Node:
                           type(env.msg).__name__, sender)
             self.metrics.dropped("internal_error", sender)
 
+    def intake(self, raw: Unverified, now: float) -> Envelope | None:
+        """Signatures in the order that keeps a flood cheap: the sender's own signature,
+        then its budget (charged to whom it proved to be, never to whom it claims to be),
+        then its nested proofs. None: over budget (counted)."""
+        env = self.codec.authenticate(raw, nested=False)
+        verdict = self.replica.charge(env.msg, now)
+        if verdict is not None:
+            self.metrics.dropped(verdict, sender_of(env.msg))
+            return None
+        return self.codec.authenticate_nested(raw, env)
+
     def _handle(self, env: Envelope, source: int, identity: bytes | None, now: float) -> None:
         msg = env.msg
         if isinstance(msg, Request) and source == FROM_ROUTER and identity \
@@ -253,8 +269,12 @@ class Node:
             self.metrics.dropped("unknown_sender", msg.replica)  # only clients receive these
             return
         if isinstance(msg, StateRequest):
+            if not self.state_gate.allow(msg.replica, msg.from_seq, now):
+                self.metrics.dropped("rate_limited", msg.replica)  # it has not read the last
+                return
             reply = serve_state(self.ledger, self.id, msg.from_seq, self.replica.q,
                                 self.replica.new_view_frame)
+            self.state_gate.served(msg.replica, reply, now)
             self._send_replica(msg.replica, self._encode(reply), now)
             return
         if isinstance(msg, StateReply):
@@ -284,7 +304,9 @@ class Node:
                 raw = self.codec.parse(frame)
                 if not isinstance(raw.msg, NewView) or self.replica.admit(raw, now) is not None:
                     continue
-                view_env = self.codec.authenticate(raw)
+                view_env = self.intake(raw, now)
+                if view_env is None:
+                    continue
             except PeerError as exc:
                 self.metrics.dropped(exc.reason, reply.replica)
                 continue
@@ -356,9 +378,17 @@ class Node:
                 log.info("node %d left view %d for view %d: %s", self.id, eff.view - 1,
                          eff.view, eff.reason)
 
-    def _admit(self, changes: Iterable[tuple[str, str]]) -> None:
-        """The order admitted or removed clients: their requests verify, or no longer."""
-        for client, key_text in changes:
+    def _admit(self, changes: Iterable[tuple[str, str, str]]) -> None:
+        """The order admitted or removed clients: their requests verify, or no longer, and
+        under CURVE their connections are let in, or no longer."""
+        for client, key_text, curve_key in changes:
+            guard = getattr(getattr(self, "transport", None), "guard", None)
+            if guard is not None:
+                member = client_member(client)
+                for key in [k for k, m in guard.admitted.items() if m == member]:
+                    del guard.admitted[key]
+                if key_text and curve_key:
+                    guard.admitted[curve_key.encode()] = member
             if not key_text:
                 self.codec.clients.pop(client, None)
                 log.info("node %d: client %s removed", self.id, client)
@@ -413,8 +443,9 @@ class Node:
 
     def _send_client(self, client: str, msg: Reply, now: float) -> None:
         key = (client, msg.session, msg.number)
-        # a tentative reply is followed by the committed one: keep the route until then
-        identity = self.routes.get(key) if msg.tentative else self.routes.pop(key, None)
+        # a tentative reply is followed by the committed one only when the cluster says so
+        keep = msg.tentative and self.replica.config.reply_after_tentative
+        identity = self.routes.get(key) if keep else self.routes.pop(key, None)
         if identity is None:
             return  # the request did not come to us directly: nowhere to send
         verifier = self.codec.client_verifier(client)  # a MAC for it, when it can take one

@@ -5,9 +5,14 @@ and it is not waiting to be ordered.** A faulty primary may order one request at
 sequence numbers; garbage-collecting the first slot must not free a body the second
 still needs (that freed body once crashed every correct replica at once).
 
-The pool is bounded by count and by bytes. It also keeps the arrival order of requests
-not yet executed, so the view-change timer can run on the oldest one (a primary that
-orders everyone but one client is suspected all the same).
+The bound (count and bytes) is on the requests that wait to be ordered: what a client can
+pile up. Bodies that slots order, or that executed and wait for a stable checkpoint, are
+bounded by the window and the batch sizes instead; counting them too once let a pool fill
+with executed bodies before the first checkpoint, refuse every new request, and so never
+reach the checkpoint that would empty it (chaos-3). A body a slot is missing is always
+taken. The pool also keeps the arrival order of requests not yet executed, so the
+view-change timer can run on the oldest one (a primary that orders everyone but one
+client is suspected all the same).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class RequestPool:
         self.bodies: dict[bytes, Pooled] = {}
         self.pending: dict[bytes, None] = {}  # not yet ordered, in arrival order
         self.pending_txs = 0
+        self.pending_bytes = 0
         self.unexecuted: dict[bytes, float] = {}  # digest -> arrival, in arrival order
         self.missing: dict[bytes, set[int]] = {}  # digest we lack -> slots that need it
         self.bytes = 0
@@ -49,7 +55,19 @@ class RequestPool:
         return self.bodies.get(digest)
 
     def has_room(self, size: int) -> bool:
-        return len(self.bodies) < self.max_requests and self.bytes + size <= self.max_bytes
+        """Room for one more request to wait in the pending queue."""
+        return len(self.pending) < self.max_requests and \
+            self.pending_bytes + size <= self.max_bytes
+
+    def _enqueue(self, digest: bytes, pooled: Pooled) -> None:
+        self.pending[digest] = None
+        self.pending_txs += len(pooled.msg.txs)
+        self.pending_bytes += len(pooled.frame)
+
+    def _dequeue(self, digest: bytes, pooled: Pooled) -> None:
+        del self.pending[digest]
+        self.pending_txs -= len(pooled.msg.txs)
+        self.pending_bytes -= len(pooled.frame)
 
     def add(self, digest: bytes, msg: Request, frame: bytes, now: float) -> set[int]:
         """Hold a new body. Returns the slots that were waiting for it (they now order it);
@@ -61,8 +79,7 @@ class RequestPool:
         if waiting:
             self.bodies[digest].slots |= waiting
         else:
-            self.pending[digest] = None
-            self.pending_txs += len(msg.txs)
+            self._enqueue(digest, self.bodies[digest])
         return waiting
 
     def oldest_waiting(self) -> float | None:
@@ -99,8 +116,7 @@ class RequestPool:
                 continue
             pooled.slots.add(seq)
             if digest in self.pending:
-                del self.pending[digest]
-                self.pending_txs -= len(pooled.msg.txs)
+                self._dequeue(digest, pooled)
         return missing
 
     def release(self, seq: int, digests: tuple[bytes, ...], requeue: bool) -> None:
@@ -120,8 +136,7 @@ class RequestPool:
             if pooled.slots or digest in self.pending:
                 continue
             if requeue and not pooled.executed:
-                self.pending[digest] = None
-                self.pending_txs += len(pooled.msg.txs)
+                self._enqueue(digest, pooled)
             else:
                 self._remove(digest)
 
@@ -139,8 +154,7 @@ class RequestPool:
         pooled = self.bodies.get(digest)
         if pooled is None or digest not in self.pending:
             return
-        del self.pending[digest]
-        self.pending_txs -= len(pooled.msg.txs)
+        self._dequeue(digest, pooled)
         self.unexecuted.pop(digest, None)
         if not pooled.slots:
             self._remove(digest)

@@ -83,6 +83,9 @@ from dtnbus.wire import Envelope, Unverified
 
 Signer = Callable[[Message], bytes]
 UNNEEDED = "unneeded"  # `admit`'s answer for a vote no slot needs: skip it, uncounted
+_BUDGETED: dict[type, str] = {ViewChange: "view_change", NewView: "new_view",
+                              Suspect: "suspect", PeerStatus: "status", Fetch: "fetch",
+                              StateRequest: "state"}
 # outcomes this block decides on its own: answered at once (the others were decided
 # before, and the ledger holds their one true answer)
 DIRECT_ANSWERS = frozenset({Outcome.EXECUTED, Outcome.CONFLICT, Outcome.REFUSED})
@@ -110,6 +113,9 @@ class ReplicaConfig:
     max_sessions: int = 200_000
     tentative: bool = True  # reply once prepared (PBFT tentative execution): saves a hop;
     # durable (the prepared certificate is on disk first) and safe (clients need q of them)
+    reply_after_tentative: bool = False  # also send the committed reply of a request that
+    # was answered tentatively (Castro-Liskov do not: a client that lacks q tentative
+    # replies asks again and gets it then); `dtnbus sync` turns it on to time execution
     view_change_timeout: float = 5.0  # the oldest waiting request waited this long:
     # suspect the primary (doubles with each view change that brings no progress)
     status_interval: float = 1.0  # PeerStatus every this many seconds (times n/16 if larger)
@@ -170,12 +176,19 @@ class Replica:
         self.catchup = CatchUp(self.id, self.f, self.q, config.retransmit_after)
         self.next_status = 0.0
         self.helped_view: dict[int, float] = {}
+        # peers that wait alone in a later view (they may not come back: chaos-1)
+        self.lone: dict[int, tuple[int, float]] = {}  # replica -> (its view, seen since)
+        self.lone_grace = 4 * config.view_change_timeout
+        # what a correct peer needs at most, per authenticated sender (a forger's frames fail
+        # their signature check before they are charged: chaos-2); proofs are bounded by
+        # the shape checks, not by a bucket a legitimate NEW-VIEW might not fit (sim-3)
+        changes = 2.0 / config.view_change_timeout  # a correct replica moves on once a timeout
         self.budget = PeerBudget({
-            "view_change": (4.0, 8.0), "new_view": (4.0, 8.0), "suspect": (4.0, 8.0),
-            "status": (10.0, 10.0), "fetch": (50.0, 100.0), "state": (20.0, 20.0),
-            # signed proofs a peer may make us check, per second: a correct replica sends
-            # a full VIEW-CHANGE (q + window * q frames at most) once per timeout
-            "proofs": (1000.0, float(self.q * (1 + config.window) * 2)),
+            "view_change": (changes, 4.0), "new_view": (changes, 4.0),
+            "suspect": (4.0, 8.0), "status": (10.0, 10.0), "fetch": (50.0, 100.0),
+            "state": (20.0, 20.0),
+            # the bodies a peer's Fetches make us forward: bytes we queue for it (chaos-4)
+            "fetch_bytes": (16.0 * 2**20, 32.0 * 2**20),
         })
 
     # ------------------------------------------------------------ queries
@@ -220,6 +233,9 @@ class Replica:
         if catchup is not None:
             times.append(catchup)
         if self.active:
+            if self.suspect_sent < 0:
+                times.extend(max(since, self.view_started) + self.lone_grace
+                             for view, since in self.lone.values() if view > self.view)
             oldest = self.pool.oldest_waiting()
             if oldest is not None and not self.catchup.asking:
                 if self.suspect_sent < 0:
@@ -251,6 +267,16 @@ class Replica:
         shape sane? None: verify it and step it. UNNEEDED: a vote no slot needs (skip it,
         about 1/3 of all votes at large n). Anything else: a drop reason."""
         msg = raw.msg
+        if isinstance(msg, PrePrepare | Prepare | Commit):
+            # what `step` would drop anyway costs no signature check (a flood of them
+            # drains at parse speed: chaos-5); a higher view goes on, as evidence
+            if msg.view < self.view or (msg.view == self.view and not self.active):
+                return "stale_view"
+            from_primary = msg.replica == primary_of(msg.view, self.n)
+            if isinstance(msg, PrePrepare) != from_primary and not isinstance(msg, Commit):
+                return "unknown_sender"  # only the primary orders; it never prepares
+            if msg.view == self.view and not self.low < msg.seq <= self.high:
+                return "out_of_window"
         if isinstance(msg, Prepare | Commit):
             slot = self.slots.get(msg.seq)
             if slot is None or msg.view != slot.view:
@@ -273,12 +299,6 @@ class Replica:
                 return "unknown_sender"
             if not self.q <= len(msg.view_changes) <= self.n:
                 return "malformed"
-            if not self.budget.allow(msg.replica, "new_view", now):
-                return "rate_limited"
-            if not self.budget.allow(msg.replica, "proofs", now, cost=len(msg.view_changes)
-                                     + sum(len(vc.msg.proofs) for vc in raw.nested
-                                           if isinstance(vc.msg, ViewChange))):
-                return "rate_limited"
             for inner in raw.nested:
                 vc = inner.msg
                 if not isinstance(vc, ViewChange) or vc.new_view != msg.view:
@@ -290,22 +310,23 @@ class Replica:
                     return "malformed"
             return None
         if isinstance(msg, Suspect):
-            if msg.view != self.view or not self.active:
-                return "stale_view"
-            return None if self.budget.allow(msg.replica, "suspect", now) else "rate_limited"
-        if isinstance(msg, PeerStatus):
-            return None if self.budget.allow(msg.replica, "status", now) else "rate_limited"
+            return "stale_view" if msg.view != self.view or not self.active else None
         if isinstance(msg, Fetch):
-            if len(msg.digests) > self.config.batch_max_requests:
-                return "malformed"
-            return None if self.budget.allow(msg.replica, "fetch", now) else "rate_limited"
-        if isinstance(msg, StateRequest):
-            return None if self.budget.allow(msg.replica, "state", now) else "rate_limited"
+            return "malformed" if len(msg.digests) > self.config.batch_max_requests else None
         if isinstance(msg, StateReply):
             if msg.replica != self.catchup.asked or msg.from_seq != self.last_executed + 1:
                 return "unsolicited"
             return check_reply_shape(msg, self.q)
         return None
+
+    def charge(self, msg: Message, now: float) -> str | None:
+        """After the sender's own signature held, before anything costly is done for it
+        (its nested proofs checked, a state reply built): is the sender within what a
+        correct peer needs? None, or "rate_limited"."""
+        kind = _BUDGETED.get(type(msg))
+        if kind is None:
+            return None
+        return None if self.budget.allow(msg.replica, kind, now) else "rate_limited"
 
     def _admit_view_change(self, vc: ViewChange, nested: tuple[Unverified, ...],
                            now: float) -> str | None:
@@ -316,9 +337,6 @@ class Replica:
             return "duplicate"  # one VIEW-CHANGE per replica: its newest
         if len(vc.proofs) > self.q * (1 + self.config.window):
             return "malformed"
-        if not self.budget.allow(vc.replica, "view_change", now) or \
-                not self.budget.allow(vc.replica, "proofs", now, cost=len(vc.proofs)):
-            return "rate_limited"
         checked = check_view_change(vc, [(p.msg, p.frame) for p in nested], self.n,
                                     self.config.window, self.config.batch_max_requests)
         return "malformed" if isinstance(checked, str) else None
@@ -350,7 +368,7 @@ class Replica:
         elif isinstance(msg, PeerStatus):
             self._on_peer_status(msg, now, out)
         elif isinstance(msg, Fetch):
-            self._on_fetch(msg, out)
+            self._on_fetch(msg, now, out)
         else:
             out.append(Drop("malformed", msg.replica if hasattr(msg, "replica") else None))
         return out
@@ -416,7 +434,7 @@ class Replica:
         if env.digest in self.pool:
             out.append(Drop("duplicate", msg.client))
             return
-        if not self.pool.has_room(len(env.frame)):
+        if env.digest not in self.pool.missing and not self.pool.has_room(len(env.frame)):
             out.append(Drop("pool_full", msg.client))
             out.append(SendClient(msg.client, Reply(self.view, self.id, *ident, env.digest, 0, 0,
                                                     b"", Outcome.BUSY)))
@@ -597,8 +615,8 @@ class Replica:
         view change (the prepared certificate is persisted before our COMMIT leaves)."""
         if (not self.config.tentative or slot.sent_tentative or not slot.prepared
                 or slot.committed or slot.executed or slot.seq != self.last_executed + 1
-                or slot.preprepare is None):
-            return
+                or slot.preprepare is None or slot.missing):
+            return  # (a restarted replica may hold a prepared slot without its bodies: sim-5)
         slot.sent_tentative = True
         requests = [self._body(d) for d in slot.preprepare.digests]
         outcomes = self.clients.preview([(r.client, r.session, r.number, d, r.txs)
@@ -625,14 +643,19 @@ class Replica:
             bodies[d] = (pooled.msg, pooled.frame)
         slot.executed = True
         self.vc_timeout = self.config.view_change_timeout  # progress: the view works
+        answered = slot.sent_tentative and not self.config.reply_after_tentative
         self._apply_block(slot.seq, slot.view, slot.preprepare.digests, bodies,
-                          slot.commit_cert(self.q), slot.t_committed, out, reply=True)
+                          slot.commit_cert(self.q), slot.t_committed, out, reply=True,
+                          answered=answered)
 
     def _apply_block(self, seq: int, view: int, digests: tuple[bytes, ...],
                      bodies: dict[bytes, tuple[Request, bytes]], proof: tuple[bytes, ...],
-                     committed_at: float, out: list[Effect], reply: bool) -> None:
+                     committed_at: float, out: list[Effect], reply: bool,
+                     answered: bool = False) -> None:
         """Execute one ordered batch: the same code for a committed slot and for a block
-        taken by state transfer, so both make the same decisions and hashes."""
+        taken by state transfer, so both make the same decisions and hashes. `answered`:
+        the clients already have the (identical) tentative result; the committed replies
+        are kept for whoever asks again."""
         requests = [bodies[d] for d in digests]
         outcomes = self.clients.execute_batch(
             [(r.client, r.session, r.number, d, r.txs) for d, (r, _f) in zip(digests, requests,
@@ -657,7 +680,8 @@ class Replica:
                     answer = Reply(view, self.id, r.client, r.session, r.number, r.digest, seq,
                                    pos, self.head, r.outcome)
                     self._cache_reply(answer)
-                    out.append(SendClient(r.client, answer))
+                    if not answered:
+                        out.append(SendClient(r.client, answer))
                 else:  # decided before: the ledger holds its one true answer
                     out.append(LookupReply(r.client, r.session, r.number, r.digest, view))
         if seq % self.config.checkpoint_interval == 0:
@@ -713,11 +737,15 @@ class Replica:
 
     # ------------------------------------------------------------ recovery of lost messages
 
-    def _on_fetch(self, fetch: Fetch, out: list[Effect]) -> None:
+    def _on_fetch(self, fetch: Fetch, now: float, out: list[Effect]) -> None:
         for digest in fetch.digests:
             pooled = self.pool.get(digest)
-            if pooled is not None:
-                out.append(Forward(fetch.replica, pooled.frame))
+            if pooled is None:
+                continue
+            if not self.budget.allow(fetch.replica, "fetch_bytes", now, len(pooled.frame)):
+                out.append(Drop("rate_limited", fetch.replica))
+                return
+            out.append(Forward(fetch.replica, pooled.frame))
 
     def _retransmit(self, slot: Slot, out: list[Effect]) -> None:
         """A stalled slot re-sends what this replica already said about it (the same
@@ -751,6 +779,12 @@ class Replica:
             self.helped_view[ps.replica] = now
             out.append(Forward(ps.replica, self.new_view_frame))  # the view it missed
         self.catchup.on_status(ps, self.view, self.last_executed, self.config.pipeline, now)
+        if self.active and ps.view > self.view and not ps.active:
+            seen = self.lone.get(ps.replica)
+            if seen is None or seen[0] != ps.view:
+                self.lone[ps.replica] = (ps.view, now)
+        else:
+            self.lone.pop(ps.replica, None)
 
     # ------------------------------------------------------------ catching up
 
@@ -788,7 +822,9 @@ class Replica:
             # Castro-Liskov: the timer for the new view runs only once a quorum voted for
             # it; alone (or with too few), a replica waits for the others instead of
             # running ahead of them view after view (sim-1)
-            voters = sum(1 for v in self.view_changes.values() if v.new_view == self.view)
+            # a VIEW-CHANGE for a later view is a vote that this one failed too: a voter
+            # that moved on still counts (sim-4)
+            voters = sum(1 for v in self.view_changes.values() if v.new_view >= self.view)
             if voters < self.q:
                 self.view_started = now
             elif now >= self.view_started + self.vc_timeout:
@@ -800,6 +836,14 @@ class Replica:
                 self._maybe_new_view(now, out)
             return
         oldest = self.pool.oldest_waiting()
+        if self.suspect_sent < 0 and self._lone_peer(now) is not None:
+            # a correct replica can wait alone in a later view for good: it may not come
+            # back (its VIEW-CHANGE promised silence here), so the view goes to it (chaos-1)
+            self.suspect_sent = now
+            self.suspects.add(self.id)
+            self._broadcast(Suspect(self.id, self.view), out)
+            self._maybe_leave_view(now, out)
+            return
         if oldest is None or self.catchup.asking:
             return  # nothing waits; or we are behind, which says nothing of the primary
         if self.suspect_sent < 0:
@@ -811,6 +855,16 @@ class Replica:
         elif now >= self.suspect_sent + cfg.retransmit_after:
             self.suspect_sent = now  # PUB/SUB may have lost it
             self._broadcast(Suspect(self.id, self.view), out)
+
+    def _lone_peer(self, now: float) -> int | None:
+        """A peer that has waited alone in a later view for the grace period, backed by its
+        signed VIEW-CHANGE (a status message alone proves nothing)."""
+        for peer, (view, since) in self.lone.items():
+            vote = self.view_changes.get(peer)
+            if view > self.view and now >= max(since, self.view_started) + self.lone_grace \
+                    and vote is not None and vote.new_view > self.view:
+                return peer
+        return None
 
     def _on_suspect(self, suspect: Suspect, now: float, out: list[Effect]) -> None:
         if suspect.view != self.view or not self.active:
@@ -942,6 +996,7 @@ class Replica:
         self.suspect_sent = -1.0
         self.view_changes = {r: v for r, v in self.view_changes.items() if v.new_view > view}
         self.catchup.entered_view(view)
+        self.lone = {r: (v, t) for r, (v, t) in self.lone.items() if v > view}
         self.expected = dict(plan.order)
         out.append(Persist("view", (), (view, True)))
         out.append(Persist("new_view", (), (view, frame, tuple(sorted(plan.order.items())))))

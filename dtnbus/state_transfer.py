@@ -26,8 +26,28 @@ from dtnbus.messages import Commit, Request, StateReply, batch_digest
 from dtnbus.wire import DEFAULT_MAX_FRAME, Envelope
 
 MAX_STATE_SIGNATURES = 4096  # commit signatures one reply may ask the requester to check
-MAX_STATE_BYTES = 16 * 1024 * 1024
+MAX_STATE_BYTES = 4 * 1024 * 1024
 MAX_BLOCKS = 4096
+RESEND_AFTER = 5.0  # a reply not consumed is served again after this long (it was lost)
+
+
+class ServeGate:
+    """Whether to serve a peer's StateRequest now. A correct requester asks again only from
+    beyond the blocks it was sent (it consumed them), or after its own timeout when a reply
+    was lost; a member that asks and never reads would otherwise make us queue reply after
+    reply for it, megabytes each (chaos-4). Pure: time is an argument."""
+
+    def __init__(self, resend_after: float = RESEND_AFTER) -> None:
+        self.resend_after = resend_after
+        self._sent: dict[int, tuple[int, float]] = {}  # peer -> (last block sent, when)
+
+    def allow(self, peer: int, from_seq: int, now: float) -> bool:
+        last = self._sent.get(peer)
+        return last is None or from_seq > last[0] or now >= last[1] + self.resend_after
+
+    def served(self, peer: int, reply: StateReply, now: float) -> None:
+        last_block = reply.from_seq + len(reply.blocks) - 1
+        self._sent[peer] = (max(last_block, reply.from_seq), now)
 
 
 def blocks_per_reply(quorum: int) -> int:

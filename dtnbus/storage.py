@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     PRIMARY KEY (client, session)
 );
 CREATE TABLE IF NOT EXISTS floors (client TEXT PRIMARY KEY, floor INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS admitted (client TEXT PRIMARY KEY, public_key TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS admitted (client TEXT PRIMARY KEY, public_key TEXT NOT NULL,
+                                     curve_key TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS protocol (
     kind TEXT NOT NULL,
     key BLOB NOT NULL,
@@ -124,19 +125,29 @@ def _split(raw: bytes) -> tuple[bytes, ...]:
 class Ledger:
     """One node's durable state: appended in group commits, read by state transfer."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, synchronous: str = "FULL", readonly: bool = False) -> None:
+        """`readonly`: a reader beside the node (a payout agent, the CLI) that must never
+        create the file or change its schema."""
         if synchronous not in ("FULL", "NORMAL", "OFF"):
             raise LocalError(f"unknown sqlite synchronous mode {synchronous!r}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.executescript(_SCHEMA)
+            if readonly:
+                if not path.exists():
+                    raise LocalError(f"ledger {path} does not exist (yet)")
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                           isolation_level=None, check_same_thread=False)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(path), isolation_level=None,
+                                           check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(f"PRAGMA synchronous={synchronous}")
+                self._db.executescript(_SCHEMA)
+            row = self._db.execute(
+                "SELECT seq, hash FROM blocks ORDER BY seq DESC LIMIT 1").fetchone()
         except (sqlite3.Error, OSError) as exc:
             raise LocalError(f"cannot open ledger {path}: {exc}") from None
         self.path = path
-        row = self._db.execute("SELECT seq, hash FROM blocks ORDER BY seq DESC LIMIT 1").fetchone()
         self.height, self.head = (row[0], bytes(row[1])) if row else (0, GENESIS)
 
     # ------------------------------------------------------------ writing
@@ -188,7 +199,7 @@ class Ledger:
                        [(s.client, s.session, s.low, _pack(list(s.done)), s.touched)
                         for s in changes.sessions])
         db.executemany("INSERT OR REPLACE INTO floors VALUES (?,?)", changes.floors)
-        db.executemany("INSERT OR REPLACE INTO admitted VALUES (?,?)", changes.admitted)
+        db.executemany("INSERT OR REPLACE INTO admitted VALUES (?,?,?)", changes.admitted)
 
     # ------------------------------------------------------------ reading
 
@@ -241,7 +252,8 @@ class Ledger:
                     for c, s, low, done, touched in self._db.execute(
                         "SELECT client, session, low, done, touched FROM sessions")]
         floors = dict(self._db.execute("SELECT client, floor FROM floors").fetchall())
-        admitted = dict(self._db.execute("SELECT client, public_key FROM admitted").fetchall())
+        admitted = {c: (k, ck) for c, k, ck in self._db.execute(
+            "SELECT client, public_key, curve_key FROM admitted")}
         return DurableState(self.height, self.head, self.transaction_count(), digests,
                             sessions, floors, records, admitted)
 
@@ -258,7 +270,7 @@ class MemoryLedger:
         self.records: dict[tuple[str, tuple], Persist] = {}
         self.sessions: dict[tuple[str, int], SessionState] = {}
         self.floors: dict[str, int] = {}
-        self.admitted: dict[str, str] = {}
+        self.admitted: dict[str, tuple[str, str]] = {}
         self._index: dict[tuple[str, int, int], Decided] = {}
 
     @property
@@ -284,7 +296,7 @@ class MemoryLedger:
                 for state in eff.clients.sessions:
                     self.sessions[(state.client, state.session)] = state
                 self.floors.update(eff.clients.floors)
-                self.admitted.update(eff.clients.admitted)
+                self.admitted.update({c: (k, ck) for c, k, ck in eff.clients.admitted})
             elif isinstance(eff, Persist):
                 self.records[(eff.kind, eff.key)] = eff
             else:

@@ -120,6 +120,8 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
     if tentative is None:
         tentative = bool(protocol.get("tentative", default_tentative()))
     protocol["tentative"] = tentative
+    if tentative:  # the committed replies too: sync reports when q / all n executed
+        protocol.setdefault("reply_after_tentative", True)
     if bandwidth_mbps or latency_ms:
         shaping_table.update(bandwidth_mbps=bandwidth_mbps, latency_ms=latency_ms)
     if seed is None:

@@ -223,9 +223,11 @@ class Codec:
             raise PeerError("malformed", "too many nested proofs")
         return nested
 
-    def authenticate(self, raw: Unverified) -> Envelope:
-        """Check the signature (or our tag of a MAC authenticator) and every nested proof's
-        signature; raise PeerError if any fails."""
+    def authenticate(self, raw: Unverified, nested: bool = True) -> Envelope:
+        """Check the signature (or our tag of a MAC authenticator) and, with `nested`, every
+        nested proof's signature; raise PeerError if any fails. Without `nested`, the
+        sender is known to be who it claims before its proofs cost anything
+        (`authenticate_nested` finishes the job)."""
         msg = raw.msg
         digest = hashlib.sha256(raw.payload).digest()
         if raw.tags:
@@ -234,8 +236,17 @@ class Codec:
                                 f"{type(msg).__name__} from {sender_of(msg)!r}: bad MAC")
         elif not raw.verifier.verify(raw.signature, digest):
             raise PeerError("bad_signature", f"{type(msg).__name__} from {sender_of(msg)!r}")
+        if not nested:
+            return Envelope(msg, digest, raw.frame)
+        return self.authenticate_nested(raw, Envelope(msg, digest, raw.frame))
+
+    def authenticate_nested(self, raw: Unverified, outer: Envelope) -> Envelope:
+        """The nested proofs' signatures of a message whose own signature held."""
+        if not raw.nested:
+            return outer
         # a bad proof makes the whole message bad
-        return Envelope(msg, digest, raw.frame, tuple(self.authenticate(n) for n in raw.nested))
+        return Envelope(outer.msg, outer.digest, outer.frame,
+                        tuple(self.authenticate(n) for n in raw.nested))
 
     def _tag_holds(self, raw: Unverified, digest: bytes) -> bool:
         if self.macs is None or len(raw.verifier.raw_key) != 32:

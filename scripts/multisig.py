@@ -1,7 +1,8 @@
-"""Python side of MultiSigContract: owner key files, funding, deployment and the
+"""Python side of MultiSigContract for brownie: owner key files, funding, deployment and the
 propose / confirm / revoke / execute / withdraw calls.
 
-Shared by the brownie scripts in this folder, the contract tests and (later) dtnbus Layer 1.
+Shared by the brownie scripts in this folder and the contract tests. dtnbus's own processes (the
+payout agents, `dtnbus reward`) do not load brownie: they use dtnbus/l2 over plain JSON-RPC.
 Every function takes brownie accounts and a deployed contract; none prints a private key.
 Needs a loaded brownie project (``brownie run`` / ``brownie test`` do that; a library user calls
 ``brownie.project.load(<repo root>)`` and ``brownie.network.connect(...)`` first).
@@ -165,6 +166,13 @@ def propose(wallet: Any, owner: Any, destination: str, value: int) -> int:
     return int(tx.events["Proposal"]["txIndex"])
 
 
+def propose_reward(wallet: Any, owner: Any, reward_id: bytes, trainer: str, amount: int) -> int:
+    """proposeReward: the proposal's index (the hash of its contents); it counts as the
+    proposer's confirmation."""
+    tx = wallet.proposeReward(reward_id, trainer, amount, {"from": owner})
+    return int(tx.events["Proposal"]["txIndex"])
+
+
 def confirm(wallet: Any, owner: Any, tx_index: int) -> Any:
     return wallet.confirmTransaction(tx_index, {"from": owner})
 
@@ -184,9 +192,9 @@ def withdraw(wallet: Any, beneficiary: Any) -> int:
 
 
 def pay_reward(wallet: Any, owners: list[Any], destination: str, value: int) -> int:
-    """The whole Layer 2 round: owners[0] proposes, the first `threshold` owners confirm, the
-    last confirmer executes. Returns the proposal index. This is what Layer 1 calls after PBFT
-    commits a reward."""
+    """The seed's whole round by hand: owners[0] proposes, the first `threshold` owners
+    confirm, the last confirmer executes. Returns the proposal index. (dtnbus's validators pay
+    the rewards PBFT commits themselves, with proposeReward: dtnbus/l2.)"""
     threshold = int(wallet.numSignaturesRequired())
     if len(owners) < threshold:
         raise SetupError(f"{len(owners)} owner accounts given, threshold is {threshold}")

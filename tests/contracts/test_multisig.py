@@ -1,11 +1,13 @@
-"""MultiSigContract: construction, every revert path by reason, events by value, pull payout."""
+"""MultiSigContract: construction, every revert path by its error, events by value, pull payout,
+and reward proposals (proposeReward)."""
 
 from __future__ import annotations
 
-import brownie
 import pytest
 from brownie import ZERO_ADDRESS
 from eth_account import Account
+from eth_utils import keccak
+from wallet_support import GWEI, reverts
 
 THRESHOLD = 3
 DEPOSIT = 10 * 10**18  # the wallet's starting balance
@@ -48,7 +50,7 @@ def test_constructor_records_owners_and_threshold(wallet, owners):
     assert wallet.transactionCount() == 0
     assert wallet.totalOwed() == 0
     assert wallet.balance() == DEPOSIT
-    assert wallet.MAX_OWNERS() == 224
+    assert wallet.MAX_OWNERS() == 31
 
 
 def test_non_owner_is_not_owner(wallet, outsider):
@@ -57,33 +59,33 @@ def test_non_owner_is_not_owner(wallet, outsider):
 
 
 def test_constructor_rejects_zero_threshold(MultiSigContract, deployer, owners):
-    with brownie.reverts("invalid threshold"):
+    with reverts("InvalidThreshold"):
         MultiSigContract.deploy(0, owners, {"from": deployer})
 
 
 def test_constructor_rejects_threshold_above_owner_count(MultiSigContract, deployer, owners):
-    with brownie.reverts("invalid threshold"):
+    with reverts("InvalidThreshold"):
         MultiSigContract.deploy(len(owners) + 1, owners, {"from": deployer})
 
 
 def test_constructor_rejects_empty_owner_list(MultiSigContract, deployer):
-    with brownie.reverts("invalid threshold"):
+    with reverts("InvalidThreshold"):
         MultiSigContract.deploy(1, [], {"from": deployer})
 
 
 def test_constructor_rejects_duplicate_owner(MultiSigContract, deployer, owners):
-    with brownie.reverts("duplicate owner"):
+    with reverts("DuplicateOwner"):
         MultiSigContract.deploy(2, [owners[0], owners[1], owners[0]], {"from": deployer})
 
 
 def test_constructor_rejects_zero_owner(MultiSigContract, deployer, owners):
-    with brownie.reverts("zero owner"):
+    with reverts("ZeroOwner"):
         MultiSigContract.deploy(1, [owners[0], ZERO_ADDRESS], {"from": deployer})
 
 
 def test_constructor_rejects_more_owners_than_the_bitmap_holds(MultiSigContract, deployer):
-    many = [Account.create().address for _ in range(225)]
-    with brownie.reverts("too many owners"):
+    many = [Account.create().address for _ in range(32)]
+    with reverts("TooManyOwners"):
         MultiSigContract.deploy(3, many, {"from": deployer})
 
 
@@ -110,10 +112,11 @@ def test_deposit_emits_event_and_holds_value(wallet, outsider):
 
 def test_propose_returns_sequential_indexes_and_emits(wallet, owners, trainer):
     tx0 = wallet.proposeTransaction(trainer, VALUE, {"from": owners[0]})
-    tx1 = wallet.proposeTransaction(trainer, 7, {"from": owners[4]})
+    tx1 = wallet.proposeTransaction(trainer, 7 * GWEI, {"from": owners[4]})
     assert (tx0.return_value, tx1.return_value) == (0, 1)
     assert tx1.events["Proposal"] == {
-        "txIndex": 1, "proposer": owners[4], "destination": trainer, "value": 7
+        "txIndex": 1, "proposer": owners[4], "destination": trainer, "value": 7 * GWEI,
+        "rewardId": "0x" + "00" * 32,
     }
     assert wallet.transactionCount() == 2
     assert wallet.transactions(0) == (trainer, VALUE, False)
@@ -122,18 +125,24 @@ def test_propose_returns_sequential_indexes_and_emits(wallet, owners, trainer):
 
 
 def test_propose_by_non_owner_reverts(wallet, outsider, trainer):
-    with brownie.reverts("not an owner"):
+    with reverts("NotAnOwner"):
         wallet.proposeTransaction(trainer, VALUE, {"from": outsider})
 
 
 def test_propose_to_zero_address_reverts(wallet, owners):
-    with brownie.reverts("zero destination"):
+    with reverts("ZeroDestination"):
         wallet.proposeTransaction(ZERO_ADDRESS, VALUE, {"from": owners[0]})
 
 
-def test_propose_value_above_uint96_reverts(wallet, owners, trainer):
-    with brownie.reverts("value too large"):
-        wallet.proposeTransaction(trainer, 2**96, {"from": owners[0]})
+def test_propose_value_above_uint64_gwei_reverts(wallet, owners, trainer):
+    wallet.proposeTransaction(trainer, (2**64 - 1) * GWEI, {"from": owners[0]})
+    with reverts("ValueTooLarge"):
+        wallet.proposeTransaction(trainer, 2**64 * GWEI, {"from": owners[0]})
+
+
+def test_propose_value_below_gwei_precision_reverts(wallet, owners, trainer):
+    with reverts("ValueNotWholeGwei"):
+        wallet.proposeTransaction(trainer, GWEI + 1, {"from": owners[0]})
 
 
 def test_zero_value_proposal_is_allowed(wallet, owners, trainer):
@@ -156,26 +165,26 @@ def test_confirm_counts_and_emits(wallet, owners, trainer):
 
 def test_confirm_by_non_owner_reverts(wallet, owners, outsider, trainer):
     index = _proposed(wallet, owners, trainer)
-    with brownie.reverts("not an owner"):
+    with reverts("NotAnOwner"):
         wallet.confirmTransaction(index, {"from": outsider})
 
 
 def test_confirm_unknown_index_reverts(wallet, owners):
-    with brownie.reverts("unknown transaction"):
+    with reverts("UnknownTransaction"):
         wallet.confirmTransaction(0, {"from": owners[0]})
 
 
 def test_confirm_twice_reverts(wallet, owners, trainer):
     index = _proposed(wallet, owners, trainer)
     wallet.confirmTransaction(index, {"from": owners[1]})
-    with brownie.reverts("already confirmed"):
+    with reverts("AlreadyConfirmed"):
         wallet.confirmTransaction(index, {"from": owners[1]})
 
 
 def test_confirm_after_execution_reverts(wallet, owners, trainer):
     index = _confirmed(wallet, owners, trainer)
     wallet.executeTransaction(index, {"from": owners[0]})
-    with brownie.reverts("already executed"):
+    with reverts("AlreadyExecuted"):
         wallet.confirmTransaction(index, {"from": owners[4]})
 
 
@@ -192,32 +201,32 @@ def test_revoke_uncounts_and_emits(wallet, owners, trainer):
 
 def test_revoke_without_confirmation_reverts(wallet, owners, trainer):
     index = _proposed(wallet, owners, trainer)
-    with brownie.reverts("not confirmed"):
+    with reverts("NotConfirmed"):
         wallet.revokeConfirmation(index, {"from": owners[0]})
 
 
 def test_revoke_by_non_owner_reverts(wallet, owners, outsider, trainer):
     index = _proposed(wallet, owners, trainer)
-    with brownie.reverts("not an owner"):
+    with reverts("NotAnOwner"):
         wallet.revokeConfirmation(index, {"from": outsider})
 
 
 def test_revoke_unknown_index_reverts(wallet, owners):
-    with brownie.reverts("unknown transaction"):
+    with reverts("UnknownTransaction"):
         wallet.revokeConfirmation(3, {"from": owners[0]})
 
 
 def test_revoke_after_execution_reverts(wallet, owners, trainer):
     index = _confirmed(wallet, owners, trainer)
     wallet.executeTransaction(index, {"from": owners[0]})
-    with brownie.reverts("already executed"):
+    with reverts("AlreadyExecuted"):
         wallet.revokeConfirmation(index, {"from": owners[0]})
 
 
 def test_revoked_confirmation_no_longer_counts_for_execution(wallet, owners, trainer):
     index = _confirmed(wallet, owners, trainer)
     wallet.revokeConfirmation(index, {"from": owners[2]})
-    with brownie.reverts("not enough confirmations"):
+    with reverts("NotEnoughConfirmations"):
         wallet.executeTransaction(index, {"from": owners[0]})
 
 
@@ -238,7 +247,7 @@ def test_execute_books_reward_and_emits(wallet, owners, trainer):
 
 def test_execute_below_threshold_reverts(wallet, owners, trainer):
     index = _confirmed(wallet, owners, trainer, count=THRESHOLD - 1)
-    with brownie.reverts("not enough confirmations"):
+    with reverts("NotEnoughConfirmations"):
         wallet.executeTransaction(index, {"from": owners[0]})
     assert wallet.transactions(index) == (trainer, VALUE, False)
 
@@ -246,47 +255,47 @@ def test_execute_below_threshold_reverts(wallet, owners, trainer):
 def test_execute_twice_reverts(wallet, owners, trainer):
     index = _confirmed(wallet, owners, trainer)
     wallet.executeTransaction(index, {"from": owners[0]})
-    with brownie.reverts("already executed"):
+    with reverts("AlreadyExecuted"):
         wallet.executeTransaction(index, {"from": owners[1]})
     assert wallet.rewards(trainer) == VALUE
 
 
 def test_execute_by_non_owner_reverts(wallet, owners, outsider, trainer):
     index = _confirmed(wallet, owners, trainer)
-    with brownie.reverts("not an owner"):
+    with reverts("NotAnOwner"):
         wallet.executeTransaction(index, {"from": outsider})
 
 
 def test_execute_unknown_index_reverts(wallet, owners):
-    with brownie.reverts("unknown transaction"):
+    with reverts("UnknownTransaction"):
         wallet.executeTransaction(0, {"from": owners[0]})
 
 
 def test_execute_cannot_commit_more_than_the_balance(wallet, owners, trainer):
-    first = _confirmed(wallet, owners, trainer, value=DEPOSIT - 1)
+    first = _confirmed(wallet, owners, trainer, value=DEPOSIT - GWEI)
     wallet.executeTransaction(first, {"from": owners[0]})
-    second = _confirmed(wallet, owners, trainer, value=2)
-    with brownie.reverts("insufficient balance"):
+    second = _confirmed(wallet, owners, trainer, value=2 * GWEI)
+    with reverts("InsufficientBalance"):
         wallet.executeTransaction(second, {"from": owners[0]})
-    exact = _confirmed(wallet, owners, trainer, value=1)
+    exact = _confirmed(wallet, owners, trainer, value=GWEI)
     wallet.executeTransaction(exact, {"from": owners[0]})  # balance covers it exactly
     assert wallet.totalOwed() == wallet.balance() == DEPOSIT
 
 
 def test_execute_waits_for_a_deposit(wallet, owners, trainer, deployer):
-    index = _confirmed(wallet, owners, trainer, value=DEPOSIT + 1)
-    with brownie.reverts("insufficient balance"):
+    index = _confirmed(wallet, owners, trainer, value=DEPOSIT + GWEI)
+    with reverts("InsufficientBalance"):
         wallet.executeTransaction(index, {"from": owners[0]})
-    deployer.transfer(wallet, 1)
+    deployer.transfer(wallet, GWEI)
     wallet.executeTransaction(index, {"from": owners[0]})
-    assert wallet.rewards(trainer) == DEPOSIT + 1
+    assert wallet.rewards(trainer) == DEPOSIT + GWEI
 
 
 def test_rewards_accumulate_across_proposals(wallet, owners, trainer):
-    for value in (3, 4):
+    for value in (3 * GWEI, 4 * GWEI):
         wallet.executeTransaction(_confirmed(wallet, owners, trainer, value=value),
                                   {"from": owners[0]})
-    assert wallet.rewards(trainer) == 7
+    assert wallet.rewards(trainer) == 7 * GWEI
 
 
 # ---- withdraw (pull payment) -----------------------------------------------------------------
@@ -304,14 +313,14 @@ def test_withdraw_pays_trainer_and_emits(wallet, owners, trainer):
 
 
 def test_withdraw_with_nothing_owed_reverts(wallet, trainer):
-    with brownie.reverts("nothing to withdraw"):
+    with reverts("NothingToWithdraw"):
         wallet.withdraw({"from": trainer})
 
 
 def test_withdraw_twice_reverts(wallet, owners, trainer):
     wallet.executeTransaction(_confirmed(wallet, owners, trainer), {"from": owners[0]})
     wallet.withdraw({"from": trainer})
-    with brownie.reverts("nothing to withdraw"):
+    with reverts("NothingToWithdraw"):
         wallet.withdraw({"from": trainer})
 
 
@@ -325,7 +334,7 @@ def test_contract_trainer_can_withdraw(wallet, owners, probe):
 def test_refused_payout_reverts_and_keeps_the_credit(wallet, owners, probe):
     wallet.executeTransaction(_confirmed(wallet, owners, probe), {"from": owners[0]})
     probe.setMode(1, {"from": owners[0]})  # Reject
-    with brownie.reverts("payout failed"):
+    with reverts("PayoutFailed"):
         probe.claim(wallet, {"from": owners[0]})
     assert wallet.rewards(probe) == VALUE
     assert wallet.totalOwed() == VALUE
@@ -347,14 +356,104 @@ def test_reentrant_withdraw_gets_nothing_more(wallet, owners, probe):
 
 
 def test_views_reject_unknown_index(wallet, owners):
-    with brownie.reverts("unknown transaction"):
+    with reverts("UnknownTransaction"):
         wallet.transactions(0)
-    with brownie.reverts("unknown transaction"):
+    with reverts("UnknownTransaction"):
         wallet.confirmations(0, owners[0])
-    with brownie.reverts("unknown transaction"):
+    with reverts("UnknownTransaction"):
         wallet.confirmationCount(0)
 
 
 def test_confirmations_of_non_owner_is_false(wallet, owners, outsider, trainer):
     index = _proposed(wallet, owners, trainer)
     assert not wallet.confirmations(index, outsider)
+
+
+# ---- reward proposals (the Layer 1 link) -----------------------------------------------------
+
+REWARD_ID = keccak(text="dtnbus test reward 1")
+
+
+def _reward_index(reward_id, trainer, amount):
+    from eth_abi import encode
+
+    digest = keccak(encode(["bytes32", "address", "uint256"], [reward_id, str(trainer), amount]))
+    return int.from_bytes(digest, "big") | 1 << 255
+
+
+def test_propose_reward_indexes_by_contents_and_confirms_for_the_proposer(
+        wallet, owners, trainer):
+    tx = wallet.proposeReward(REWARD_ID, trainer, VALUE, {"from": owners[1]})
+    index = tx.return_value
+    assert index == _reward_index(REWARD_ID, trainer, VALUE)
+    assert index == wallet.rewardIndex(REWARD_ID, trainer, VALUE)
+    assert tx.events["Proposal"] == {
+        "txIndex": index, "proposer": owners[1], "destination": trainer, "value": VALUE,
+        "rewardId": "0x" + REWARD_ID.hex(),
+    }
+    assert tx.events["Confirmation"] == {"txIndex": index, "owner": owners[1]}
+    assert wallet.confirmations(index, owners[1])
+    assert wallet.confirmationCount(index) == 1
+    assert wallet.transactions(index) == (trainer, VALUE, False)
+    assert wallet.transactionCount() == 0  # reward indexes are not counted
+
+
+def test_reward_is_paid_after_threshold_confirmations(wallet, owners, trainer):
+    index = wallet.proposeReward(REWARD_ID, trainer, VALUE, {"from": owners[0]}).return_value
+    wallet.confirmTransaction(index, {"from": owners[1]})
+    with reverts("NotEnoughConfirmations"):
+        wallet.executeTransaction(index, {"from": owners[1]})
+    wallet.confirmTransaction(index, {"from": owners[2]})
+    tx = wallet.executeTransaction(index, {"from": owners[2]})
+    assert tx.events["Execution"]["value"] == VALUE
+    assert wallet.rewards(trainer) == VALUE
+
+
+def test_the_same_reward_cannot_be_proposed_twice_even_after_payment(wallet, owners, trainer):
+    index = wallet.proposeReward(REWARD_ID, trainer, VALUE, {"from": owners[0]}).return_value
+    with reverts("RewardAlreadyProposed"):
+        wallet.proposeReward(REWARD_ID, trainer, VALUE, {"from": owners[3]})
+    for owner in owners[1:3]:
+        wallet.confirmTransaction(index, {"from": owner})
+    wallet.executeTransaction(index, {"from": owners[0]})
+    with reverts("RewardAlreadyProposed"):
+        wallet.proposeReward(REWARD_ID, trainer, VALUE, {"from": owners[4]})
+    assert wallet.rewards(trainer) == VALUE
+
+
+def test_other_contents_under_the_same_id_do_not_block_the_real_reward(
+        wallet, owners, trainer, outsider):
+    bogus = wallet.proposeReward(REWARD_ID, outsider, VALUE, {"from": owners[4]}).return_value
+    real = wallet.proposeReward(REWARD_ID, trainer, VALUE, {"from": owners[0]}).return_value
+    assert bogus != real
+    assert wallet.transactions(bogus) == (outsider, VALUE, False)
+    assert wallet.transactions(real) == (trainer, VALUE, False)
+
+
+def test_reward_indexes_never_meet_sequential_ones(wallet, owners, trainer):
+    sequential = _proposed(wallet, owners, trainer)
+    index = wallet.proposeReward(REWARD_ID, trainer, VALUE, {"from": owners[0]}).return_value
+    assert sequential == 0
+    assert index >= 2**255
+    assert wallet.transactionCount() == 1
+
+
+def test_propose_reward_rejects_bad_input(wallet, owners, outsider, trainer):
+    with reverts("NotAnOwner"):
+        wallet.proposeReward(REWARD_ID, trainer, VALUE, {"from": outsider})
+    with reverts("ZeroRewardId"):
+        wallet.proposeReward(b"\0" * 32, trainer, VALUE, {"from": owners[0]})
+    with reverts("ZeroAmount"):
+        wallet.proposeReward(REWARD_ID, trainer, 0, {"from": owners[0]})
+    with reverts("ZeroDestination"):
+        wallet.proposeReward(REWARD_ID, ZERO_ADDRESS, VALUE, {"from": owners[0]})
+    with reverts("ValueNotWholeGwei"):
+        wallet.proposeReward(REWARD_ID, trainer, VALUE + 1, {"from": owners[0]})
+
+
+def test_proposer_cannot_confirm_its_reward_again_but_may_revoke(wallet, owners, trainer):
+    index = wallet.proposeReward(REWARD_ID, trainer, VALUE, {"from": owners[0]}).return_value
+    with reverts("AlreadyConfirmed"):
+        wallet.confirmTransaction(index, {"from": owners[0]})
+    wallet.revokeConfirmation(index, {"from": owners[0]})
+    assert wallet.confirmationCount(index) == 0

@@ -1,10 +1,10 @@
-"""Stateful property test: random owners (and an outsider) propose, confirm, revoke, execute,
-deposit and withdraw against a Python model of the wallet.
+"""Stateful property test: random owners (and an outsider) propose (both kinds), confirm,
+revoke, execute, deposit and withdraw against a Python model of the wallet.
 
 Invariants: nothing executes twice, nothing executes below the threshold, and the balances add
 up (wallet balance = deposits - payouts >= total owed = sum of rewards; every trainer received
 exactly what was credited). Each call's outcome, including the revert reason, must match the
-model's prediction. Predicted reverts are checked with eth_call (same reason string, nothing
+model's prediction. Predicted reverts are checked with eth_call (same custom error, nothing
 mined): the unit tests cover mined reverts, and tracing each mined revert made this test slow.
 """
 
@@ -16,6 +16,8 @@ import brownie
 import pytest
 from brownie._config import CONFIG
 from brownie.test import strategy
+from eth_utils import keccak
+from wallet_support import GWEI, reverts
 
 THRESHOLD = 3
 N_OWNERS = 5
@@ -30,9 +32,11 @@ class WalletMachine:
     st_actor = strategy("uint8", max_value=N_OWNERS)  # N_OWNERS: the outsider
     st_trainer = strategy("uint8", max_value=2)
     st_index = strategy("uint8", max_value=15)
-    st_value = strategy("uint256", max_value=3 * 10**18)
+    st_gwei = strategy("uint256", max_value=3 * 10**9)
     st_deposit = strategy("uint256", min_value=1, max_value=2 * 10**18)
     st_zero_destination = strategy("bool")
+    st_ragged = strategy("bool")  # a value that is not whole gwei
+    st_reward = strategy("uint8", max_value=3)  # few ids: the same reward comes back
 
     def __init__(cls, wallet, owners, outsider, trainers):
         cls.wallet = wallet
@@ -40,7 +44,10 @@ class WalletMachine:
         cls.trainers = trainers
 
     def setup(self):
-        self.proposals: list[dict] = []  # destination, value, confirmed (set), executed
+        # index -> destination, value, confirmed (set), executed; in order of proposal
+        self.proposals: dict[int, dict] = {}
+        self.order: list[int] = []
+        self.counted = 0  # proposeTransaction proposals (transactionCount)
         self.deposited = 0
         self.paid_out = 0
         self.rewards = {t.address: 0 for t in self.trainers}
@@ -52,16 +59,22 @@ class WalletMachine:
 
     def _index(self, st_index):
         # one value past the end: an unknown index
-        return st_index % (len(self.proposals) + 1)
+        pick = st_index % (len(self.order) + 1)
+        return self.order[pick] if pick < len(self.order) else self.counted
 
     def _owner_reason(self, actor, index):
         if actor == N_OWNERS:
-            return "not an owner"
-        if index >= len(self.proposals):
-            return "unknown transaction"
+            return "NotAnOwner"
+        if index not in self.proposals:
+            return "UnknownTransaction"
         if self.proposals[index]["executed"]:
-            return "already executed"
+            return "AlreadyExecuted"
         return None
+
+    def _add(self, index, destination, value, confirmed):
+        self.proposals[index] = {"destination": destination, "value": value,
+                                 "confirmed": confirmed, "executed": False}
+        self.order.append(index)
 
     def _owed(self):
         return sum(self.rewards.values())
@@ -73,33 +86,56 @@ class WalletMachine:
         assert tx.events["Deposit"]["amount"] == st_deposit
         self.deposited += st_deposit
 
-    def rule_propose(self, st_actor, st_trainer, st_value, st_zero_destination):
+    def _propose_reason(self, st_actor, st_zero_destination, st_ragged):
+        if st_actor == N_OWNERS:
+            return "NotAnOwner"
+        if st_zero_destination:
+            return "ZeroDestination"
+        if st_ragged:
+            return "ValueNotWholeGwei"
+        return None
+
+    def rule_propose(self, st_actor, st_trainer, st_gwei, st_zero_destination, st_ragged):
         sender = self.actors[st_actor]
         destination = (
             brownie.ZERO_ADDRESS if st_zero_destination else self.trainers[st_trainer].address
         )
-        if st_actor == N_OWNERS:
-            with brownie.reverts("not an owner"):
-                self.wallet.proposeTransaction.call(destination, st_value, {"from": sender})
-        elif st_zero_destination:
-            with brownie.reverts("zero destination"):
-                self.wallet.proposeTransaction.call(destination, st_value, {"from": sender})
-        else:
-            tx = self.wallet.proposeTransaction(destination, st_value, {"from": sender})
-            assert tx.return_value == len(self.proposals)
-            self.proposals.append(
-                {"destination": destination, "value": st_value, "confirmed": set(),
-                 "executed": False}
-            )
+        value = st_gwei * GWEI + st_ragged
+        reason = self._propose_reason(st_actor, st_zero_destination, st_ragged)
+        if reason:
+            with reverts(reason):
+                self.wallet.proposeTransaction.call(destination, value, {"from": sender})
+            return
+        tx = self.wallet.proposeTransaction(destination, value, {"from": sender})
+        assert tx.return_value == self.counted
+        self._add(self.counted, destination, value, set())
+        self.counted += 1
+
+    def rule_propose_reward(self, st_actor, st_trainer, st_reward, st_gwei, st_ragged):
+        sender = self.actors[st_actor]
+        trainer = self.trainers[st_trainer].address
+        reward_id = keccak(text=f"reward {st_reward}")
+        value = (st_gwei % 3 + 1) * 10**8 * GWEI + st_ragged  # few amounts: duplicates happen
+        index = self.wallet.rewardIndex(reward_id, trainer, value)
+        reason = self._propose_reason(st_actor, False, st_ragged)
+        if reason is None and index in self.proposals:
+            reason = "RewardAlreadyProposed"
+        if reason:
+            with reverts(reason):
+                self.wallet.proposeReward.call(reward_id, trainer, value, {"from": sender})
+            return
+        tx = self.wallet.proposeReward(reward_id, trainer, value, {"from": sender})
+        assert tx.return_value == index
+        self._add(index, trainer, value, {st_actor})  # proposing a reward confirms it
 
     def rule_confirm(self, st_actor, st_index):
         index = self._index(st_index)
         sender = self.actors[st_actor]
         reason = self._owner_reason(st_actor, index)
         if reason is None and st_actor in self.proposals[index]["confirmed"]:
-            reason = "already confirmed"
+            reason = "AlreadyConfirmed"
         if reason:
-            with brownie.reverts(reason):
+            with reverts(reason):
                 self.wallet.confirmTransaction.call(index, {"from": sender})
         else:
             self.wallet.confirmTransaction(index, {"from": sender})
@@ -111,9 +147,9 @@ class WalletMachine:
         sender = self.actors[st_actor]
         reason = self._owner_reason(st_actor, index)
         if reason is None and st_actor not in self.proposals[index]["confirmed"]:
-            reason = "not confirmed"
+            reason = "NotConfirmed"
         if reason:
-            with brownie.reverts(reason):
+            with reverts(reason):
                 self.wallet.revokeConfirmation.call(index, {"from": sender})
         else:
             self.wallet.revokeConfirmation(index, {"from": sender})
@@ -127,11 +163,11 @@ class WalletMachine:
         if reason is None:
             p = self.proposals[index]
             if len(p["confirmed"]) < THRESHOLD:
-                reason = "not enough confirmations"
+                reason = "NotEnoughConfirmations"
             elif self._owed() + p["value"] > self.wallet.balance():
-                reason = "insufficient balance"
+                reason = "InsufficientBalance"
         if reason:
-            with brownie.reverts(reason):
+            with reverts(reason):
                 self.wallet.executeTransaction.call(index, {"from": sender})
             return
         p = self.proposals[index]
@@ -149,7 +185,7 @@ class WalletMachine:
         trainer = self.trainers[st_trainer]
         owed = self.rewards[trainer.address]
         if owed == 0:
-            with brownie.reverts("nothing to withdraw"):
+            with reverts("NothingToWithdraw"):
                 self.wallet.withdraw.call({"from": trainer})
             return
         tx = self.wallet.withdraw({"from": trainer})
@@ -165,12 +201,12 @@ class WalletMachine:
 
     def invariant_proposals_match_the_model(self):
         # the newest proposal each step (rules also check the one they touch), all at teardown
-        assert self.wallet.transactionCount() == len(self.proposals)
-        if self.proposals:
-            self._check_proposal(len(self.proposals) - 1)
+        assert self.wallet.transactionCount() == self.counted
+        if self.order:
+            self._check_proposal(self.order[-1])
 
     def teardown(self):
-        for index in range(len(self.proposals)):
+        for index in self.order:
             self._check_proposal(index)
 
     def _check_proposal(self, index):

@@ -130,9 +130,8 @@ def _exchange(codec: Codec, socks: dict[int, zmq.Socket], req: Request,
     while len(replies) < len(socks) and time.monotonic() < deadline:
         for sock, _ in poller.poll(100):
             msg = codec.decode(sock.recv()).msg
-            if isinstance(msg, Reply) and msg.number == req.number and msg.request == digest \
-                    and not msg.tentative:
-                replies[msg.replica] = msg
+            if isinstance(msg, Reply) and msg.number == req.number and msg.request == digest:
+                replies[msg.replica] = msg  # tentative or committed: one answer per replica
     assert len(replies) == len(socks), f"replies from {sorted(replies)} only"
     return replies
 

@@ -354,18 +354,21 @@ def test_replayed_request_is_answered_from_the_reply_cache_not_executed_twice(
     _assert_ledgers_identical(cluster, list(range(cluster.n)), 15)
 
 
-def test_full_request_pool_drops_and_counts_instead_of_crashing(
+def test_a_full_request_pool_answers_busy_the_client_backs_off_and_nothing_is_lost(
         start_cluster: Callable[..., RunningCluster]) -> None:
-    """A bounded pool must shed load, not kill the node (max_requests is the memory bound)."""
+    """A bounded pool sheds load (max_requests bounds what waits to be ordered): it answers
+    BUSY, counts the drop, never dies; the client backs off and sends again, and every
+    request commits in the end."""
     rc = start_cluster(4, protocol={"max_requests": 8})
     before = {i: rc.metrics(i) for i in range(rc.n)}
     with rc.client() as client:
-        result = client.submit([(b"tx-%03d" % i,) for i in range(12)], timeout=2.0,
+        result = client.submit([(b"tx-%03d" % i,) for i in range(100)], timeout=30.0,
                                retry_after=60.0)
     dead = {i: rc.log(i).strip().splitlines()[-1] for i in range(rc.n)
             if not pid_alive(rc.pids[i])}
     assert not dead, f"nodes died when their request pool filled up: {dead}"
-    assert len(result.results) == 8  # the 8 that fit in the pool were ordered and executed
+    assert result.busy_answers > 0 and result.backed_off_seconds > 0
+    assert len(result.results) == 100 and not result.refused  # none lost
     statuses = rc.status(timeout=2.0)
     assert sorted(statuses) == list(range(rc.n))
     for i in range(rc.n):

@@ -74,8 +74,12 @@ class Chain:
 def chain(tmp_path: Path) -> Iterator[Chain]:
     deployments = ROOT / "build" / "deployments" / "1337"
     saved = tmp_path / "deployments-1337"
-    if deployments.exists():  # keep an operator's own records of chain 1337 as they were
-        shutil.copytree(deployments, saved)
+    deployment_map = ROOT / "build" / "deployments" / "map.json"
+    map_before = deployment_map.read_bytes() if deployment_map.exists() else None
+    if deployments.exists():  # keep an operator's own records of chain 1337 as they were,
+        shutil.copytree(deployments, saved)  # and out of the way: brownie would look them
+        shutil.rmtree(deployments)  # up on this fresh chain and fail
+        deployment_map.unlink(missing_ok=True)
     owners = ROOT / ".dtnbus" / "chain" / "owners.json"
     owners_before = owners.read_bytes() if owners.exists() else None
     c = Chain(free_ports(1)[0], tmp_path / "state.json", tmp_path / "chain.log")
@@ -86,6 +90,8 @@ def chain(tmp_path: Path) -> Iterator[Chain]:
         shutil.rmtree(deployments, ignore_errors=True)
         if saved.exists():
             shutil.copytree(saved, deployments)
+        if map_before is not None:
+            deployment_map.write_bytes(map_before)
         if owners_before is None:
             owners.unlink(missing_ok=True)
         else:

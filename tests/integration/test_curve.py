@@ -312,5 +312,18 @@ def test_cluster_up_curve_from_the_command_line(run_cli: RunCli, tmp_path: Path)
         lines = refused.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: 0 of 4 nodes answered: "), lines
         assert "node(s) 0, 1, 2, 3 refused our CURVE key" in lines[0], lines[0]
+        # a client admitted on the running cluster connects under CURVE too: its CURVE key
+        # travels in the ordered admission, and every node's ZAP table takes it there
+        made = run_cli("client", "new", "--dir", directory, "--name", "dora", timeout=60)
+        assert made.returncode == 0, made.stderr
+        assert (directory / "keys" / "client-dora.curve.key").stat().st_mode & 0o777 == 0o600
+        ok = run_cli("submit", "--dir", directory, "--client", "dora", "--count", "3",
+                     "--timeout", "30")
+        assert ok.returncode == 0, ok.stderr
+        gone = run_cli("client", "remove", "--dir", directory, "--name", "dora", timeout=60)
+        assert gone.returncode == 0, gone.stderr
+        after = run_cli("submit", "--dir", directory, "--client", "dora", "--count", "1",
+                        "--timeout", "2", "--seed", "9")
+        assert after.returncode == 1 and "refused our CURVE key" in after.stderr, after.stderr
     finally:
         stop_nodes(directory)

@@ -118,7 +118,12 @@ class Cluster:
                 else:
                     self.drops[dest].append(verdict)
                 return
-            env = codec.authenticate(raw)
+            env = codec.authenticate(raw, nested=False)  # as the node does: who, then how
+            verdict = replica.charge(env.msg, self.now)  # much, then the proofs
+            if verdict is not None:
+                self.drops[dest].append(verdict)
+                return
+            env = codec.authenticate_nested(raw, env)
         except PeerError as exc:
             self.drops[dest].append(exc.reason)
             return
@@ -220,5 +225,13 @@ class Cluster:
     def heads(self) -> list[bytes]:
         return [r.head for i, r in enumerate(self.replicas) if i not in self.down]
 
-    def committed_replies(self, client: str = "c0") -> list[Reply]:
-        return [m for c, m in self.replies if c == client and not m.tentative]
+    def answers(self, client: str = "c0") -> list[Reply]:
+        """Each replica's answer to each of the client's requests: its committed reply, or
+        its tentative one when that is all it sent (the default: a client with q matching
+        tentative replies is done, and asks again otherwise)."""
+        best: dict[tuple[int, int, int], Reply] = {}
+        for c, m in self.replies:
+            key = (m.replica, m.session, m.number)
+            if c == client and (key not in best or best[key].tentative):
+                best[key] = m
+        return list(best.values())

@@ -23,7 +23,7 @@ def test_every_reply_names_the_request_it_answers_and_its_position() -> None:
     frames = [c.request((b"p%d" % i,)) for i in range(3)]
     c.run()
     digests = {c.codecs[1].decode(f).digest for f in frames}
-    replies = c.committed_replies()
+    replies = c.answers()
     assert len(replies) == 12 and {m.request for m in replies} == digests
     for m in replies:
         block = c.blocks[m.replica][m.seq - 1]
@@ -39,7 +39,7 @@ def test_one_request_sent_many_times_executes_once_and_each_copy_gets_its_result
             c.inject(i, frame)
         c.run()
     assert all(r.executed_txs == 1 for r in c.replicas)
-    assert {(m.seq, m.result, m.outcome) for m in c.committed_replies()} == \
+    assert {(m.seq, m.result, m.outcome) for m in c.answers()} == \
         {(1, c.blocks[0][0].hash, Outcome.EXECUTED)}
 
 
@@ -49,7 +49,7 @@ def test_two_sessions_of_one_client_key_never_collide() -> None:
     c.request((b"from session 2",), number=1, session=2)
     c.run()
     assert all(r.executed_txs == 2 for r in c.replicas)
-    assert {m.outcome for m in c.committed_replies()} == {Outcome.EXECUTED}
+    assert {m.outcome for m in c.answers()} == {Outcome.EXECUTED}
 
 
 def test_a_request_from_a_client_not_admitted_at_its_point_in_the_order_is_refused() -> None:
@@ -57,7 +57,7 @@ def test_a_request_from_a_client_not_admitted_at_its_point_in_the_order_is_refus
     c.request((b"too early",), client="newbie")
     c.run()
     assert _outcomes(c, "newbie") == [Outcome.REFUSED]
-    assert {m.outcome for m in c.committed_replies("newbie")} == {Outcome.REFUSED}
+    assert {m.outcome for m in c.answers("newbie")} == {Outcome.REFUSED}
     c.request((admission.encode(admission.AdmissionChange("add", "newbie",
                                                           c.client_keys["newbie"])),),
               client="op")
@@ -83,7 +83,7 @@ def test_admission_applies_at_the_same_point_inside_one_batch() -> None:
     assert table.preview(batch) == bytes([Outcome.REFUSED, Outcome.EXECUTED, Outcome.EXECUTED])
     expected = table.preview(batch)
     assert table.execute_batch(batch) == expected
-    assert table.admits("x") and table.drain().admitted == (("x", "kx"),)
+    assert table.admits("x") and table.drain().admitted == (("x", "kx", ""),)
 
 
 def test_only_an_operator_can_admit() -> None:

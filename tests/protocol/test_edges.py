@@ -128,7 +128,7 @@ def test_a_primary_that_censors_one_client_is_replaced_and_the_request_executes(
     for i in (1, 2, 3):
         executed = [r for b in c.blocks[i] for r in b.requests if r.client == "victim"]
         assert [r.outcome for r in executed] == [Outcome.EXECUTED]
-    assert any(m.outcome == Outcome.EXECUTED for m in c.committed_replies("victim"))
+    assert any(m.outcome == Outcome.EXECUTED for m in c.answers("victim"))
     _agree(c)
 
 
@@ -253,7 +253,7 @@ def test_the_pool_is_bounded_in_bytes_and_says_so_to_the_client() -> None:
     c.down = {0, 2, 3}
     c.deliver_all()
     busy = [m for _, m in c.replies if m.outcome == Outcome.BUSY]
-    assert busy and c.replicas[1].pool.bytes <= 2000
+    assert busy and c.replicas[1].pool.pending_bytes <= 2000
     assert "pool_full" in c.drops[1]
 
 
@@ -298,7 +298,7 @@ def test_a_late_request_below_its_session_window_is_answered_stale_never_lost() 
     c.replies.clear()
     c.request((b"s2",), number=2)
     c.run()
-    answers = {m.outcome for m in c.committed_replies()}
+    answers = {m.outcome for m in c.answers()}
     assert answers == {Outcome.STALE}
     assert all(b.requests[0].number != 2 or b.requests[0].outcome != Outcome.EXECUTED
                for b in c.blocks[1])
@@ -309,11 +309,11 @@ def test_a_second_request_under_a_taken_identity_is_refused_never_answered_as_th
     c = Cluster(4)
     c.request((b"first",), number=7)
     c.run()
-    first = {m.result for m in c.committed_replies()}
+    first = {m.result for m in c.answers()}
     c.replies.clear()
     c.request((b"second",), number=7)
     c.run()
-    answers = c.committed_replies()
+    answers = c.answers()
     assert answers and all(m.outcome == Outcome.CONFLICT for m in answers)
     assert all(isinstance(m, Reply) and m.request != c.blocks[1][0].digests[0] for m in answers)
     assert first and all(b.executed_txs <= 1 for b in c.blocks[1])
@@ -323,13 +323,13 @@ def test_a_retransmitted_request_is_answered_with_its_own_result_after_a_restart
     c = Cluster(4, config_overrides={"reply_cache": 1})
     c.request((b"again",), number=1)
     c.run()
-    original = {(m.seq, m.result) for m in c.committed_replies()}
+    original = {(m.seq, m.result) for m in c.answers()}
     for i in range(4):
         c.restart(i)
     c.replies.clear()
     c.request((b"again",), number=1)
     c.run()
-    again = c.committed_replies()
+    again = c.answers()
     assert len(again) == 4 and {(m.seq, m.result) for m in again} == original
     assert all(m.outcome == Outcome.EXECUTED for m in again)
     assert all(len([b for b in c.blocks[i] if isinstance(b, Execute)]) == 1 for i in range(4))
@@ -345,3 +345,18 @@ def test_status_tells_a_replica_that_is_behind_to_catch_up_while_idle() -> None:
     c.run(rounds=40, dt=0.5)  # idle: no requests; only status messages flow
     assert c.replicas[3].last_executed == 3 and c.replicas[3].head == c.replicas[0].head
     assert any(isinstance(m, PeerStatus) for m in c.sent[3])
+
+
+def test_fetch_answers_are_budgeted_in_bytes() -> None:
+    """chaos-4: one Fetch makes a replica forward up to batch_max_requests bodies; what one
+    peer can make it queue is bounded in bytes, not only in Fetches."""
+    c = Cluster(4, config_overrides={"batch_max_requests": 1024})
+    c.down = {0}  # nothing is ordered: the bodies stay in replica 1's pool
+    big = [c.request((bytes([i % 256]) * 200_000,), to=[1]) for i in range(200)]
+    c.deliver_all()
+    digests = tuple(c.codecs[1].decode(f).digest for f in big)
+    c.queue.clear()
+    c.deliver(1, c.codecs[2].encode(Fetch(2, digests)))
+    forwarded = sum(len(f) for d, f in c.queue if d == 2)
+    assert "rate_limited" in c.drops[1]
+    assert forwarded <= 32 * 2**20 + 250_000  # the burst, give or take one body

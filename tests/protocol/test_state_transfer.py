@@ -213,3 +213,18 @@ def test_state_transfer_of_a_request_from_an_unknown_client_is_refused(
     outsider = Cluster(4, config_overrides=SMALL, clients=("someone-else",))
     with pytest.raises(PeerError):
         verify_blocks(reply.blocks, proof, 1, Q, outsider.codecs[3].decode)
+
+
+def test_a_peer_that_does_not_consume_state_is_served_again_only_after_a_while() -> None:
+    """chaos-4: a member that asks for state and never reads would have every reply queued
+    for it; a correct requester asks again only from beyond what it was sent."""
+    from dtnbus.state_transfer import ServeGate
+
+    gate = ServeGate(resend_after=5.0)
+    reply = StateReply(1, 1, 100, tuple(b"b" for _ in range(10)), (), ())
+    assert gate.allow(3, 1, 0.0)
+    gate.served(3, reply, 0.0)  # blocks 1..10
+    assert not gate.allow(3, 1, 0.1)  # the same again: it has not read it
+    assert not gate.allow(3, 10, 0.1)
+    assert gate.allow(3, 11, 0.2)  # it moved past them: it read them
+    assert gate.allow(3, 1, 5.0)  # or the reply was lost: after a while, again

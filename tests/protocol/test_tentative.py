@@ -25,7 +25,7 @@ def test_replies_come_once_prepared_before_any_commit_counts() -> None:
 
 
 def test_tentative_result_is_the_block_that_commits() -> None:
-    c = Cluster(4, config_overrides=TENTATIVE)
+    c = Cluster(4, config_overrides={**TENTATIVE, "reply_after_tentative": True})
     for i in range(5):
         c.request((b"t%d" % i,))
     c.run()
@@ -43,7 +43,7 @@ def test_with_it_switched_off_no_reply_is_tentative() -> None:
 
 
 def test_prepared_and_tentatively_answered_batch_survives_a_view_change() -> None:
-    c = Cluster(4, config_overrides=TENTATIVE)
+    c = Cluster(4, config_overrides={**TENTATIVE, "reply_after_tentative": True})
     c.tamper = lambda sender, msg, frame: None if isinstance(msg, Commit) else frame
     c.request((b"keep-me",))
     c.deliver_all()
@@ -54,6 +54,23 @@ def test_prepared_and_tentatively_answered_batch_survives_a_view_change() -> Non
     c.run(rounds=100, dt=0.1)
     final = {(m.seq, m.result) for m in _replies(c, False)}
     assert final == promised  # what the client was promised is what was committed
+
+
+def test_one_reply_per_request_and_replica_and_the_committed_one_on_request() -> None:
+    """Castro-Liskov: a tentatively answered request gets no second reply unless the
+    client asks again; then the committed reply comes from the cache, the same result."""
+    c = Cluster(4)
+    frame = c.request((b"once",))
+    c.run()
+    first = [m for _, m in c.replies]
+    assert len(first) == 4 and all(m.tentative for m in first)
+    c.replies.clear()
+    for i in range(4):
+        c.inject(i, frame)
+    c.run()
+    again = [m for _, m in c.replies]
+    assert len(again) == 4 and not any(m.tentative for m in again)
+    assert {(m.seq, m.result) for m in again} == {(m.seq, m.result) for m in first}
 
 
 def test_tentative_execution_is_the_default() -> None:
