@@ -4,8 +4,8 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-python test-contracts lint bench bench-curve bench-matrix bench-sim bench-sim-seeds \
-	bench-chaos bench-fuzz bench-flood clean chain
+.PHONY: setup run test test-python test-contracts lint bench bench-curve bench-matrix bench-table bench-latency \
+	bench-sim bench-sim-seeds bench-chaos bench-fuzz bench-flood clean chain
 
 setup:
 	@bash tools/setup.sh
@@ -49,7 +49,7 @@ bench-curve: setup
 clean:
 	rm -rf .dtnbus results build reports
 
-## bench-matrix: the reference's sync matrix, ours beside it (long: about 30 minutes).
+## bench-matrix: the reference's sync matrix, ours beside it, 3 seeds a cell (long: hours).
 bench-matrix: setup
 	$(PY) -m benchmarks.matrix
 
@@ -65,3 +65,11 @@ bench-fuzz: setup
 ## bench-flood: one member's floods of every kind, and clients at 10x capacity for 60 s.
 bench-flood: setup
 	$(PY) -m benchmarks.flood
+
+## bench-table: dtnbus bench at n = 4 and 16, 1 and 256 tx per request (about 10 minutes).
+bench-table: setup
+	$(PY) -m benchmarks.bench_table
+
+## bench-latency: latency vs load at n = 4 and 16, open loop 10-100 % (about 10 minutes).
+bench-latency: setup
+	$(PY) -m benchmarks.latency_curve --nodes 4 16

@@ -6,7 +6,6 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -14,9 +13,6 @@ from dtnbus.byzantine import MODE_HELP
 from dtnbus.cluster import DEFAULT_DIR
 from dtnbus.errors import LocalError, ProblemFound
 from dtnbus.l2.commands import chain_options
-
-if TYPE_CHECKING:
-    from dtnbus.sync import SyncResult
 
 DIR_OPTION = click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
                           help=f"Cluster directory (default {DEFAULT_DIR}).")
@@ -589,10 +585,16 @@ class ListOf(click.ParamType):
               help="Token bucket depth in bytes (default: max(1 frame, 5 ms of the rate)).")
 @click.option("--request-txs", type=click.IntRange(min=1), default=256, show_default=True,
               help="Transactions per signed client request.")
-@click.option("--tentative/--no-tentative", default=True, show_default=True,
+@click.option("--tentative/--no-tentative", default=None,
               help="PBFT tentative execution: replicas reply once prepared (the prepared "
                    "certificate durable first); the client accepts q matching replies, or "
-                   "f+1 committed ones. Saves the commit hop.")
+                   "f+1 committed ones. Saves the commit hop. Default: the protocol's "
+                   "([protocol] tentative, true).")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Seed of the emulated latencies' draws (default: a fresh one, printed); "
+                   "run k of a cell uses seed+k-1.")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run each cell this many times; report the median and range.")
 @SCHEME_OPTION
 @CURVE_OPTION
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
@@ -604,19 +606,26 @@ class ListOf(click.ParamType):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
          latency: list[float], mode: str, latency_dist: str, jitter: float, mbps_base: str,
-         burst: int | None, request_txs: int, tentative: bool, scheme: str, curve: bool,
-         directory: Path | None, fresh: bool, out: Path, as_json: bool) -> None:
+         burst: int | None, request_txs: int, tentative: bool | None, seed: int | None,
+         repeat: int, scheme: str, curve: bool, directory: Path | None, fresh: bool,
+         out: Path, as_json: bool) -> None:
     """Synchronize TX transactions across NODES nodes and report how long it took.
 
     Start-up is not timed. Prints the time to f+1 matching replies, to a commit quorum
-    (2f+1) of nodes and to all nodes having executed everything, the per-phase means,
-    the analytic lower bound and every node's ledger head.
+    (2f+1) of nodes and to all nodes having executed everything (with --repeat: the
+    median and range), the strict floor no run can beat and the expectation under the
+    latency model, the per-phase means and every node's ledger head.
     """
     import itertools
 
-    from dtnbus.report import result_row, write_results
+    from dtnbus.report import result_row, series_row, write_results
     from dtnbus.shaping import LinkProfile
-    from dtnbus.sync import synchronize
+    from dtnbus.sync import SyncResult, fresh_seed
+    from dtnbus.sync_runs import run_line, run_series, summary_lines
+
+    def each_run(k: int, result: SyncResult) -> None:
+        if repeat > 1:
+            click.echo(run_line(k, result))
 
     shaping: dict = {"mode": mode, "latency_dist": latency_dist, "jitter_ms": jitter,
                      "mbps_base": 2**20 if mbps_base == "2^20" else 1e6}
@@ -633,24 +642,28 @@ def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
         dirs = ([directory / f"cell-{i}" for i in range(1, len(cells) + 1)] if grid
                 else [directory])
         _check_sync_dirs(directory, dirs, fresh)  # all before the first cell runs
-    rows, results = [], []
+    seed = fresh_seed() if seed is None else seed  # one base for every cell: paired draws
+    rows, run_rows, cells_json = [], [], []
     for i, (n, t, bw, lat) in enumerate(cells, 1):
         if grid:
             click.echo(f"[{i}/{len(cells)}] n={n} tx={t} {bw:g} Mbps {lat:g} ms", err=True)
-        result = synchronize(n, t, bw, lat, tx_bytes=tx_bytes, request_txs=request_txs,
-                             scheme=scheme, directory=dirs[i - 1], shaping=shaping,
-                             fresh=fresh, curve=curve,
-                             tentative=tentative,
-                             on_progress=_progress_printer(t, request_txs))
-        _print_sync(result)
-        results.append(result)
-        rows.append(result_row(result))
-        if not result.ledgers_identical:
-            raise LocalError(f"ledgers differ: {result.ledger_error}")
-    for path in write_results(rows, out):
+
+        series = run_series(n, t, bw, lat, repeat=repeat, seed=seed, tx_bytes=tx_bytes,
+                            request_txs=request_txs, scheme=scheme, directory=dirs[i - 1],
+                            shaping=shaping, fresh=fresh, curve=curve, tentative=tentative,
+                            on_progress=_progress_printer(t, request_txs), on_run=each_run)
+        for line in summary_lines(series):
+            click.echo(line)
+        cells_json.append(series.to_json())
+        rows.append(series_row(series))
+        run_rows += [result_row(r, run=k + 1, seed=r.seed) for k, r in enumerate(series.runs)]
+        if not series.ledgers_identical:
+            bad = next(r for r in series.runs if not r.ledgers_identical)
+            raise LocalError(f"ledgers differ: {bad.ledger_error}")
+    for path in write_results(rows, out, run_rows=run_rows if repeat > 1 else None):
         click.echo(f"wrote {path}")
     if as_json:
-        payload = results[0].to_json() if not grid else [r.to_json() for r in results]
+        payload = cells_json[0] if not grid else cells_json
         click.echo(json.dumps(payload, separators=(",", ":")))
 
 
@@ -686,47 +699,6 @@ def _progress_printer(tx: int, request_txs: int) -> Callable[[int, int], None] |
                 click.echo("", err=True)
 
     return show
-
-
-def _fmt(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{seconds:.3f} s"
-
-
-def _print_sync(r: SyncResult) -> None:
-    from dtnbus.messages import commit_quorum, max_faulty
-
-    f = max_faulty(r.nodes)
-    q = commit_quorum(r.nodes)
-    shaped = (f"{r.bandwidth_mbps:g} Mbps, {r.latency_ms:g} ms"
-              if r.bandwidth_mbps or r.latency_ms else "unshaped")
-    if r.extra.get("curve"):
-        shaped += ", CURVE"
-    click.echo(f"synchronized {r.tx} tx x {r.tx_bytes} B across {r.nodes} nodes "
-               f"(f={f}, {shaped}, {r.requests} requests)")
-    if r.tentative:
-        click.echo(f"  client accepted all ({q} tentative replies): {_fmt(r.seconds_f1)}")
-        click.echo(f"  q={q} matching replies (tentative):    {_fmt(r.seconds_2f1)}")
-        click.echo(f"  all {r.nodes} replied (tentative):             {_fmt(r.seconds_all)}")
-        click.echo(f"  q={q} nodes executed all (durable):     "
-                   f"{_fmt(r.seconds_2f1_committed)}")
-        click.echo(f"  all {r.nodes} nodes executed all (durable):    "
-                   f"{_fmt(r.seconds_all_committed)}")
-    else:
-        click.echo(f"  f+1={f + 1} matching replies (client commit):  {_fmt(r.seconds_f1)}")
-        click.echo(f"  q={q} nodes (commit quorum) executed all: {_fmt(r.seconds_2f1)}")
-        click.echo(f"  all {r.nodes} nodes executed all:               {_fmt(r.seconds_all)}")
-    if r.bound_seconds is not None:
-        click.echo(f"  analytic lower bound:                   {_fmt(r.bound_seconds)} "
-                   f"({r.bound_dominant} dominates)")
-    click.echo("  per-phase means (per batch, over nodes):")
-    for name, secs in r.phases.items():
-        click.echo(f"    {name:<24} {secs * 1000:9.3f} ms")
-    heads = r.ledger_heads
-    heights = r.ledger_heights
-    same = "identical" if r.ledgers_identical else "DIFFERENT"
-    click.echo(f"  ledger heads ({same}):")
-    for node_id, head in heads.items():
-        click.echo(f"    node {node_id}: height {heights[node_id]} head {head[:16]}")
 
 
 @cli.command()

@@ -8,8 +8,13 @@ generation are not timed. The clock starts at the client's first send and report
                 replies for everything: the reference's stopping rule; replies are sent
                 once a node executed (durably), or with `tentative` once it prepared
   seconds_all - the client holds replies from all n nodes
-plus the per-phase means the nodes' own metrics recorded, and whether every node's
-ledger ends at the same head.
+plus the per-phase means the nodes' own metrics recorded, whether every node's ledger
+ends at the same head, and the two figures to read them against (dtnbus.bound): the strict
+floor `latency_floor_s` (no run can beat it) and the expectation `latency_expected_s` (what
+a run takes on average under the latency model; runs beat it about half the time).
+
+The emulated latencies are drawn from `seed`: a fresh one per run unless given, so
+repeated runs sample the latency model instead of replaying one draw.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtnbus.bound import BoundBreakdown, sync_lower_bound
+from dtnbus.bound import SyncBounds, sync_bounds
 from dtnbus.client import Client
 from dtnbus.cluster import cluster_up, stop_nodes
 from dtnbus.errors import LocalError
@@ -53,9 +58,12 @@ class SyncResult:
     ledger_heads: dict[int, str] = field(default_factory=dict)
     ledgers_identical: bool = False
     ledger_error: str | None = None
-    bound_seconds: float | None = None  # the analytic lower bound (docs/emulation.md)
-    bound_dominant: str | None = None  # its largest term
-    bound_terms: dict[str, float] = field(default_factory=dict)
+    latency_floor_s: float | None = None  # the strict floor: no run can beat it
+    floor_terms: dict[str, float] = field(default_factory=dict)
+    latency_expected_s: float | None = None  # the expectation under the latency model
+    expected_dominant: str | None = None  # its largest term
+    expected_terms: dict[str, float] = field(default_factory=dict)
+    seed: int | None = None  # drew the emulated latencies (uniform-F, jitter)
     tentative: bool = False  # replies were sent once prepared (PBFT tentative execution)
     seconds_2f1_committed: float | None = None  # q nodes executed everything (durable)
     seconds_all_committed: float | None = None
@@ -89,13 +97,17 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
                 latency_ms: float = 0.0, *, tx_bytes: int = 300, request_txs: int = 256,
                 scheme: str = "ed25519", directory: Path | None = None,
                 protocol: dict[str, Any] | None = None,
-                shaping: dict[str, Any] | None = None, tentative: bool = True,
+                shaping: dict[str, Any] | None = None, tentative: bool | None = None,
                 timeout: float | None = None,
                 wait_all: float = 30.0, fresh: bool = False, curve: bool = False,
+                seed: int | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> SyncResult:
     """Start an n-node cluster (not timed), synchronize `data` (a count of generated
     `tx_bytes`-byte transactions, or the transactions themselves), stop the cluster.
-    A `directory` that already holds a cluster is refused unless `fresh`."""
+    A `directory` that already holds a cluster is refused unless `fresh`. `seed` draws
+    the emulated latencies (None: a fresh seed, reported in the result). `tentative`:
+    reply once prepared (True), once executed (False), or the protocol's default (None);
+    always written into the cluster file, so the floor counts the hops the nodes run."""
     if bandwidth_mbps < 0 or latency_ms < 0:
         raise LocalError("bandwidth and latency must be >= 0 (0/0 means no shaping)")
     if request_txs < 1:
@@ -105,11 +117,16 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         raise LocalError("nothing to synchronize: give at least one transaction")
     shaping_table = dict(shaping or {})
     protocol = dict(protocol or {})
-    protocol.setdefault("tentative", tentative)
+    if tentative is None:
+        tentative = bool(protocol.get("tentative", default_tentative()))
+    protocol["tentative"] = tentative
     if tentative:  # the committed replies too: sync reports when q / all n executed
         protocol.setdefault("reply_after_tentative", True)
     if bandwidth_mbps or latency_ms:
         shaping_table.update(bandwidth_mbps=bandwidth_mbps, latency_ms=latency_ms)
+    if seed is None:
+        seed = shaping_table.get("seed", fresh_seed())
+    shaping_table["seed"] = seed
     tmp = None
     if directory is None:
         tmp = tempfile.TemporaryDirectory(prefix="dtnbus-sync-")
@@ -118,11 +135,11 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
     if timeout is None:
         rate = bandwidth_mbps * 1e6 / 8 if bandwidth_mbps else 1e9
         timeout = 60 + 10 * payload / rate + 0.05 * len(txs) ** 0.5 * nodes
-    bound = analytic_bound(nodes, len(txs), payload // len(txs), bandwidth_mbps, latency_ms,
+    bound = bounds_for(nodes, len(txs), payload // len(txs), bandwidth_mbps, latency_ms,
                            request_txs, scheme, shaping_table, tentative)
     # retransmit only when a reply is clearly overdue: on an emulated slow network a copy of
     # every request to every replica is exactly the load that makes replies later still
-    retry_after = max(2.0, 3 * bound.total_s) if bound else 2.0
+    retry_after = max(2.0, 3 * bound.expected_s) if bound else 2.0
     try:
         config = cluster_up(directory, nodes, scheme, protocol=protocol,
                             shaping=shaping_table or None, fresh=fresh, curve=curve)
@@ -160,11 +177,12 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         ledger_heads={i: r.head.hex() for i, r in enumerate(reports)},
         ledgers_identical=error is None and len({r.head for r in reports}) == 1,
         ledger_error=error,
-        bound_seconds=bound.total_s if bound else None,
-        bound_dominant=bound.dominant if bound else None,
-        bound_terms=({k: getattr(bound, k) for k in ("latency_s", "payload_s",
-                                                      "small_messages_s", "crypto_s")}
-                     if bound else {}),
+        latency_floor_s=bound.floor_s if bound else None,
+        floor_terms=bound.floor_terms() if bound else {},
+        latency_expected_s=bound.expected_s if bound else None,
+        expected_dominant=bound.dominant if bound else None,
+        expected_terms=bound.expected_terms() if bound else {},
+        seed=seed,
         tentative=tentative,
         seconds_2f1_committed=result.seconds_2f1_committed,
         seconds_all_committed=result.seconds_all_committed,
@@ -175,12 +193,24 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
     )
 
 
-def analytic_bound(nodes: int, tx: int, tx_bytes: int, bandwidth_mbps: float,
-                   latency_ms: float, request_txs: int, scheme: str,
-                   shaping: dict[str, Any], tentative: bool = False) -> BoundBreakdown | None:
-    """The emulated network's lower bound for this run (None where it is undefined)."""
+def default_tentative() -> bool:
+    """Whether replicas reply once prepared when the cluster file does not say."""
+    from dtnbus.replica import ReplicaConfig
+
+    return bool(ReplicaConfig.__dataclass_fields__["tentative"].default)
+
+
+def fresh_seed() -> int:
+    """A new seed for the emulated latencies: 31 bits, short enough to type back."""
+    return secrets.randbelow(2**31)
+
+
+def bounds_for(nodes: int, tx: int, tx_bytes: int, bandwidth_mbps: float,
+               latency_ms: float, request_txs: int, scheme: str,
+               shaping: dict[str, Any], tentative: bool = False) -> SyncBounds | None:
+    """The strict floor and the expectation for this run (None where undefined)."""
     try:
-        return sync_lower_bound(
+        return sync_bounds(
             nodes, tx, tx_bytes, bandwidth_mbps, latency_ms, request_txs=request_txs,
             scheme=scheme, mode=shaping.get("mode", "link"),
             mbps_base=shaping.get("mbps_base", 1e6),

@@ -265,9 +265,10 @@ def test_sync_rsa2048_json(run_cli: RunCli, tmp_path: Path) -> None:
     assert set(result["phases"]) == {"request_to_preprepare", "preprepare_to_prepared",
                                      "prepared_to_committed", "committed_to_executed"}
     assert all(v >= 0 for v in result["phases"].values())
-    heights = set(result["ledger_heights"].values())
+    (run,) = result["runs"]
+    heights = set(run["ledger_heights"].values())
     assert len(heights) == 1 and heights.pop() >= 1
-    assert len(set(result["ledger_heads"].values())) == 1
+    assert len(set(run["ledger_heads"].values())) == 1
     # the human-readable report precedes the JSON line
     assert re.search(r"(f\+1=2 matching replies|3 tentative replies).*:\s+\d+\.\d+ s",
                      out.stdout), out.stdout

@@ -22,11 +22,11 @@ from dtnbus.report import (  # noqa: E402 - after choosing the backend
 
 ROWS = [
     {"nodes": 4, "tx": 100, "bandwidth_mbps": 0.0, "latency_ms": 0.0, "seconds_f1": 0.0163,
-     "seconds_2f1": 0.0165, "bound_seconds": 0.0015, "phase_request_to_preprepare_ms": 6.9,
+     "seconds_2f1": 0.0165, "latency_expected_s": 0.0015, "phase_request_to_preprepare_ms": 6.9,
      "phase_preprepare_to_prepared_ms": 0.8, "phase_prepared_to_committed_ms": 1.0,
      "phase_committed_to_executed_ms": 2.6},
     {"nodes": 4, "tx": 1000, "bandwidth_mbps": 10.0, "latency_ms": 50.0, "seconds_f1": 23.9,
-     "seconds_2f1": 24.1, "bound_seconds": 23.0, "phase_request_to_preprepare_ms": 50.0,
+     "seconds_2f1": 24.1, "latency_expected_s": 23.0, "phase_request_to_preprepare_ms": 50.0,
      "phase_preprepare_to_prepared_ms": 52.0, "phase_prepared_to_committed_ms": 51.0,
      "phase_committed_to_executed_ms": 2.0},
 ]
@@ -93,3 +93,34 @@ def test_write_results_writes_both_charts_and_the_other_column(tmp_path: Path) -
     paths = write_results(rows, tmp_path, "s")
     assert {p.name for p in paths} == {"s.csv", "s.md", "s.png", "s-phases.png"}
     assert "phase_other_ms" in (tmp_path / "s.csv").read_text().splitlines()[0]
+
+
+RANGED_ROWS = [dict(ROWS[1], runs=3, seconds_2f1_min=23.5, seconds_2f1_max=26.0,
+                    latency_floor_s=21.0, ours_over_floor=24.1 / 21.0,
+                    ours_over_floor_min=23.5 / 21.0, ours_over_floor_max=26.0 / 21.0)]
+
+
+def test_markdown_folds_each_range_beside_its_median(tmp_path: Path) -> None:
+    write_results(RANGED_ROWS, tmp_path, "m")
+    text = (tmp_path / "m.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| nodes"))
+    assert "seconds_2f1_min" not in header and "ours_over_floor" in header
+    assert "| 24.100 (23.500-26.000) |" in text
+    assert "| 1.148 (1.119-1.238) |" in text
+    assert "median over a cell's runs (min-max)" in text
+    csv_header = (tmp_path / "m.csv").read_text().splitlines()[0].split(",")
+    assert {"seconds_2f1_min", "seconds_2f1_max", "latency_floor_s"} <= set(csv_header)
+
+
+def test_times_chart_shows_the_range_and_both_ratios() -> None:
+    fig = times_figure(RANGED_ROWS, "t")
+    seconds_ax, ratio_ax = fig.axes
+    labels = {t.get_text() for t in seconds_ax.texts}
+    assert {"24.1 s", "21 s"} <= labels  # the median bar, the floor
+    legend = [t.get_text() for t in seconds_ax.get_legend().get_texts()]
+    assert "strict floor (no run can beat it)" in legend
+    assert "expectation under the latency model" in legend
+    assert {t.get_text() for t in ratio_ax.texts} == {"1.05x", "1.15x"}
+    # whiskers: one error bar line collection per ranged series, spanning min..max
+    spans = [seg for coll in seconds_ax.collections for seg in coll.get_segments()]
+    assert any(abs(s[0][1] - 23.5) < 1e-9 and abs(s[1][1] - 26.0) < 1e-9 for s in spans)
