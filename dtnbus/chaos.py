@@ -142,7 +142,7 @@ class ChaosResult:
     directory: str = ""
     records: list[KillRecord] = field(default_factory=list)
     # (node, its view, everyone else's view): one node stuck alone in a later view when the
-    # run stopped (FINDINGS.md chaos-1), None otherwise
+    # run stopped (finding chaos-1, docs/faults.md), None otherwise
     lone_view: tuple[int, int, int] | None = None
 
     @property

@@ -1,5 +1,5 @@
-"""The simulator's open findings (FINDINGS.md, docs/faults.md) and how to recognise each
-from the facts a violation reports. A sweep tolerates a seed only when one of these
+"""The simulator's open findings (docs/faults.md, "What the simulator found") and how to
+recognise each from the facts a violation reports. A sweep tolerates a seed only when one of these
 explains it; each finding also has a strict xfail that asserts no seed fails with it, so
 the entry goes the day its root is fixed. Fixed ones are not in OPEN: a seed they would
 explain now fails its test. The recognisers stay, for the day one comes back."""

@@ -1,6 +1,7 @@
 """Liveness findings of the real-process fault runs (`dtnbus chaos`, floods), reduced to
-directed in-memory scenarios where that is possible. Each is `xfail(strict=True)` until
-the lead fixes its root (/work/wt/FINDINGS.md, docs/faults.md); nothing here papers
+directed in-memory scenarios where that is possible. Each was `xfail(strict=True)` while
+its finding was open; the roots are fixed (0c02675; docs/faults.md, "What the
+real-process runs found"), so each now guards against its return. Nothing here papers
 over a finding: the tests assert what issue 9 asks for."""
 
 from __future__ import annotations
