@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup run test test-python test-contracts lint bench bench-curve bench-matrix bench-table bench-latency \
-	bench-sim bench-sim-seeds bench-chaos bench-fuzz bench-flood clean chain
+	bench-sim bench-sim-seeds bench-byzantine bench-chaos bench-fuzz bench-flood clean chain
 
 setup:
 	@bash tools/setup.sh
@@ -41,6 +41,11 @@ bench-sim: setup
 ## bench-sim-seeds: every Byzantine mode x n = 4, 7 x 10,000 seeds (long: about an hour).
 bench-sim-seeds: setup
 	$(PY) -m benchmarks.simulate_seeds
+
+## bench-byzantine: every Byzantine mode in real clusters of n = 4 and 7 with f faulty
+## nodes, 10 s of client stream each (about 10 minutes); results/byzantine-nodes.csv.
+bench-byzantine: setup
+	$(PY) -m benchmarks.byzantine_nodes --nodes 4,7 --seconds 10
 
 ## bench-curve: what CurveZMQ costs on `dtnbus sync` and on the sockets (about 10 minutes).
 bench-curve: setup

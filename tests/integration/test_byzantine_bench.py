@@ -1,0 +1,33 @@
+"""benchmarks.byzantine_nodes end to end on its smallest setting: one mode, n = 4, a
+short stream. The full matrix is `make bench-byzantine` (docs/faults.md)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from benchmarks import byzantine_nodes
+
+
+def test_a_censoring_primary_is_replaced_and_the_row_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Node 0 (the first primary) never orders the stream's client: the others change
+    view, every acknowledged request is in every correct ledger once, and the row says
+    so (a cell that failed a check would exit 1)."""
+    byzantine_nodes.main(["--nodes", "4", "--modes", "censor", "--seconds", "3",
+                          "--out", str(tmp_path)])
+    (row,) = list(csv.DictReader((tmp_path / "byzantine-nodes.csv").open()))
+    assert row["mode"] == "censor" and row["faulty"] == "0" and row["ok"] == "True"
+    assert int(row["acknowledged"]) > 0 and row["left"] == "0"
+    assert row["missing"] == row["duplicated"] == row["wrong_place"] == "0"
+    assert "1" in row["views"].split() and row["ledgers"] == "identical, verified"
+    assert "every check held" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        byzantine_nodes.main(["--nodes", "3"])
+    assert exc.value.code == 2
+    assert "at least 4" in capsys.readouterr().err
