@@ -86,6 +86,7 @@ MAX_POLL = 0.05  # also bounds how long a stop signal waits
 GAUGE_EVERY = 0.25
 MAX_ROUTES = 200_000  # requests awaiting a reply whose connection we remember
 MAX_SHAPED_BYTES = 256 * 1024 * 1024  # per emulated link: beyond this, sends are drops
+MAX_BUNDLE = 1024  # replies to one connection sent as the parts of one ZeroMQ message
 
 
 class Node:
@@ -140,6 +141,10 @@ class Node:
         # elsewhere must not redirect another request's reply), per request identity
         self.routes: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self.outbox: list[Effect] = []  # this iteration's effects, carried out by _flush
+        # this iteration's replies, per client connection: one multipart message each (a
+        # client's recv() takes the parts one by one, as if sent singly); one wake-up of
+        # ZeroMQ's I/O thread per connection instead of per reply
+        self.bundles: dict[bytes, list[bytes]] = {}
         self.refusals = PeerBudget({"refuse": (5.0, 20.0)})  # per client connection
         self.state_gate = ServeGate()
         self.ledger_txs = self.replica.executed_txs  # as durable as the ledger's height
@@ -400,6 +405,18 @@ class Node:
             elif isinstance(eff, ViewChangeStarted):
                 log.info("node %d left view %d for view %d: %s", self.id, eff.view - 1,
                          eff.view, eff.reason)
+        if self.bundles:
+            self._send_bundles()
+
+    def _send_bundles(self) -> None:
+        """Each connection's replies of this iteration, as one multipart message."""
+        bundles, self.bundles = self.bundles, {}
+        for identity, frames in bundles.items():
+            for start in range(0, len(frames), MAX_BUNDLE):
+                part = frames[start:start + MAX_BUNDLE]
+                if not self.transport.send_routed_many(identity, part):
+                    for _ in part:
+                        self.metrics.dropped("send_queue_full")
 
     def _admit(self, changes: Iterable[tuple[str, str, str]]) -> None:
         """The order admitted or removed clients: their requests verify, or no longer, and
@@ -476,8 +493,12 @@ class Node:
         self.metrics.message_sent("reply", len(frame))
         if self.shaper is not None and not self.shaper.is_unshaped(client):
             self.shaper.submit(now, client, len(frame), (identity, frame))
-        elif not self.transport.send_routed(identity, frame):
-            self.metrics.dropped("send_queue_full")
+        else:  # sent at the end of this flush, with the connection's other replies
+            bundle = self.bundles.get(identity)
+            if bundle is None:
+                self.bundles[identity] = [frame]
+            else:
+                bundle.append(frame)
 
     def _release_shaped(self, now: float) -> None:
         assert self.shaper is not None

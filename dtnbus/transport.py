@@ -118,6 +118,10 @@ class Transport:
     def send_routed(self, identity: bytes, frame: bytes) -> bool:
         return _send(self.router, [identity, frame])
 
+    def send_routed_many(self, identity: bytes, frames: list[bytes]) -> bool:
+        """Several frames to one connection as the parts of one message (all or none)."""
+        return _send(self.router, [identity, *frames])
+
     def poll(self, timeout_ms: int) -> Iterable[tuple[int, bytes | None, bytes, str | None]]:
         """Wait up to timeout_ms, then yield what arrived: (source, routing id, frame,
         member). `member` is the connection's CURVE member for a ROUTER frame (None on
