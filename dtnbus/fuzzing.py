@@ -143,6 +143,12 @@ class Fuzzed:
     def frame(self) -> bytes:
         return self.parts[0] if len(self.parts) == 1 else b""
 
+    @property
+    def frames(self) -> tuple[bytes, ...]:
+        """What a node reads: a ROUTER takes each part of a multipart message (a client's
+        bundle) as one frame."""
+        return self.parts
+
 
 class Mutator:
     """Hostile frames from a corpus, reproducible from `seed`."""

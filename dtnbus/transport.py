@@ -31,7 +31,8 @@ from dtnbus.zap import ZapGuard
 FROM_SUB, FROM_ROUTER, FROM_REPLICA = 0, 1, 2  # FROM_REPLICA: a CURVE-authenticated replica
 MAX_PINNED_IDENTITIES = 200_000  # routing identity -> the member that first used it
 REPLICA_IDENTITY = b"\xffreplica-"  # replicas' DEALERs: never a route for client replies
-DRAIN_LIMIT = 512  # frames taken from one socket per poll, so no socket starves another
+DRAIN_LIMIT = 512  # messages taken from one socket per poll, so no socket starves another
+# (a client may bundle several frames as the parts of one message: each is one frame)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +145,11 @@ class Transport:
                     break
                 if len(parts) == 2:
                     yield FROM_ROUTER, parts[0], parts[1], None
-                else:  # a malformed multipart: decoder drops it
+                elif len(parts) > 2:  # a client's bundle: each part is one frame
+                    identity = parts[0]
+                    for part in parts[1:]:
+                        yield FROM_ROUTER, identity, part, None
+                else:  # nothing after the identity: the decoder drops it
                     yield FROM_ROUTER, parts[0], b"", None
 
     def _drain_router_curve(self) -> Iterable[tuple[int, bytes | None, bytes, str | None]]:
@@ -155,13 +160,15 @@ class Transport:
                 break
             member = parts[0].get("User-Id")  # what the ZAP handler answered for its key
             identity = parts[0].bytes
-            frame = parts[1].bytes if len(parts) == 2 else b""
             why = self._identity_refusal(identity, member)
             if why is not None:
                 self.refuse("identity_mismatch", why)
                 continue
             source = FROM_REPLICA if member.startswith(NODE_PREFIX) else FROM_ROUTER
-            yield source, identity, frame, member
+            if len(parts) < 2:
+                yield source, identity, b"", member
+            for part in parts[1:]:  # a bundle: each part is one frame
+                yield source, identity, part.bytes, member
 
     def _identity_refusal(self, identity: bytes, member: str) -> str | None:
         """A routing identity belongs to the first member seen with it: with
