@@ -225,16 +225,30 @@ def _one_kind(config: ClusterConfig, rogue: RogueMember, stream: RequestStream,
         else:
             time.sleep(0.02)  # the stream's thread records acknowledgements: poll it
     peak = {n: sampler.peak.get(n, 0) / MIB for n in HONEST}
-    after = {n: scrape(config.node(n).metrics) for n in HONEST}
+    wire = _wire_kind(kind)
+
+    def accounted(before_n: dict, after_n: dict) -> tuple[dict[str, int], int]:
+        dropped = {r: int(v - _peer_drops(before_n, "3").get(r, 0))
+                   for r, v in _peer_drops(after_n, "3").items()
+                   if v - _peer_drops(before_n, "3").get(r, 0)}
+        return dropped, int(_received(after_n).get(wire, 0) - _received(before_n).get(wire, 0))
+
+    # A node exports its message tallies every 0.25 s (metrics.NodeMetrics.flush), so a
+    # scrape right after the flood can miss the last of them: read until every frame is
+    # accounted for, or for at most 2 s (then what is missing is a finding, not a lag).
+    deadline = time.monotonic() + 2.0
+    while True:
+        after = {n: scrape(config.node(n).metrics) for n in HONEST}
+        counts = {n: accounted(before[n], after[n]) for n in HONEST}
+        if all(sum(d.values()) + t >= sent for d, t in counts.values()) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # the next export of the nodes' tallies
     rogue.discard_incoming()  # now read (and free) what the nodes queued for it
     time.sleep(0.5)  # give the nodes' queues a moment to drain before the next reading
     rss_after = {n: sampler.last.get(n, 0) / MIB for n in HONEST}
-    wire = _wire_kind(kind)
-    drops = {n: {r: int(v - _peer_drops(before[n], "3").get(r, 0))
-                 for r, v in _peer_drops(after[n], "3").items()
-                 if v - _peer_drops(before[n], "3").get(r, 0)} for n in HONEST}
-    taken = {n: int(_received(after[n]).get(wire, 0) - _received(before[n]).get(wire, 0))
-             for n in HONEST}
+    drops = {n: counts[n][0] for n in HONEST}
+    taken = {n: counts[n][1] for n in HONEST}
     internal = int(sum(_internal(after[n]) - _internal(before[n]) for n in HONEST))
     return KindResult(kind, count, send_seconds, seconds, rss_before, peak, rss_after,
                       acknowledged, rate_before, acknowledged / seconds if seconds else 0.0,

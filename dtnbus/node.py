@@ -127,7 +127,8 @@ class Node:
                 host, _, port = spec.metrics.rpartition(":")
                 self.metrics.serve(host, int(port))
             self.transport = Transport(Endpoints(spec.bind_pub, spec.bind_router, node_id), peers,
-                                       curve=curve, on_refusal=self.metrics.curve_refused)
+                                       curve=curve, on_refusal=self.metrics.curve_refused,
+                                       recv_hwm=4 * self.replica.config.window)
         except (OSError, ValueError, zmq.ZMQError) as exc:
             self.ledger.close()
             hint = ("is another node running there?" if "in use" in str(exc) else

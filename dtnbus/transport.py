@@ -4,7 +4,11 @@ Each node binds a PUB (its broadcasts) and a ROUTER (requests from clients, dire
 messages from replicas) and connects a SUB to every peer's PUB and a DEALER to every
 peer's ROUTER. High-water marks and a maximum message size bound memory: a slow or
 dead peer costs at most HWM queued frames, and a frame larger than the cap is
-refused by libzmq before it is buffered. Sends never block: a full queue is a drop.
+refused by libzmq before it is buffered. The receive side is bounded much tighter
+(RECV_HWM frames per connection): a peer that sends faster than this node reads stops
+being read (TCP pushes back on it) instead of filling our memory, and the limit bounds
+it per connection, so one flooding member never holds up another's frames. Sends
+never block: a full queue is a drop.
 The socket loop is synchronous (poll, then drain with NOBLOCK): per machine-limits.md
 that is about 4x cheaper per message than an await per message.
 
@@ -33,6 +37,11 @@ MAX_PINNED_IDENTITIES = 200_000  # routing identity -> the member that first use
 REPLICA_IDENTITY = b"\xffreplica-"  # replicas' DEALERs: never a route for client replies
 DRAIN_LIMIT = 512  # messages taken from one socket per poll, so no socket starves another
 # (a client may bundle several frames as the parts of one message: each is one frame)
+# Messages queued per incoming connection before libzmq stops reading it, at least. A
+# correct peer has a few per slot in flight (the node passes 4 x its window) and a client
+# its pipeline; a flood of 33 kB PRE-PREPAREs from a member on a busy machine queued
+# +132 MiB at 100,000 frames.
+RECV_HWM = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +59,11 @@ def from_replica(identity: bytes | None) -> bool:
 class Transport:
     def __init__(self, me: Endpoints, peers: dict[int, Endpoints], hwm: int = 100_000,
                  max_frame: int = 64 * 1024 * 1024, curve: CurveEnd | None = None,
-                 on_refusal: Callable[[str], None] | None = None) -> None:
+                 on_refusal: Callable[[str], None] | None = None,
+                 recv_hwm: int = RECV_HWM) -> None:
         self.ctx = zmq.Context()
         self.hwm = hwm
+        self.recv_hwm = min(hwm, max(RECV_HWM, recv_hwm))
         self.curve = curve
         self.guard: ZapGuard | None = None
         self._pinned: OrderedDict[bytes, str] = OrderedDict()
@@ -106,7 +117,7 @@ class Transport:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self.hwm)
-        sock.setsockopt(zmq.RCVHWM, self.hwm)
+        sock.setsockopt(zmq.RCVHWM, self.recv_hwm)
         return sock
 
     def publish(self, frame: bytes) -> bool:

@@ -216,7 +216,7 @@ def test_clients_told_busy_by_a_full_pool_are_served_again_afterwards(
     try:
         flooders = [RequestStream(config, window=4096, rate=500, request_txs=16,
                                   tag=10 + i).start() for i in range(4)]
-        assert _wait(lambda: sum(s.busy_answers for s in flooders) > 1000, 30), "no BUSY"
+        assert _wait(lambda: sum(s.busy_answers for s in flooders) >= 100, 60), "no BUSY"
         for s in flooders:
             s.stop()
         fresh = RequestStream(config, window=4, tag=99).start()
