@@ -382,7 +382,9 @@ class Node:
             self.ledger.write(durable)  # type: ignore[arg-type]
             self.ledger_txs = self.replica.executed_txs
         for eff in effects:
-            if isinstance(eff, Broadcast):
+            if type(eff) is SendClient:  # the most frequent: one per request
+                self._send_client(eff.client, eff.msg, now)
+            elif isinstance(eff, Broadcast):
                 self._broadcast(eff.msg, eff.frame, now)
             elif isinstance(eff, Send):
                 self.metrics.message_sent(kind_name(eff.msg.KIND), len(eff.frame))

@@ -36,7 +36,7 @@ from operator import attrgetter
 import msgpack
 
 from dtnbus import admission
-from dtnbus.crypto import MAC_BYTES, MacKeys, Signer, Verifier, mac
+from dtnbus.crypto import MAC_BYTES, MacKeys, Signer, Verifier
 from dtnbus.errors import PeerError
 from dtnbus.fastinit import fast_init
 from dtnbus.messages import (
@@ -162,7 +162,7 @@ class Codec:
         assert self.macs is not None
         payload = payload_of(msg)
         digest = hashlib.sha256(payload).digest()
-        tags = b"".join([mac(self.macs.key_for(k), digest) for k in self._replica_order])
+        tags = b"".join([self.macs.tag(k, digest) for k in self._replica_order])
         return _PACK([payload, b"", tags]), digest
 
     def encode_reply(self, msg: Reply, client_key: bytes | None) -> bytes:
@@ -171,7 +171,7 @@ class Codec:
         if self.macs is None or client_key is None or len(client_key) != 32:
             return self.encode(msg)
         payload = payload_of(msg)
-        tag = mac(self.macs.key_for(client_key), hashlib.sha256(payload).digest())
+        tag = self.macs.tag(client_key, hashlib.sha256(payload).digest())
         return _PACK([payload, b"", tag])
 
     def decode(self, frame: bytes) -> Envelope:
@@ -266,7 +266,7 @@ class Codec:
             tag = raw.tags[self.me * MAC_BYTES:(self.me + 1) * MAC_BYTES]
         else:
             tag = raw.tags
-        return hmac.compare_digest(tag, mac(self.macs.key_for(raw.verifier.raw_key), digest))
+        return hmac.compare_digest(tag, self.macs.tag(raw.verifier.raw_key, digest))
 
 
 class Unverified:
