@@ -16,6 +16,7 @@ import base64
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -103,6 +104,7 @@ class MacKeys:
         self._me = signer._sodium.verify_key.encode()
         self._secret = signer._sodium.to_curve25519_private_key()
         self._keys: dict[bytes, bytes] = {}
+        self._states: dict[bytes, Any] = {}  # peer -> keyed BLAKE2b state (`tag`)
 
     def key_for(self, peer_raw_ed25519: bytes) -> bytes:
         key = self._keys.get(peer_raw_ed25519)
@@ -116,6 +118,19 @@ class MacKeys:
                 self._keys.clear()
             self._keys[peer_raw_ed25519] = key
         return key
+
+    def tag(self, peer_raw_ed25519: bytes, digest: bytes) -> bytes:
+        """`mac(key_for(peer), digest)`, from a keyed hash state kept per peer (copying
+        it costs a third less than keying a new one; a node makes two per request)."""
+        state = self._states.get(peer_raw_ed25519)
+        if state is None:
+            state = hashlib.blake2b(key=self.key_for(peer_raw_ed25519), digest_size=MAC_BYTES)
+            if len(self._states) > 100_000:
+                self._states.clear()
+            self._states[peer_raw_ed25519] = state
+        h = state.copy()
+        h.update(digest)
+        return h.digest()
 
 
 class Verifier:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dtnbus.fastinit import fast_init
 from dtnbus.messages import Message, Reply, Request
 
 # ---------------------------------------------------------------- messages out
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Broadcast:
     """Send a signed protocol message to every other replica."""
@@ -45,6 +47,7 @@ class Forward:
     frame: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SendClient:
     """Answer a client (the caller signs the reply: replies are never proofs)."""
@@ -69,6 +72,7 @@ class LookupReply:
 # ---------------------------------------------------------------- durable
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OrderedRequest:
     """One request a block ordered, with what executing it did (`messages.Outcome`)."""
@@ -104,6 +108,7 @@ class ClientChanges:
     # "" = removed)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Execute:
     """Append one block to the ledger; durable before anything after it is sent.
@@ -123,9 +128,10 @@ class Execute:
 
     @property
     def executed_txs(self) -> int:
-        return sum(r.txs for r in self.requests if r.outcome == 0)
+        return sum([r.txs for r in self.requests if r.outcome == 0])
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Persist:
     """Protocol state the replica must never contradict after a restart (raft's HardState):
@@ -152,6 +158,7 @@ class Forget:
 # ---------------------------------------------------------------- observations
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Observe:
     """A phase latency, measured on the caller's clock (`now`), once per batch."""

@@ -143,6 +143,12 @@ class Fuzzed:
     def frame(self) -> bytes:
         return self.parts[0] if len(self.parts) == 1 else b""
 
+    @property
+    def frames(self) -> tuple[bytes, ...]:
+        """What a node reads: a ROUTER takes each part of a multipart message (a client's
+        bundle) as one frame."""
+        return self.parts
+
 
 class Mutator:
     """Hostile frames from a corpus, reproducible from `seed`."""
@@ -172,8 +178,20 @@ class Mutator:
     def one(self) -> Fuzzed:
         rng = self.rng
         if rng.random() < self.multipart_share:
-            a, b = self._pick()[1], self._pick()[1]
+            # a node takes each part as one frame (a client's bundle): hostile parts, never
+            # an untouched original, whose replay would set honest traffic going
+            a, b = self._hostile_part(), self._hostile_part()
             return Fuzzed((a, b) + ((b"",) if rng.random() < 0.5 else ()), "multipart", "")
+        return self._one_frame()
+
+    def _hostile_part(self) -> bytes:
+        while True:
+            part = self._one_frame().parts[0]
+            if part not in self._originals:
+                return part
+
+    def _one_frame(self) -> Fuzzed:
+        rng = self.rng
         kind, frame = self._pick()
         mutation = rng.choice(MUTATIONS)
         out = getattr(self, f"_{mutation}")(frame)

@@ -98,6 +98,7 @@ class FuzzResult:
     frames_per_second: float
     violations: list[str] = field(default_factory=list)
     directory: str = ""
+    bundled_extra: int = 0  # frames beyond one per multipart message (each part is a frame)
 
     @property
     def ok(self) -> bool:
@@ -186,7 +187,7 @@ class FuzzRun:
             by_mutation: Counter[str] = Counter()
             delivered = dict.fromkeys(HONEST, 0)
             rng = random.Random(plan.seed)
-            valid = valid_background = 0
+            valid = valid_background = bundled_extra = 0
             self._await_quiet(config)
             before = {i: counts(scrape(config.node(i).metrics)) for i in HONEST}
             started = time.monotonic()
@@ -199,12 +200,14 @@ class FuzzRun:
                     batch[path].append(item)
                     by_path[path] += 1
                     by_mutation[item.mutation.split("+")[0]] += 1
-                    verdict = classify(checker, item.frame)
-                    verdicts[verdict] += 1
-                    if verdict == "parsed" and decode_fully(checker, item.frame) == "valid":
-                        valid += 1  # a member's well-signed frame: the replica decides
-                        if checker.parse(item.frame).msg.KIND in _BACKGROUND_KINDS:
-                            valid_background += 1
+                    bundled_extra += len(item.frames) - 1
+                    for frame in item.frames:  # each part of a multipart message is a frame
+                        verdict = classify(checker, frame)
+                        verdicts[verdict] += 1
+                        if verdict == "parsed" and decode_fully(checker, frame) == "valid":
+                            valid += 1  # a member's well-signed frame: the replica decides
+                            if checker.parse(frame).msg.KIND in _BACKGROUND_KINDS:
+                                valid_background += 1
                     if i % plan.chunk == 0 or i == plan.frames:
                         self._deliver(batch, rogue, clients, delivered)
                         batch = {p: [] for p in PATHS}
@@ -262,7 +265,8 @@ class FuzzRun:
             raw_connections=raw, raw_frames=raw_frames, internal_errors=internal, alive_after=alive,
             committed_after=committed, ledgers_agree=agree, fuzz_seconds=fuzz_seconds,
             frames_per_second=plan.frames / fuzz_seconds if fuzz_seconds else 0.0,
-            violations=list(self.violations), directory=str(self.directory))
+            violations=list(self.violations), directory=str(self.directory),
+            bundled_extra=bundled_extra)
 
     # ------------------------------------------------------------ corpus
 
@@ -322,7 +326,7 @@ class FuzzRun:
                 dealer.send_multipart(list(item.parts))
         for item in batch["sub"]:
             rogue.pub.send(item.parts[0])
-        total = sum(len(v) for v in batch.values())
+        total = sum(len(item.frames) for v in batch.values() for item in v)
         for node in HONEST:
             delivered[node] += total
         rogue.discard_incoming()

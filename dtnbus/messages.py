@@ -18,6 +18,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import ClassVar
 
+from dtnbus.fastinit import fast_init
+
 
 def max_faulty(n: int) -> int:
     """f = floor((n - 1) / 3): the most Byzantine replicas n can tolerate (n >= 3f + 1)."""
@@ -77,6 +79,7 @@ class Outcome:
                                        3: "stale", 4: "busy", 5: "refused"}
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Request:
     """A client's signed request: one or more opaque transactions, sent to every replica."""
@@ -91,6 +94,7 @@ class Request:
     txs: tuple[bytes, ...]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PrePrepare:
     """The primary's order for one sequence number: request digests only, never payload."""
@@ -118,16 +122,19 @@ class _Vote:
     digest: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Prepare(_Vote):
     KIND: ClassVar[int] = 3
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Commit(_Vote):
     KIND: ClassVar[int] = 4
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A replica's answer to one request, naming it: `request` is the digest of the request
@@ -326,12 +333,12 @@ MESSAGE_TYPES: dict[int, type] = {
                 PeerStatus, Suspect)
 }
 CLIENT_KINDS = frozenset({Request.KIND, StatusQuery.KIND})
+_KIND_NAMES = {kind: cls.__name__.lower() for kind, cls in MESSAGE_TYPES.items()}
 
 
 def kind_name(kind: int) -> str:
     """Lower-case name of a message kind, for metrics labels."""
-    cls = MESSAGE_TYPES.get(kind)
-    return cls.__name__.lower() if cls else "unknown"
+    return _KIND_NAMES.get(kind, "unknown")
 
 
 def sender_of(msg: Message) -> int | str:

@@ -25,6 +25,7 @@ replica, the ledger and the loop are the same as in a correct node.
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import signal
@@ -86,6 +87,8 @@ MAX_POLL = 0.05  # also bounds how long a stop signal waits
 GAUGE_EVERY = 0.25
 MAX_ROUTES = 200_000  # requests awaiting a reply whose connection we remember
 MAX_SHAPED_BYTES = 256 * 1024 * 1024  # per emulated link: beyond this, sends are drops
+GC_THRESHOLDS = (2_000, 20, 1_000)
+MAX_BUNDLE = 1024  # replies to one connection sent as the parts of one ZeroMQ message
 
 
 class Node:
@@ -141,6 +144,10 @@ class Node:
         # elsewhere must not redirect another request's reply), per request identity
         self.routes: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self.outbox: list[Effect] = []  # this iteration's effects, carried out by _flush
+        # this iteration's replies, per client connection: one multipart message each (a
+        # client's recv() takes the parts one by one, as if sent singly); one wake-up of
+        # ZeroMQ's I/O thread per connection instead of per reply
+        self.bundles: dict[bytes, list[bytes]] = {}
         self.refusals = PeerBudget({"refuse": (5.0, 20.0)})  # per client connection
         self.state_gate = ServeGate()
         self.ledger_txs = self.replica.executed_txs  # as durable as the ledger's height
@@ -268,13 +275,19 @@ class Node:
 
     def _handle(self, env: Envelope, source: int, identity: bytes | None, now: float) -> None:
         msg = env.msg
-        if isinstance(msg, Request) and source == FROM_ROUTER and identity \
-                and not from_replica(identity):  # a forwarded copy is no route to the client
-            key = (msg.client, msg.session, msg.number)
-            self.routes[key] = identity
-            self.routes.move_to_end(key)
-            while len(self.routes) > MAX_ROUTES:
-                self.routes.popitem(last=False)
+        if type(msg) is Request:  # the common case first
+            if source == FROM_ROUTER and identity and not from_replica(identity):
+                key = (msg.client, msg.session, msg.number)  # (a forwarded copy is no
+                routes = self.routes  # route to the client)
+                if key in routes:
+                    routes.move_to_end(key)
+                routes[key] = identity
+                if len(routes) > MAX_ROUTES:
+                    routes.popitem(last=False)
+            if self.behaviour is not None and not self.behaviour.incoming(msg, env.frame):
+                return  # a faulty node refuses it (censorship)
+            self.outbox.extend(self.replica.step(env, now))
+            return
         if isinstance(msg, Hello):
             self.heard.add(msg.replica)
             self.peer_heard[msg.replica] = msg.heard
@@ -369,7 +382,9 @@ class Node:
             self.ledger.write(durable)  # type: ignore[arg-type]
             self.ledger_txs = self.replica.executed_txs
         for eff in effects:
-            if isinstance(eff, Broadcast):
+            if type(eff) is SendClient:  # the most frequent: one per request
+                self._send_client(eff.client, eff.msg, now)
+            elif isinstance(eff, Broadcast):
                 self._broadcast(eff.msg, eff.frame, now)
             elif isinstance(eff, Send):
                 self.metrics.message_sent(kind_name(eff.msg.KIND), len(eff.frame))
@@ -383,8 +398,9 @@ class Node:
             elif isinstance(eff, Execute):
                 if eff.clients.admitted:
                     self._admit(eff.clients.admitted)
-                self.metrics.executed(1, eff.executed_txs)
-                self.metrics.batch_cut(eff.executed_txs)
+                txs = eff.executed_txs  # a sum over the block: once
+                self.metrics.executed(1, txs)
+                self.metrics.batch_cut(txs)
                 if eff.committed_at:  # 0 for blocks taken by state transfer
                     self.metrics.observe_phase("committed_to_executed",
                                                time.monotonic() - eff.committed_at)
@@ -401,6 +417,18 @@ class Node:
             elif isinstance(eff, ViewChangeStarted):
                 log.info("node %d left view %d for view %d: %s", self.id, eff.view - 1,
                          eff.view, eff.reason)
+        if self.bundles:
+            self._send_bundles()
+
+    def _send_bundles(self) -> None:
+        """Each connection's replies of this iteration, as one multipart message."""
+        bundles, self.bundles = self.bundles, {}
+        for identity, frames in bundles.items():
+            for start in range(0, len(frames), MAX_BUNDLE):
+                part = frames[start:start + MAX_BUNDLE]
+                if not self.transport.send_routed_many(identity, part):
+                    for _ in part:
+                        self.metrics.dropped("send_queue_full")
 
     def _admit(self, changes: Iterable[tuple[str, str, str]]) -> None:
         """The order admitted or removed clients: their requests verify, or no longer, and
@@ -477,8 +505,12 @@ class Node:
         self.metrics.message_sent("reply", len(frame))
         if self.shaper is not None and not self.shaper.is_unshaped(client):
             self.shaper.submit(now, client, len(frame), (identity, frame))
-        elif not self.transport.send_routed(identity, frame):
-            self.metrics.dropped("send_queue_full")
+        else:  # sent at the end of this flush, with the connection's other replies
+            bundle = self.bundles.get(identity)
+            if bundle is None:
+                self.bundles[identity] = [frame]
+            else:
+                bundle.append(frame)
 
     def _release_shaped(self, now: float) -> None:
         assert self.shaper is not None
@@ -519,5 +551,11 @@ def run_node(config: ClusterConfig, node_id: int, log_level: str = "INFO",
     logging.basicConfig(level=log_level,
                         format=f"%(asctime)s node-{node_id} %(levelname)s %(message)s")
     with NodeLock(config.node(node_id).ledger, node_id):  # one node per ledger, findable
-        Node(config, node_id, byzantine=byzantine).run()
+        node = Node(config, node_id, byzantine=byzantine)
+        # The loop makes few reference cycles but holds many long-lived objects (the pool,
+        # the reply cache): what startup built is exempt from collection, and collections
+        # run less often (at the defaults they cost 3-4% of a node's CPU under load).
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+        node.run()
 

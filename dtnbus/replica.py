@@ -161,7 +161,10 @@ class Replica:
         self.pool = RequestPool(config.max_requests, config.max_pool_bytes)
         self.clients = ClientTable(config.session_window, config.sessions_per_client,
                                    config.max_sessions, admitted, operators, open_admission)
-        self.replies: OrderedDict[tuple[str, int, int], Reply] = OrderedDict()
+        # recent answers, kept to answer a retransmission at once: (view, request digest,
+        # seq, position, block hash, outcome) per identity; the Reply is built on a hit
+        self.replies: OrderedDict[tuple[str, int, int],
+                                  tuple[int, bytes, int, int, bytes, int]] = OrderedDict()
         self.checkpoints = Checkpoints(self.q)
         # view change
         self.vc_timeout = config.view_change_timeout
@@ -267,6 +270,8 @@ class Replica:
         shape sane? None: verify it and step it. UNNEEDED: a vote no slot needs (skip it,
         about 1/3 of all votes at large n). Anything else: a drop reason."""
         msg = raw.msg
+        if type(msg) is Request:  # the common case: nothing to check before its MAC
+            return None
         if isinstance(msg, PrePrepare | Prepare | Commit):
             # what `step` would drop anyway costs no signature check (a flood of them
             # drains at parse speed: chaos-5); a higher view goes on, as evidence
@@ -426,8 +431,9 @@ class Replica:
         ident = (msg.client, msg.session, msg.number)
         if self.clients.is_decided(*ident):
             cached = self.replies.get(ident)
-            if cached is not None and cached.request == env.digest:
-                out.append(SendClient(msg.client, cached))  # a replay: answer, never re-execute
+            if cached is not None and cached[1] == env.digest:  # a replay: answer it, never
+                out.append(SendClient(msg.client, Reply(  # execute it again
+                    cached[0], self.id, *ident, env.digest, *cached[2:])))
             else:
                 out.append(LookupReply(*ident, env.digest, self.view))
             return
@@ -675,13 +681,14 @@ class Replica:
         self.executed_txs += block.executed_txs
         out.append(block)
         if reply:
+            head = self.head
             for pos, r in enumerate(ordered):
                 if r.outcome in DIRECT_ANSWERS:
-                    answer = Reply(view, self.id, r.client, r.session, r.number, r.digest, seq,
-                                   pos, self.head, r.outcome)
-                    self._cache_reply(answer)
+                    key = (r.client, r.session, r.number)
+                    self._cache_reply(key, (view, r.digest, seq, pos, head, r.outcome))
                     if not answered:
-                        out.append(SendClient(r.client, answer))
+                        out.append(SendClient(r.client, Reply(
+                            view, self.id, *key, r.digest, seq, pos, head, r.outcome)))
                 else:  # decided before: the ledger holds its one true answer
                     out.append(LookupReply(r.client, r.session, r.number, r.digest, view))
         if seq % self.config.checkpoint_interval == 0:
@@ -691,12 +698,15 @@ class Replica:
             self.checkpoints.vote(seq, self.id, self.head, frame)
             self._try_stabilize(seq, out)
 
-    def _cache_reply(self, reply: Reply) -> None:
-        key = (reply.client, reply.session, reply.number)
-        self.replies[key] = reply
-        self.replies.move_to_end(key)
-        while len(self.replies) > self.config.reply_cache:
-            self.replies.popitem(last=False)
+    def _cache_reply(self, key: tuple[str, int, int],
+                     answer: tuple[int, bytes, int, int, bytes, int]) -> None:
+        replies = self.replies
+        if key in replies:
+            replies.move_to_end(key)
+        replies[key] = answer
+        if len(replies) > self.config.reply_cache:
+            while len(replies) > self.config.reply_cache:
+                replies.popitem(last=False)
 
     # ------------------------------------------------------------ checkpoints
 

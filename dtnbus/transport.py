@@ -35,8 +35,9 @@ from dtnbus.zap import ZapGuard
 FROM_SUB, FROM_ROUTER, FROM_REPLICA = 0, 1, 2  # FROM_REPLICA: a CURVE-authenticated replica
 MAX_PINNED_IDENTITIES = 200_000  # routing identity -> the member that first used it
 REPLICA_IDENTITY = b"\xffreplica-"  # replicas' DEALERs: never a route for client replies
-DRAIN_LIMIT = 512  # frames taken from one socket per poll, so no socket starves another
-# Frames queued per incoming connection before libzmq stops reading it, at least. A
+DRAIN_LIMIT = 512  # messages taken from one socket per poll, so no socket starves another
+# (a client may bundle several frames as the parts of one message: each is one frame)
+# Messages queued per incoming connection before libzmq stops reading it, at least. A
 # correct peer has a few per slot in flight (the node passes 4 x its window) and a client
 # its pipeline; a flood of 33 kB PRE-PREPAREs from a member on a busy machine queued
 # +132 MiB at 100,000 frames.
@@ -129,6 +130,10 @@ class Transport:
     def send_routed(self, identity: bytes, frame: bytes) -> bool:
         return _send(self.router, [identity, frame])
 
+    def send_routed_many(self, identity: bytes, frames: list[bytes]) -> bool:
+        """Several frames to one connection as the parts of one message (all or none)."""
+        return _send(self.router, [identity, *frames])
+
     def poll(self, timeout_ms: int) -> Iterable[tuple[int, bytes | None, bytes, str | None]]:
         """Wait up to timeout_ms, then yield what arrived: (source, routing id, frame,
         member). `member` is the connection's CURVE member for a ROUTER frame (None on
@@ -151,7 +156,11 @@ class Transport:
                     break
                 if len(parts) == 2:
                     yield FROM_ROUTER, parts[0], parts[1], None
-                else:  # a malformed multipart: decoder drops it
+                elif len(parts) > 2:  # a client's bundle: each part is one frame
+                    identity = parts[0]
+                    for part in parts[1:]:
+                        yield FROM_ROUTER, identity, part, None
+                else:  # nothing after the identity: the decoder drops it
                     yield FROM_ROUTER, parts[0], b"", None
 
     def _drain_router_curve(self) -> Iterable[tuple[int, bytes | None, bytes, str | None]]:
@@ -162,13 +171,15 @@ class Transport:
                 break
             member = parts[0].get("User-Id")  # what the ZAP handler answered for its key
             identity = parts[0].bytes
-            frame = parts[1].bytes if len(parts) == 2 else b""
             why = self._identity_refusal(identity, member)
             if why is not None:
                 self.refuse("identity_mismatch", why)
                 continue
             source = FROM_REPLICA if member.startswith(NODE_PREFIX) else FROM_ROUTER
-            yield source, identity, frame, member
+            if len(parts) < 2:
+                yield source, identity, b"", member
+            for part in parts[1:]:  # a bundle: each part is one frame
+                yield source, identity, part.bytes, member
 
     def _identity_refusal(self, identity: bytes, member: str) -> str | None:
         """A routing identity belongs to the first member seen with it: with

@@ -214,7 +214,8 @@ def test_clients_told_busy_by_a_full_pool_are_served_again_afterwards(
     config = cluster_up(directory, 4, protocol=SMALL_POOL, fresh=True)
     flooders: list[RequestStream] = []
     try:
-        flooders = [RequestStream(config, window=4096, rate=500, request_txs=16,
+        # 4 x 2,000 requests/s: at 500 each the cluster now keeps up and nobody is BUSY
+        flooders = [RequestStream(config, window=4096, rate=2_000, request_txs=16,
                                   tag=10 + i).start() for i in range(4)]
         assert _wait(lambda: sum(s.busy_answers for s in flooders) >= 100, 60), "no BUSY"
         for s in flooders:
