@@ -256,6 +256,10 @@ def monitor_command(cluster_dir: Path | None, config_file: Path | None, port: in
     # SIGTERM (e.g. from a supervisor) stops Prometheus the same way Ctrl-C does, also
     # while it starts: start_prometheus() stops what it started on any exception.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # Ctrl-C too, explicitly: a process started with SIGINT ignored (a background job of a
+    # non-interactive shell, some supervisors) inherits that, and Python then installs no
+    # KeyboardInterrupt for it; `monitor` promises to stop on Ctrl-C wherever it runs.
+    previous_int = signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     made: Path | None = None
     try:
         if config_file is not None:
@@ -266,6 +270,7 @@ def monitor_command(cluster_dir: Path | None, config_file: Path | None, port: in
         click.echo("prometheus: stopped")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
 

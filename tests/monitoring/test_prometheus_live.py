@@ -260,9 +260,12 @@ def test_dtnbus_monitor_runs_prometheus_until_interrupted(
     path = targets_file(tmp_path)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps([{"targets": ["127.0.0.1:9"], "labels": {"node": "0"}}]))
+    # started with SIGINT ignored, as a background job of a non-interactive shell is: Ctrl-C
+    # must still stop it (Python installs no KeyboardInterrupt for an inherited SIG_IGN)
     process = subprocess.Popen(
         [sys.executable, "-m", "dtnbus", "monitor", "--dir", str(tmp_path), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         assert process.stdout is not None
@@ -272,7 +275,13 @@ def test_dtnbus_monitor_runs_prometheus_until_interrupted(
         workdir = Path(line.split("data: ")[1].split()[0]).parent
         assert api_get(url, "/api/v1/status/config", {})["yaml"]
         process.send_signal(stop_signal)
-        assert process.wait(30) == 0
+        try:
+            code = process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError("monitor still running 30 s after the signal: "
+                                 + process.stderr.read()[-2000:]) from None
+        assert code == 0, process.stderr.read()[-2000:]
         assert "stopped" in process.stdout.read()
         assert not workdir.exists(), "the temporary TSDB folder is removed"
     finally:
