@@ -362,7 +362,7 @@ def test_a_full_request_pool_answers_busy_the_client_backs_off_and_nothing_is_lo
     rc = start_cluster(4, protocol={"max_requests": 8})
     before = {i: rc.metrics(i) for i in range(rc.n)}
     with rc.client() as client:
-        result = client.submit([(b"tx-%03d" % i,) for i in range(100)], timeout=30.0,
+        result = client.submit([(b"tx-%03d" % i,) for i in range(100)], timeout=90.0,
                                retry_after=60.0)
     dead = {i: rc.log(i).strip().splitlines()[-1] for i in range(rc.n)
             if not pid_alive(rc.pids[i])}
