@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-python test-contracts lint bench bench-curve bench-matrix bench-table bench-latency \
+.PHONY: setup run test test-slow test-python test-contracts lint bench bench-curve bench-matrix bench-table bench-latency \
 	bench-sim bench-sim-seeds bench-byzantine bench-chaos bench-fuzz bench-flood clean chain
 
 setup:
@@ -14,14 +14,19 @@ setup:
 run: setup
 	$(BIN)/dtnbus sync --nodes 4 --tx 100 --tx-bytes 300 --dir .dtnbus/run --fresh
 
-## test: every test, Python and Solidity.
+## test: every test but the long fault runs, Python and Solidity (under 10 minutes).
 test: setup lint test-python test-contracts
+
+## test-slow: the long runs (chaos kill -9 cycles, member and client floods, the seeded
+## random schedules, the contracts walk-through); CI runs it after `make test`.
+test-slow: setup
+	$(PY) -m pytest -p no:pytest-brownie -q -m slow
 
 lint:
 	$(BIN)/ruff check .
 
 test-python:
-	$(PY) -m pytest -p no:pytest-brownie -q
+	$(PY) -m pytest -p no:pytest-brownie -q -m "not slow"
 
 test-contracts:
 	@if [ -d tests/contracts ] && ls tests/contracts/test_*.py >/dev/null 2>&1; then \

@@ -17,9 +17,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from integration_support import processes_mentioning
 
 from dtnbus.chaos import ChaosPlan, ChaosResult, run_chaos
+
+# long real-process fault runs: `make test-slow` (CI runs it after `make test`)
+pytestmark = pytest.mark.slow
 
 KILLS = 13
 FAST = {"gap": (0.2, 0.8), "down": (0.1, 0.8), "client_window": 4}  # less waiting between

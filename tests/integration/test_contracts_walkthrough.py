@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DOC = ROOT / "docs" / "contracts.md"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     not (BIN / "anvil").exists() or not (BIN / "brownie").exists(),
-    reason="anvil or brownie missing from the venv (run: make setup)")
+    reason="anvil or brownie missing from the venv (run: make setup)"),
+    pytest.mark.slow]  # `make test-slow`, which CI runs after `make test`
 
 
 def walkthrough() -> str:

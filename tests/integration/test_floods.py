@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import msgpack
+import pytest
 import zmq
 from integration_support import processes_mentioning
 
@@ -31,6 +32,9 @@ from dtnbus.flood import KindResult, run_client_flood, run_member_floods
 from dtnbus.messages import ViewChange
 from dtnbus.stream import RequestStream
 from dtnbus.wire import payload_of
+
+# long real-process fault runs: `make test-slow` (CI runs it after `make test`)
+pytestmark = pytest.mark.slow
 
 # A member's flood of 10,000 frames of one kind may cost an honest node this much resident
 # memory at most (a node idles at ~50 MiB): what a member can make it hold is bounded by

@@ -23,6 +23,10 @@ from dtnbus.messages import max_faulty
 from dtnbus.simulation.engine import SimOptions
 from dtnbus.simulation.scenario import explain_failure, run_seeds
 
+# a long seeded sweep with real Ed25519 (make test's simulator sweep covers every mode
+# with 200 seeds a cell): `make test-slow`, which CI runs after `make test`
+pytestmark = pytest.mark.slow
+
 SEEDS = int(os.environ.get("DTNBUS_SEEDS", "120"))
 ONLY = os.environ.get("DTNBUS_SEED")
 FAULTS = ("crash", "equivocate", "silent", "forge", "replay", "censor")
