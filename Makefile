@@ -68,7 +68,7 @@ bench-matrix: setup
 bench-chaos: setup
 	$(BIN)/dtnbus chaos --nodes 4 --kills 100 --seed 1 --seeds 3
 
-## bench-fuzz: 1,000,000 hostile frames at every socket of real nodes (about 10 minutes).
+## bench-fuzz: 1,000,000 hostile frames at every socket of real nodes (about 2 minutes).
 bench-fuzz: setup
 	$(PY) -m benchmarks.fuzz --frames 1000000
 
