@@ -13,6 +13,7 @@ package (dtnbus/monitoring/, package data), so an installed wheel has it too.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import re
 import shutil
@@ -193,6 +194,7 @@ def start_prometheus(
                 ],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # our stop(), not the terminal's Ctrl-C, ends it
+                preexec_fn=_die_with_parent,
             )
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -316,3 +318,14 @@ def _run_until_interrupted(cluster_dir: Path, port: int, data_dir: Path | None) 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the process that started it dies, even
+    by SIGKILL (Linux PR_SET_PDEATHSIG), so a killed `dtnbus monitor` leaves no Prometheus
+    behind in its own session."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: stop() still ends it on a clean exit
+        pass

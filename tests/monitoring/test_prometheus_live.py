@@ -290,6 +290,47 @@ def test_dtnbus_monitor_runs_prometheus_until_interrupted(
             process.wait(10)
 
 
+@needs_prometheus
+def test_a_killed_monitor_leaves_no_prometheus_behind(tmp_path: Path) -> None:
+    """SIGKILL cannot be handled, and Prometheus runs in a session of its own: the kernel
+    ends it with its parent (PR_SET_PDEATHSIG), or every killed `monitor` leaked one."""
+    path = targets_file(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps([{"targets": ["127.0.0.1:9"], "labels": {"node": "0"}}]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dtnbus", "monitor", "--dir", str(tmp_path), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("prometheus: http://127.0.0.1:"), line + process.stderr.read()
+        data_dir = line.split("data: ")[1].split()[0]
+        children = [pid for pid in _pids_mentioning(data_dir) if pid != process.pid]
+        assert children, "no prometheus process found for this monitor"
+        process.kill()
+        process.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _pids_mentioning(data_dir):
+            time.sleep(0.1)  # another process's exit: nothing to block on
+        assert not _pids_mentioning(data_dir), "prometheus outlived its killed monitor"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
 # ------------------------------------------------------------- in-process stand-in
 
 # Synthetic phase times: a LAN-like cluster with one WAN-like phase, so the quantile test
