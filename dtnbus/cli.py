@@ -80,7 +80,7 @@ def keygen(nodes: int | None, node_id: int | None, client_name: str | None, extr
                          "host's key) or --client NAME")
     if curve and nodes is None:
         raise LocalError("--curve makes every key on this machine: use it with --nodes N "
-                         "(per-host CURVE keys are not built yet)")
+                         "(keygen --node K makes no CURVE key)")
     if node_id is not None:
         from dtnbus.provision import DEFAULT_BASE_PORT, node_fragment
 

@@ -309,10 +309,8 @@ def test_a_killed_monitor_leaves_no_prometheus_behind(tmp_path: Path) -> None:
         assert children, "no prometheus process found for this monitor"
         process.kill()
         process.wait(10)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and _pids_mentioning(data_dir):
-            time.sleep(0.1)  # another process's exit: nothing to block on
-        assert not _pids_mentioning(data_dir), "prometheus outlived its killed monitor"
+        wait_for("prometheus to exit with its killed monitor",
+                 lambda: not _pids_mentioning(data_dir), timeout=15)
     finally:
         if process.poll() is None:
             process.kill()
