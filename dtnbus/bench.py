@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import math
 import os
 import random
 import secrets
@@ -285,6 +286,20 @@ class LoadGenerator:
                         sock.send(out.frame, zmq.NOBLOCK, copy=False)
 
 
+def open_loop_due(next_send: float, now: float, interval: float) -> tuple[list[float], float,
+                                                                          int]:
+    """Open loop: the scheduled send times due by `now`, the next one, and how long to
+    poll for replies (ms). A request's latency counts from its scheduled time, so a late
+    sender cannot hide queueing (no coordinated omission); the poll is rounded up to a
+    whole millisecond, because rounding down spun the generator on the nodes' cores
+    whenever requests were due less than 1 ms apart."""
+    due = []
+    while next_send <= now:
+        due.append(next_send)
+        next_send += interval
+    return due, next_send, max(1, min(math.ceil((next_send - now) * 1000), 5))
+
+
 def run_bench(nodes: int = 4, clients: int = 16, request_txs: int = 1, seconds: float = 10.0,
               tx_bytes: int = 300, pipeline: int = 32, rate: float | None = None,
               warmup: float = 2.0, protocol: dict[str, Any] | None = None,
@@ -341,12 +356,11 @@ def _load(config: ClusterConfig, directory: Path, clients: int, request_txs: int
             if now >= end:
                 break
             if rate is not None:
-                while next_send <= now:  # open loop: the offered load does not wait
-                    gen.send(rr % clients, now)
+                due, next_send, wait = open_loop_due(next_send, now, 1.0 / rate)
+                for scheduled in due:
+                    gen.send(rr % clients, scheduled)
                     rr += 1
-                    next_send += 1.0 / rate
                 gen.flush()
-                wait = max(0, min(int((next_send - now) * 1000), 5))
             else:
                 wait = 5
             for client in gen.receive(wait):

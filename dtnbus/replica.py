@@ -101,6 +101,9 @@ class ReplicaConfig:
     batch_max_requests: int = 1024
     batch_delay: float = 0.002  # ...or when its oldest request waited this long...
     pipeline: int = 4  # ...or at once when fewer batches than this are in flight
+    busy_pending: int = 64  # with this many requests waiting and a batch in flight, the
+    # primary waits for that batch to execute and then orders them all in one: per-batch
+    # work (votes, signatures, fsync) is paid per batch, so under load bigger batches win
     window: int = 256  # high watermark = stable checkpoint + window
     checkpoint_interval: int = 64
     retransmit_after: float = 1.0
@@ -125,7 +128,8 @@ class ReplicaConfig:
             raise ValueError(f"replica id {self.replica_id} is not in 0..{self.n - 1}")
         if self.checkpoint_interval < 1 or self.window < 2 * self.checkpoint_interval:
             raise ValueError("window must be at least twice the checkpoint interval")
-        if min(self.batch_max_txs, self.batch_max_requests, self.pipeline) < 1:
+        if min(self.batch_max_txs, self.batch_max_requests, self.pipeline,
+               self.busy_pending) < 1:
             raise ValueError("batch sizes and pipeline depth must be positive")
         if min(self.max_requests, self.max_pool_bytes, self.session_window,
                self.sessions_per_client, self.max_sessions) < 1:
@@ -248,8 +252,9 @@ class Replica:
         else:
             times.append(min(self.view_started + self.vc_timeout,
                              self.vc_sent + cfg.retransmit_after))
-        if self.is_primary and self.active and self.pool.pending and self._can_order():
-            times.append(self.pool.oldest_pending() + cfg.batch_delay)  # type: ignore[operator]
+        due = self._batch_due()
+        if due is not None:
+            times.append(due)
         for slot in self.slots.values():
             if slot.executed and slot.committed:
                 continue
@@ -451,18 +456,31 @@ class Replica:
                 slot.missing.discard(env.digest)
                 self._progress(slot, now, out)
 
-    def _cut_batches(self, now: float, out: list[Effect]) -> None:
-        """Natural batching: order at once when idle, else when a batch is full or due,
-        never more than `pipeline` batches in flight or beyond the high watermark."""
+    def _batch_due(self) -> float | None:
+        """When the primary may cut its next batch (None: not before more input).
+
+        Natural batching, cut on load: a full batch at once; the first batch at once when
+        nothing is in flight; while few requests wait, another partial batch after
+        `batch_delay` (pipelined, for latency); while many wait, none until the batch in
+        flight executes, which then orders everything that waited in one batch."""
+        if not (self.is_primary and self.active and self.pool.pending and self._can_order()):
+            return None
         cfg = self.config
-        while self.active and self.pool.pending and self._can_order():
-            inflight = self.next_seq - 1 - self.last_executed
-            full = (self.pool.pending_txs >= cfg.batch_max_txs
-                    or len(self.pool.pending) >= cfg.batch_max_requests)
-            oldest = self.pool.oldest_pending()
-            assert oldest is not None
-            if not (full or inflight == 0 or now - oldest >= cfg.batch_delay):
-                return
+        oldest = self.pool.oldest_pending()
+        assert oldest is not None
+        waiting = len(self.pool.pending)
+        if (waiting >= cfg.batch_max_requests or self.pool.pending_txs >= cfg.batch_max_txs
+                or self.next_seq - 1 == self.last_executed):
+            return oldest
+        if waiting >= cfg.busy_pending:
+            return None
+        return oldest + cfg.batch_delay
+
+    def _cut_batches(self, now: float, out: list[Effect]) -> None:
+        """Order what `_batch_due` says is due, never more than `pipeline` batches in
+        flight or beyond the high watermark."""
+        cfg = self.config
+        while (due := self._batch_due()) is not None and now >= due:
             digests = self.pool.take_batch(cfg.batch_max_requests, cfg.batch_max_txs)
             self._pre_prepare(self.next_seq, tuple(digests), now, out)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dtnbus.bench import LoadGenerator
+from dtnbus.bench import LoadGenerator, open_loop_due
 from dtnbus.cluster import cluster_up, stop_nodes
 
 
@@ -29,3 +29,12 @@ def test_every_client_of_the_load_generator_gets_its_requests_decided(tmp_path: 
             gen.close()
     finally:
         stop_nodes(tmp_path)
+
+
+def test_open_loop_stamps_the_schedule_and_never_polls_for_zero_ms() -> None:
+    step = 2.0 ** -12  # about 4,100 requests/s: one due every 0.24 ms (exact in binary)
+    due, next_send, wait_ms = open_loop_due(10.0, 10.0 + 3.5 * step, step)
+    assert due == [10.0 + k * step for k in range(4)]  # latency counts from these
+    assert next_send == 10.0 + 4 * step
+    assert wait_ms == 1  # 0.12 ms to the next: poll 1 ms, never 0 (a spin)
+    assert open_loop_due(10.0, 9.99, 0.5) == ([], 10.0, 5)

@@ -224,6 +224,40 @@ def test_pipeline_keeps_several_sequences_in_flight() -> None:
     assert [r.executed_txs for r in c.replicas] == [5] * 4
 
 
+def _load_primary(c: Cluster, count: int) -> list[bytes]:
+    """One batch in flight (nothing delivered to the backups yet), then `count` requests
+    waiting at the primary, and time far past `batch_delay`. Returns the request frames."""
+    frames = [c.request((b"first",), to=[])]
+    c.deliver(0, frames[0])
+    assert c.replicas[0].next_seq - 1 == 1  # nothing in flight: ordered at once
+    for i in range(count):
+        frames.append(c.request((b"w%d" % i,), to=[]))
+        c.deliver(0, frames[-1])
+    c.tick(1.0)
+    return frames
+
+
+def test_under_load_the_primary_waits_for_the_batch_in_flight_then_takes_all() -> None:
+    c = Cluster(4, config_overrides={"busy_pending": 8, "batch_delay": 0.001})
+    frames = _load_primary(c, 10)
+    primary = c.replicas[0]
+    assert primary.next_seq - 1 == 1  # 10 >= busy_pending wait: no partial batch...
+    wake = primary.next_wakeup(heartbeat=False)
+    assert wake is None or wake > c.now  # ...and no timer that would spin the loop
+    for i in range(1, 4):  # the backups get the requests, the batch in flight moves on
+        for frame in frames:
+            c.inject(i, frame)
+    c.run(rounds=100, dt=0.01)
+    assert [r.executed_txs for r in c.replicas] == [11] * 4
+    assert primary.last_executed == 2  # everything that waited went in one batch
+
+
+def test_under_light_load_partial_batches_are_pipelined() -> None:
+    c = Cluster(4, config_overrides={"busy_pending": 8, "batch_delay": 0.001})
+    _load_primary(c, 3)
+    assert c.replicas[0].next_seq - 1 == 2  # 3 < busy_pending: cut after batch_delay
+
+
 def test_missing_request_body_is_fetched() -> None:
     c = Cluster(4)
     c.request((b"only-primary-has-me",), to=[0])
