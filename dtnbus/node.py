@@ -57,6 +57,7 @@ from dtnbus.effects import (
     ViewEntered,
 )
 from dtnbus.errors import LocalError, PeerError
+from dtnbus.hello import Greeting
 from dtnbus.messages import (
     Hello,
     Message,
@@ -81,8 +82,6 @@ from dtnbus.wire import Codec, Envelope, Unverified
 
 log = logging.getLogger("dtnbus.node")
 
-HELLO_EVERY = 0.1  # per 10 nodes: n Hellos cost n(n-1) verifications per round
-HELLO_CHECK = 1.0
 MAX_POLL = 0.05  # also bounds how long a stop signal waits
 GAUGE_EVERY = 0.25
 MAX_ROUTES = 200_000  # requests awaiting a reply whose connection we remember
@@ -151,10 +150,7 @@ class Node:
         self.refusals = PeerBudget({"refuse": (5.0, 20.0)})  # per client connection
         self.state_gate = ServeGate()
         self.ledger_txs = self.replica.executed_txs  # as durable as the ledger's height
-        self.heard: set[int] = set()
-        self.peer_heard: dict[int, int] = {}  # how many peers each peer has heard
-        self.hello_every = HELLO_EVERY * max(1.0, config.n / 10)
-        self.next_hello = 0.0
+        self.greeting = Greeting(config.n)
         self.next_gauges = 0.0
         self.stopping = False
 
@@ -172,7 +168,7 @@ class Node:
 
     def run_once(self) -> None:
         now = time.monotonic()
-        wake = [now + MAX_POLL, self.next_hello]
+        wake = [now + MAX_POLL, self.greeting.next_at]
         replica_wake = self.replica.next_wakeup()
         if replica_wake is not None:
             wake.append(replica_wake)
@@ -192,8 +188,9 @@ class Node:
             log.exception("node %d: tick failed", self.id)
             self.metrics.dropped("internal_error")
         self._flush(now)
-        if now >= self.next_hello:
-            self._hello(now)
+        heard = self.greeting.due(now)
+        if heard is not None:
+            self.transport.publish(self._encode(Hello(self.id, heard)))
         if self.shaper is not None:
             self._release_shaped(now)
         if now >= self.next_gauges:  # a scrape every few seconds needs no fresher gauges
@@ -289,10 +286,7 @@ class Node:
             self.outbox.extend(self.replica.step(env, now))
             return
         if isinstance(msg, Hello):
-            self.heard.add(msg.replica)
-            self.peer_heard[msg.replica] = msg.heard
-            if msg.heard < self.config.n - 1:
-                self.next_hello = min(self.next_hello, now + 0.01)  # a (re)joining peer
+            self.greeting.on_hello(msg.replica, msg.heard, now)
             return
         if isinstance(msg, StatusQuery):
             if identity:  # control traffic: answered at once, on its own connection
@@ -364,7 +358,7 @@ class Node:
 
     @property
     def ready(self) -> bool:
-        return len(self.heard) >= self.config.n - 1
+        return self.greeting.ready
 
     # ------------------------------------------------------------ effects
 
@@ -521,16 +515,6 @@ class Node:
                 ok = self.transport.send_routed(*item)
             if not ok:
                 self.metrics.dropped("send_queue_full")
-
-    def _hello(self, now: float) -> None:
-        """Publish Hello until we have heard every peer and every peer has heard all:
-        PUB/SUB silently loses what is sent before a subscription is up (slow joiner)."""
-        full = self.config.n - 1
-        if self.ready and len(self.peer_heard) == full and min(self.peer_heard.values()) == full:
-            self.next_hello = now + HELLO_CHECK
-            return
-        self.transport.publish(self._encode(Hello(self.id, len(self.heard))))
-        self.next_hello = now + self.hello_every
 
     def _update_gauges(self) -> None:
         r = self.replica
