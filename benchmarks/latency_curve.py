@@ -44,7 +44,8 @@ def point_row(result: BenchResult, fraction: float | None, saturation: float,
         "cpu_us_per_tx": result.cpu_us_per_tx, "node_cpu_share": result.node_cpu_share,
         "client_cpu_share": result.client_cpu_share, "tx": result.tx,
         "seconds": result.seconds, "ledgers_identical": result.ledgers_identical,
-        "authentication": result.authentication, "load_average": round(load, 2),
+        "authentication": result.authentication, "durability": result.durability,
+        "load_average": round(load, 2),
     }
 
 
@@ -60,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--saturation-runs", type=int, default=1,
                         help="closed-loop runs whose median is the saturation rate")
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    parser.add_argument("--durability", choices=("fsync", "process"), default="fsync",
+                        help="the nodes' durability (docs/protocol.md, the fault model)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--stem", default="latency-curve")
     parser.add_argument("--replot", type=Path, default=None,
@@ -80,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"n={n}: saturation, closed loop, run {k + 1}/{args.saturation_runs} "
                   f"(load {load:.1f})", file=sys.stderr, flush=True)
             closed.append((run_bench(n, args.clients, args.request_txs, args.seconds,
-                                     pipeline=args.pipeline, warmup=args.warmup), load))
+                                     pipeline=args.pipeline, warmup=args.warmup,
+                                     durability=args.durability), load))
         saturation = statistics.median(r.tx_per_s for r, _ in closed)
         rows += [point_row(r, None, saturation, load) for r, load in closed]
         for fraction in sorted(args.fractions):
@@ -89,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"n={n}: open loop at {fraction:.0%} of {saturation:,.0f} tx/s "
                   f"({rate:,.0f} requests/s; load {load:.1f})", file=sys.stderr, flush=True)
             result = run_bench(n, args.clients, args.request_txs, args.seconds, rate=rate,
-                               warmup=args.warmup)
+                               warmup=args.warmup, durability=args.durability)
             rows.append(point_row(result, fraction, saturation, load))
             _write(rows, args, started_at, load_before)
     header = _write(rows, args, started_at, load_before)
@@ -117,7 +121,8 @@ def _write(rows: list[dict[str, Any]], args: argparse.Namespace, started_at: str
         writer.writeheader()
         writer.writerows(rows)
     header = (f"latency vs load ({machine()}); {started_at}; {args.clients} clients, "
-              f"{args.request_txs} tx per request, {args.seconds:g} s a point; load average "
+              f"{args.request_txs} tx per request, {args.seconds:g} s a point, durability "
+              f"{args.durability}; load average "
               f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} now")
     with contextlib.suppress(ImportError):  # matplotlib is a dev extra; the CSV suffices
         import matplotlib.pyplot as plt
