@@ -157,6 +157,8 @@ class Replica:
         self.active = True  # False between sending VIEW-CHANGE and accepting NEW-VIEW
         self.view_started = 0.0  # when we entered this view (or left the last one)
         self.next_seq = 1  # the primary's next sequence number to assign
+        self.backlogged = False  # set by the host: its loop has had no idle time lately
+        # (CPU-bound); a pure input, so the simulator and tests leave it False or set it
         self.last_executed = 0
         self.head = GENESIS  # hash of the last executed block
         self.executed_txs = 0
@@ -461,8 +463,11 @@ class Replica:
 
         Natural batching, cut on load: a full batch at once; the first batch at once when
         nothing is in flight; while few requests wait, another partial batch after
-        `batch_delay` (pipelined, for latency); while many wait, none until the batch in
-        flight executes, which then orders everything that waited in one batch."""
+        `batch_delay` (pipelined, for latency) or, when the host says its loop is
+        CPU-bound (`backlogged`), once the last batch prepared: on a saturated machine a
+        batch's fixed cost (votes, signatures, fsync) is what queues everyone, while on
+        long links the timer keeps batches overlapping; while many wait, none until the
+        batch in flight executes, which then orders everything that waited in one batch."""
         if not (self.is_primary and self.active and self.pool.pending and self._can_order()):
             return None
         cfg = self.config
@@ -474,6 +479,9 @@ class Replica:
             return oldest
         if waiting >= cfg.busy_pending:
             return None
+        if self.backlogged:  # CPU-bound: one batch per prepare phase, not per batch_delay
+            last = self.slots.get(self.next_seq - 1)
+            return oldest if last is None or last.prepared else None
         return oldest + cfg.batch_delay
 
     def _cut_batches(self, now: float, out: list[Effect]) -> None:

@@ -23,6 +23,7 @@ replica's identity, or takes over another member's, is refused.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class Transport:
                  on_refusal: Callable[[str], None] | None = None,
                  recv_hwm: int = RECV_HWM) -> None:
         self.ctx = zmq.Context()
+        self.waited = 0.0  # seconds spent blocked in poll: what the loop had to spare
         self.hwm = hwm
         self.recv_hwm = min(hwm, max(RECV_HWM, recv_hwm))
         self.curve = curve
@@ -138,7 +140,9 @@ class Transport:
         """Wait up to timeout_ms, then yield what arrived: (source, routing id, frame,
         member). `member` is the connection's CURVE member for a ROUTER frame (None on
         the SUB, whose servers are all replicas, and without CURVE)."""
+        started = time.monotonic()
         ready = dict(self.poller.poll(timeout_ms))
+        self.waited += time.monotonic() - started
         if self.sub in ready:
             for _ in range(DRAIN_LIMIT):
                 try:

@@ -19,6 +19,7 @@ from dtnbus.messages import (
     prepare_quorum,
     reply_quorum,
 )
+from dtnbus.node import LoopLoad
 from dtnbus.replica import UNNEEDED, Replica, ReplicaConfig
 from dtnbus.wire import Codec, Envelope, request_digest
 
@@ -258,6 +259,28 @@ def test_under_light_load_partial_batches_are_pipelined() -> None:
     assert c.replicas[0].next_seq - 1 == 2  # 3 < busy_pending: cut after batch_delay
 
 
+def test_a_backlogged_primary_cuts_the_next_batch_once_the_last_one_prepared() -> None:
+    c = Cluster(4, config_overrides={"busy_pending": 64, "batch_delay": 0.001})
+    primary = c.replicas[0]
+    primary.backlogged = True  # the node says its loop has had no idle time
+    frames = _load_primary(c, 3)
+    assert primary.next_seq - 1 == 1  # batch_delay passed, but seq 1 has not prepared
+    wake = primary.next_wakeup(heartbeat=False)
+    assert wake is None or wake > c.now  # no timer that would spin the loop
+    for i in range(1, 4):
+        for frame in frames:
+            c.inject(i, frame)
+    c.tamper = lambda sender, msg, frame: None if isinstance(msg, Commit) else frame
+    c.deliver_all()  # PRE-PREPARE and PREPAREs arrive, COMMITs are lost: seq 1 prepares
+    assert primary.slots[1].prepared and primary.last_executed == 0
+    c.tick(0.0)
+    assert primary.next_seq - 1 == 2  # the three that waited, in one batch
+    del c.tamper  # the network heals; retransmission brings the COMMITs
+    c.run(rounds=100, dt=0.05)
+    assert [r.executed_txs for r in c.replicas] == [4] * 4
+    assert primary.last_executed == 2
+
+
 def test_missing_request_body_is_fetched() -> None:
     c = Cluster(4)
     c.request((b"only-primary-has-me",), to=[0])
@@ -365,3 +388,11 @@ def test_large_cluster_skips_verifying_surplus_votes() -> None:
     c.run()
     assert [r.executed_txs for r in c.replicas] == [1] * 10
     assert sum(c.skipped.values()) > 0
+
+
+def test_a_loop_that_never_waits_is_backlogged() -> None:
+    load = LoopLoad(100.0)
+    assert load.update(100.01, 0.0) is None  # within the first window: no verdict yet
+    assert load.update(100.1, 0.09) is False  # waited 0.09 s of 0.1: idle, not backlogged
+    assert load.update(100.2, 0.10) is True  # waited 0.01 s of 0.1: CPU-bound
+    assert load.update(100.3, 0.15) is False  # waited half of it: not backlogged
