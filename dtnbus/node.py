@@ -226,6 +226,7 @@ class Node:
         busy = self.load.update(now, self.transport.waited)
         if busy is not None:
             self.replica.backlogged = busy
+
     def _stop(self, signum: int, frame: Any) -> None:
         self.stopping = True
 
