@@ -29,7 +29,7 @@ from typing import Any
 from dtnbus.chaos import check_acknowledged
 from dtnbus.cluster import cluster_up, running_pids, stop_nodes
 from dtnbus.config import ClusterConfig
-from dtnbus.fuzzrun import scrape
+from dtnbus.fuzzrun import scrape, wait_level
 from dtnbus.ledger_check import check_cluster
 from dtnbus.messages import Outcome
 from dtnbus.rogue import FLOOD_KINDS, RogueMember, flood_frames
@@ -345,7 +345,7 @@ def run_client_flood(seconds: float = 60.0, factor: float = 10.0, clients: int =
         if sampler.killed:
             violations.append(f"nodes killed above {2 * rss_limit_mib:.0f} MiB of RSS: "
                               f"{ {n: v // MIB for n, v in sampler.killed.items()} }")
-        if not _wait_level(config, 60):
+        if not wait_level(config, 60):
             violations.append("nodes not level 60 s after the flood")
         latencies = [a.latency for s in flooders for a in s.accepted()
                      if a.sent - start < seconds]
@@ -386,20 +386,6 @@ def run_client_flood(seconds: float = 60.0, factor: float = 10.0, clients: int =
         for s in streams:
             s.stop()
         stop_nodes(where)
-
-
-def _wait_level(config: ClusterConfig, timeout: float) -> bool:
-    """Every node answers, at one height."""
-    from dtnbus.client import Client
-
-    deadline = time.monotonic() + timeout
-    with Client(config) as client:
-        while time.monotonic() < deadline:
-            st = client.status(0.5)
-            if len(st) == config.n and len({s.last_executed for s in st.values()}) == 1:
-                return True
-            time.sleep(0.05)  # another process's progress: nothing to block on
-    return False
 
 
 def _closed_loop_rate(config: ClusterConfig, seconds: float, request_txs: int,

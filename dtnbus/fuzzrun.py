@@ -51,6 +51,7 @@ from dtnbus.ledger_check import check_cluster
 from dtnbus.messages import Hello, PeerStatus, StateRequest, Status, StatusQuery, kind_name
 from dtnbus.rogue import RogueMember
 from dtnbus.stream import RequestStream
+from dtnbus.waiting import poll_until
 from dtnbus.wire import Codec
 
 PATHS = ("router-client", "router-replica", "sub")
@@ -283,12 +284,12 @@ class FuzzRun:
         stream = RequestStream(config, window=4,
                                capture=lambda frame: _keep(corpus, checker, frame)).start()
         try:
-            _wait_for(lambda: stream.accepted_count() >= 50, 30)
+            poll_until(lambda: stream.accepted_count() >= 50, 30)
             if self.plan.capture_view_change:
                 kill_node(self.directory, 0)
-                _wait_for(lambda: "newview" in corpus.frames, 30)
+                poll_until(lambda: "newview" in corpus.frames, 30)
                 start_nodes(config, self.directory, ids=[0])
-            _wait_for(lambda: stream.accepted_count() >= 100, 30)
+            poll_until(lambda: stream.accepted_count() >= 100, 30)
         finally:
             stream.drain(10)
             stream.stop()
@@ -296,7 +297,7 @@ class FuzzRun:
             sniffer.join(5)
         for ack in list(stream.acks.values())[:64]:
             corpus.add("request", ack.frame)
-        if not _wait_for(lambda: _level(config), 60):
+        if not wait_level(config, 60):
             self.violations.append("the nodes were not level after the capture")
         with _ClientConnections(config) as clients:
             for frame in clients.status_frames():
@@ -413,7 +414,7 @@ class FuzzRun:
         requests in a few seconds (0 if nothing commits)."""
         stream = RequestStream(config, window=4).start()
         try:
-            _wait_for(lambda: stream.accepted_count() >= 20, 30)
+            poll_until(lambda: stream.accepted_count() >= 20, 30)
             stream.drain(10)
         finally:
             stream.stop()
@@ -534,21 +535,16 @@ def _alive(pid: int) -> bool:
     return process_alive(pid)
 
 
-def _level(config: ClusterConfig) -> bool:
+def wait_level(config: ClusterConfig, timeout: float) -> bool:
+    """Every node answers, at one height (one client asks, again until `timeout`)."""
     from dtnbus.client import Client
 
     with Client(config) as client:
-        st = client.status(0.5)
-    return len(st) == config.n and len({s.last_executed for s in st.values()}) == 1
+        def level() -> bool:
+            st = client.status(0.5)
+            return len(st) == config.n and len({s.last_executed for s in st.values()}) == 1
 
-
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)  # another process's progress: nothing to block on
-    return False
+        return poll_until(level, timeout)
 
 
 def run_fuzz(plan: FuzzPlan, directory: Path | None = None,

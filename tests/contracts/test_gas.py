@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from brownie import web3
 from brownie._config import CONFIG
 from eth_utils import keccak
+
+from dtnbus.waiting import poll_until
 
 OWNERS = 30
 THRESHOLD = 3
@@ -201,10 +202,11 @@ def istanbul_chain():
          "--gas-price", "0", "--silent"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         w3 = Web3(HTTPProvider(f"http://127.0.0.1:{port}"))
-        deadline = time.monotonic() + 10
-        while not w3.is_connected():
-            assert proc.poll() is None and time.monotonic() < deadline, "anvil did not start"
-            time.sleep(0.05)
+        def connected() -> bool:  # anvil opening its port: nothing to block on
+            assert proc.poll() is None, "anvil did not start"
+            return w3.is_connected()
+
+        assert poll_until(connected, 10), "anvil did not start"
         yield w3
     finally:
         proc.terminate()

@@ -6,7 +6,6 @@ Everything here waits on a condition with a deadline (`wait_until`), never on a 
 from __future__ import annotations
 
 import os
-import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from dtnbus.config import ClusterConfig
 from dtnbus.messages import Status
 from dtnbus.storage import Ledger
 from dtnbus.sync import chunk, make_transactions
+from dtnbus.waiting import poll_until
 
 Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -29,14 +29,10 @@ Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
                interval: float = 0.02) -> Any:
     """Poll `predicate` until it returns something truthy (returned); fail at `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(interval)  # polling state of another process: there is nothing to block on
+    value = poll_until(predicate, timeout, interval)
+    if not value:
+        pytest.fail(f"timed out after {timeout:.1f}s waiting for {what}")
+    return value
 
 
 def processes_mentioning(text: str) -> list[int]:

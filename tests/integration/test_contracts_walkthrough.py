@@ -10,13 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dtnbus.config import free_ports
+from dtnbus.waiting import poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -54,11 +54,11 @@ class Chain:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(["make", "-s", "chain"], cwd=ROOT, env=env, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while not _listening(self.port):
-            assert self.proc.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.1)  # waiting for anvil to open its port: nothing to block on
+        def listening() -> bool:  # anvil opening its port: nothing to block on
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+            return _listening(self.port)
+
+        assert poll_until(listening, 60, 0.1), self.log.read_text()
         return self.log.read_text()
 
     def stop(self) -> None:

@@ -31,6 +31,7 @@ from dtnbus.cluster import cluster_up, kill_node, stop_nodes
 from dtnbus.flood import KindResult, run_client_flood, run_member_floods
 from dtnbus.messages import ViewChange
 from dtnbus.stream import RequestStream
+from dtnbus.waiting import poll_until
 from dtnbus.wire import payload_of
 
 # long real-process fault runs: `make test-slow` (CI runs it after `make test`)
@@ -130,13 +131,13 @@ def test_forged_view_changes_from_a_stranger_do_not_block_a_view_change(
     stop = threading.Event()
     try:
         stream = RequestStream(config, window=4).start()
-        _wait(lambda: stream.accepted_count() >= 50, 30)
+        poll_until(lambda: stream.accepted_count() >= 50, 30)
         forger = threading.Thread(target=_forge_view_changes, args=(config, stop), daemon=True)
         forger.start()
         killed = time.monotonic()
         kill_node(directory, 0)
         bound = default_bound(timeout)
-        _wait(lambda: stream.accept_times[-1] > killed, bound + 3)
+        poll_until(lambda: stream.accept_times[-1] > killed, bound + 3)
         after = [t - killed for t in stream.accept_times if t > killed]
         stop.set()
         forger.join(10)
@@ -168,15 +169,6 @@ def _forge_view_changes(config: object, stop: threading.Event) -> None:
         for sock in socks:
             sock.close(linger=0)
         ctx.term()
-
-
-def _wait(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)  # other processes' progress: nothing to block on
-    return False
 
 
 # ------------------------------------------------------------ clients (issue 11)
@@ -221,11 +213,11 @@ def test_clients_told_busy_by_a_full_pool_are_served_again_afterwards(
         # 4 x 2,000 requests/s: at 500 each the cluster now keeps up and nobody is BUSY
         flooders = [RequestStream(config, window=4096, rate=2_000, request_txs=16,
                                   tag=10 + i).start() for i in range(4)]
-        assert _wait(lambda: sum(s.busy_answers for s in flooders) >= 100, 60), "no BUSY"
+        assert poll_until(lambda: sum(s.busy_answers for s in flooders) >= 100, 60), "no BUSY"
         for s in flooders:
             s.stop()
         fresh = RequestStream(config, window=4, tag=99).start()
-        served = _wait(lambda: fresh.accepted_count() > 0, 12)
+        served = poll_until(lambda: fresh.accepted_count() > 0, 12)
         fresh.stop()
         assert served, "a fresh client got nothing done within 12 s of the flood's end"
     finally:

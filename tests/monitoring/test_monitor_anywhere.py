@@ -79,10 +79,10 @@ def test_targets_for_any_cluster_file(tmp_path: Path) -> None:
                             for p in os.environ.get("PATH", "").split(":")),
                     reason="prometheus not installed (apt-get install prometheus)")
 def test_monitor_config_scrapes_a_running_cluster(tmp_path: Path) -> None:
-    import time
     import urllib.request
 
     from dtnbus.cluster import cluster_up, stop_nodes
+    from dtnbus.waiting import poll_until
 
     class C:
         directory = tmp_path / "c"
@@ -101,14 +101,14 @@ def test_monitor_config_scrapes_a_running_cluster(tmp_path: Path) -> None:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         assert line.startswith("prometheus: http://127.0.0.1:"), line + proc.stderr.read()
         url = line.split()[1]
-        deadline = time.monotonic() + 60
-        while True:
+        active: list[dict] = []
+
+        def four_up() -> bool:  # Prometheus' own scrape schedule: nothing to block on
             with urllib.request.urlopen(f"{url}/api/v1/targets", timeout=5) as resp:
-                active = json.load(resp)["data"]["activeTargets"]
-            if len(active) == 4 and all(t["health"] == "up" for t in active):
-                break
-            assert time.monotonic() < deadline, active
-            time.sleep(0.5)  # waiting on Prometheus' own scrape schedule
+                active[:] = json.load(resp)["data"]["activeTargets"]
+            return len(active) == 4 and all(t["health"] == "up" for t in active)
+
+        assert poll_until(four_up, 60, 0.5), active
         assert {t["labels"]["cluster"] for t in active} == {"elsewhere"}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

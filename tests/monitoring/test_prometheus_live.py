@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import tomllib
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from dtnbus.crypto import Signer, generate_key
 from dtnbus.messages import Prepare
 from dtnbus.metrics import PHASES, NodeMetrics
 from dtnbus.monitor import PrometheusHandle, api_get, free_port, start_prometheus, targets_file
+from dtnbus.waiting import poll_until
 from dtnbus.wire import Codec
 
 needs_prometheus = pytest.mark.skipif(
@@ -51,14 +51,10 @@ NODES = 4
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
     """Poll `probe` until it returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last probe: {last!r}")
+    last = poll_until(probe, timeout, 0.25)
+    if not last:
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last probe: {last!r}")
+    return last
 
 
 def targets_up(prom: PrometheusHandle, count: int) -> list[dict[str, Any]] | None:
@@ -104,9 +100,13 @@ def check_every_expression(prom: PrometheusHandle, may_be_empty: set[str]) -> No
         return empty
 
     # A series born with the first message needs two scrapes before rate() has a value.
-    deadline = time.monotonic() + 15
-    while (empty := without_data()) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    empty: list[str] = []
+
+    def every_one_has_data() -> bool:
+        empty[:] = without_data()
+        return not empty
+
+    poll_until(every_one_has_data, 15, 0.5)
     assert not empty, "expressions with no data:\n" + "\n".join(empty)
 
 
