@@ -40,7 +40,6 @@ import zmq
 from dtnbus.client import accepts, new_session
 from dtnbus.cluster import cluster_up, running_pids, stop_nodes
 from dtnbus.config import ClusterConfig
-from dtnbus.crypto import mac
 from dtnbus.errors import LocalError, PeerError
 from dtnbus.messages import Outcome, Reply, Request, reply_quorum
 from dtnbus.storage import compare_ledgers
@@ -145,14 +144,12 @@ class LoadGenerator:
         self.unsent: list[bytes] = []  # request frames not sent yet (`flush`)
         self.node_ids = [spec.id for spec in config.nodes]
         self._by_name = {c: i for i, c in enumerate(client_ids)}
-        # (client, replica) -> the pair's MAC key: a reply's tag is checked with it
-        self.reply_keys: dict[tuple[int, int], bytes] = {}
+        # replica id -> its Ed25519 key, which names the pair whose MAC a reply carries
+        # (none: the clients cannot MAC, and replies are checked on the codec's path)
+        self.replica_keys: dict[int, bytes] = {}
         if all(codec.can_mac for codec in self.codecs):
-            for c, codec in enumerate(self.codecs):
-                assert codec.macs is not None
-                for spec in config.nodes:
-                    self.reply_keys[(c, spec.id)] = codec.macs.key_for(
-                        codec.replicas[spec.id].raw_key)
+            self.replica_keys = {spec.id: self.codecs[0].replicas[spec.id].raw_key
+                                 for spec in config.nodes}
 
     def close(self) -> None:
         self.ctx.destroy(linger=0)
@@ -220,10 +217,12 @@ class LoadGenerator:
             self.busy += 1
             out.next_retry = min(out.next_retry, time.monotonic() + 0.05)
             return []
-        key = self.reply_keys.get((client, sender))
+        replica_key = self.replica_keys.get(sender)
+        macs = self.codecs[client].macs
         # only a reply we still need is worth a check; its MAC is keyed for its client
-        if key is None or type(tag) is not bytes or type(payload) is not bytes or \
-                not hmac.compare_digest(tag, mac(key, hashlib.sha256(payload).digest())):
+        if replica_key is None or macs is None or type(tag) is not bytes or \
+                type(payload) is not bytes or not hmac.compare_digest(
+                    tag, macs.tag(replica_key, hashlib.sha256(payload).digest())):
             return []
         if type(seq) is not int or type(position) is not int or type(result) is not bytes \
                 or type(outcome) is not int or type(tentative) is not bool:

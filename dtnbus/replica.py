@@ -730,9 +730,8 @@ class Replica:
         if key in replies:
             replies.move_to_end(key)
         replies[key] = answer
-        if len(replies) > self.config.reply_cache:
-            while len(replies) > self.config.reply_cache:
-                replies.popitem(last=False)
+        while len(replies) > self.config.reply_cache:
+            replies.popitem(last=False)
 
     # ------------------------------------------------------------ checkpoints
 

@@ -158,14 +158,11 @@ class Transport:
                     parts = self.router.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                if len(parts) == 2:
-                    yield FROM_ROUTER, parts[0], parts[1], None
-                elif len(parts) > 2:  # a client's bundle: each part is one frame
-                    identity = parts[0]
-                    for part in parts[1:]:
-                        yield FROM_ROUTER, identity, part, None
-                else:  # nothing after the identity: the decoder drops it
-                    yield FROM_ROUTER, parts[0], b"", None
+                identity = parts[0]
+                if len(parts) < 2:  # nothing after the identity: the decoder drops it
+                    yield FROM_ROUTER, identity, b"", None
+                for part in parts[1:]:  # a client's bundle: each part is one frame
+                    yield FROM_ROUTER, identity, part, None
 
     def _drain_router_curve(self) -> Iterable[tuple[int, bytes | None, bytes, str | None]]:
         for _ in range(DRAIN_LIMIT):
