@@ -8,11 +8,13 @@ Every cell of the published matrix (../shared/reference/seed.md: n = 10, 30, 50;
 runs on our exact shaper, the cell's data in one signed client request as the reference
 sent its `data` (--request-txs splits it):
 - "reference": the reference's own latency model (uniform in [0.1L, L] per message, "Mbps"
-  of 2^20 bit/s) and the protocol as it runs by default (tentative execution since issue
-  12: replies once prepared; the client still stops, as the reference did, when it holds
-  2f+1 matching replies): the like-for-like figure the ratio to the reference uses;
-- "reference+no-tentative": the same with the five-hop normal case (replies once
-  executed);
+  of 2^20 bit/s) and the protocol as it runs by default (since issue 12 replies once
+  pre-prepared, the fast path, and once prepared, tentative execution; the client stops,
+  as the reference did, when it holds 2f+1 matching replies, and once it decided: all n
+  speculative ones or q tentative ones): the like-for-like figure the ratio to the
+  reference uses;
+- "reference+no-speculative": the four-hop path (tentative replies only);
+- "reference+no-tentative": the five-hop normal case (replies once executed);
 - "constant": constant latency L (1 Mbps = 10^6 bit/s), the default protocol, beside them.
 
 Each cell runs --repeat times (at least 3 by default) with seeds S, S+1, ... (S fresh
@@ -40,7 +42,7 @@ from typing import Any
 from benchmarks.common import machine, print_table
 from dtnbus.errors import LocalError
 from dtnbus.report import result_row, series_row, write_results
-from dtnbus.sync import SyncResult, default_tentative, fresh_seed, synchronize
+from dtnbus.sync import SyncResult, fresh_seed, protocol_default, synchronize
 from dtnbus.sync_runs import SyncSeries
 
 LATENCY_MS = 300.0
@@ -60,13 +62,18 @@ REFERENCE: dict[tuple[int, int], dict[float, float | None]] = {
 SMOKE: dict[tuple[int, int], dict[float, float | None]] = {(4, 20): {125: 1.0}}
 REFERENCE_MODEL = {"latency_dist": "uniform-0.1", "mbps_base": 2**20}
 CONSTANT_MODEL = {"latency_dist": "constant", "mbps_base": 1e6}
-# (name, shaping, tentative (None: the protocol's default), compared with the reference?)
-MODELS: list[tuple[str, dict, bool | None, bool]] = [
-    ("reference", REFERENCE_MODEL, None, True),
-    ("reference+no-tentative", REFERENCE_MODEL, False, True),
-    ("constant", CONSTANT_MODEL, None, False),
+# (name, shaping, tentative, speculative (None: the protocol's defaults), compared with
+# the reference?)
+MODELS: list[tuple[str, dict, bool | None, bool | None, bool]] = [
+    ("reference", REFERENCE_MODEL, None, None, True),
+    ("reference+no-speculative", REFERENCE_MODEL, True, False, True),
+    ("reference+no-tentative", REFERENCE_MODEL, False, False, True),
+    ("constant", CONSTANT_MODEL, None, None, False),
 ]
-MODEL_LABELS = {"reference": "default path (tentative), the reference's latency model",
+MODEL_LABELS = {"reference": "default path (fast path and tentative), the reference's latency "
+                             "model",
+                "reference+no-speculative": "four-hop path (tentative), the reference's "
+                                            "latency model",
                 "reference+no-tentative": "five-hop path, the reference's latency model",
                 "constant": "default path, constant latency"}
 # issue 12's targets: (name, row key, limit, applies to the row?)
@@ -128,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_before = os.getloadavg()
     started_at = time.strftime("%Y-%m-%d %H:%M %Z")
     print(f"{len(cells)} cells x {len(models)} models x {args.repeat} runs, seeds "
-          f"{seed}..{seed + args.repeat - 1}; default tentative = {default_tentative()}; "
+          f"{seed}..{seed + args.repeat - 1}; {_defaults()}; "
           f"load average {load_before[0]:.1f}", file=sys.stderr, flush=True)
 
     runs: dict[tuple[int, int, float, str], list[SyncResult]] = {}
@@ -143,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     for k in range(args.repeat):  # rounds: every cell once per round
         for n, tx, bw, ref in cells:
-            for model_name, model, tentative, compared in models:
+            for model_name, model, tentative, speculative, compared in models:
                 done += 1
                 key = (n, tx, bw, model_name)
                 print(f"[{done}/{total}] round {k + 1}: n={n} tx={tx} {bw:g} Mbps "
@@ -153,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 try:
                     result = synchronize(n, tx, bw, args.latency, tx_bytes=300,
                                          shaping=dict(model), tentative=tentative,
+                                         speculative=speculative,
                                          request_txs=args.request_txs or tx, seed=seed + k)
                 except LocalError as exc:  # one failed run must not lose the others
                     print(f"  run failed: {exc}", file=sys.stderr, flush=True)
@@ -168,8 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = (f"dtnbus vs the reference's sync matrix, L = {args.latency:g} ms ({machine()}); "
               f"{started_at}; {args.repeat} runs a cell (seeds {seed}..{seed + args.repeat - 1}"
               f", in rounds), medians (min-max); load average {load_before[0]:.1f} at the "
-              f"start, {load_after[0]:.1f} at the end; default tentative = "
-              f"{default_tentative()}")
+              f"start, {load_after[0]:.1f} at the end; {_defaults()}")
     print(header)
     print_table([_display(r) for r in rows],
                 ["nodes", "tx", "Mbps", "model", "reference", "ours", "ours range", "floor",
@@ -185,14 +192,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"wrote {ratios_chart(rows, args.out / f'{args.stem}-ratios.png', header)}")
 
 
+def _defaults() -> str:
+    return (f"defaults: tentative = {protocol_default('tentative')}, speculative = "
+            f"{protocol_default('speculative')}")
+
+
 def summary_rows(cells: Sequence[tuple[int, int, float, float | None]],
-                 models: Sequence[tuple[str, dict, bool, bool]],
+                 models: Sequence[tuple[str, dict, bool | None, bool | None, bool]],
                  runs: dict[tuple[int, int, float, str], list[SyncResult]],
                  errors: dict[tuple[int, int, float, str], list[str]]) -> list[dict[str, Any]]:
     """One row a (cell, model) that has runs: median and range (dtnbus.report.series_row)."""
     rows = []
     for n, tx, bw, ref in cells:
-        for model_name, _, _, compared in models:
+        for model_name, _, _, _, compared in models:
             key = (n, tx, bw, model_name)
             failed = errors.get(key, [])
             if key in runs:

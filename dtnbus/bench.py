@@ -37,7 +37,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from dtnbus.client import accepts, new_session
+from dtnbus.client import Answers, new_session
 from dtnbus.cluster import cluster_up, running_pids, stop_nodes
 from dtnbus.config import ClusterConfig
 from dtnbus.errors import LocalError, PeerError
@@ -91,16 +91,14 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @dataclass
-class _Out:
+class _Out(Answers):
     client: int
     number: int
     digest: bytes
     frame: bytes
     sent: float
     next_retry: float
-    committed: dict[int, tuple[int, int, bytes, int]]
     txs: int
-    tentative: dict[int, tuple[int, int, bytes, int]] = dataclasses.field(default_factory=dict)
 
 
 class LoadGenerator:
@@ -163,7 +161,7 @@ class LoadGenerator:
         req = Request(self.client_ids[client], self.sessions[client], number, txs)
         frame, digest = self.codecs[client].encode_request(req, self.authentication)
         self.unsent.append(frame)
-        self.out[(client, number)] = _Out(client, number, digest, frame, now, now + 2.0, {},
+        self.out[(client, number)] = _Out(client, number, digest, frame, now, now + 2.0,
                                           len(txs))
 
     def flush(self) -> None:
@@ -198,15 +196,15 @@ class LoadGenerator:
             if type(outer) is list and len(outer) == 3 and outer[1] == b"":
                 payload, tag = outer[0], outer[2]
                 items = _unpack(payload)
-                if type(items) is list and len(items) == 12 and items[0] == Reply.KIND:
+                if type(items) is list and len(items) == 13 and items[0] == Reply.KIND:
                     return self._lean_reply(replica, payload, tag, items)
         except Exception:  # garbage from a peer: ignored, as the codec would
             return []
         return self._full_reply(replica, frame)
 
     def _lean_reply(self, replica: int, payload: bytes, tag: bytes, items: list) -> list[int]:
-        (_kind, _view, sender, name, session, number, request, seq, position, result,
-         outcome, tentative) = items
+        (_kind, view, sender, name, session, number, request, seq, position, result,
+         outcome, tentative, speculative) = items
         client = self._by_name.get(name) if type(name) is str else None
         if client is None or sender != self.node_ids[replica]:
             return []
@@ -225,10 +223,11 @@ class LoadGenerator:
                     tag, macs.tag(replica_key, hashlib.sha256(payload).digest())):
             return []
         if type(seq) is not int or type(position) is not int or type(result) is not bytes \
-                or type(outcome) is not int or type(tentative) is not bool:
+                or type(outcome) is not int or type(tentative) is not bool \
+                or type(speculative) is not bool or type(view) is not int:
             return []
         return self._count(out, client, number, replica, (seq, position, result, outcome),
-                           tentative, outcome)
+                           view, tentative, speculative)
 
     def _full_reply(self, replica: int, frame: bytes) -> list[int]:
         codec = self.codecs[0]
@@ -253,15 +252,17 @@ class LoadGenerator:
         except PeerError:
             return []
         return self._count(out, client, msg.number, replica,
-                           (msg.seq, msg.position, msg.result, msg.outcome), msg.tentative,
-                           msg.outcome)
+                           (msg.seq, msg.position, msg.result, msg.outcome), msg.view,
+                           msg.tentative, msg.speculative)
 
     def _count(self, out: _Out, client: int, number: int, replica: int,
-               key: tuple[int, int, bytes, int], tentative: bool, outcome: int) -> list[int]:
+               key: tuple[int, int, bytes, int], view: int, tentative: bool,
+               speculative: bool) -> list[int]:
         """An authentic reply to an outstanding request: decided by the client's rule?"""
-        (out.tentative if tentative else out.committed)[replica] = key
-        if not accepts(key, out.committed, out.tentative, self.n):
-            if tentative and sum(1 for k in out.tentative.values() if k == key) >= self.f1:
+        outcome = key[3]
+        out.note(replica, key, view, tentative, speculative)
+        if not out.decides(key, self.n):
+            if tentative and out.promised(key) >= self.f1:
                 now = time.monotonic()  # as the client does: ask again for committed ones
                 out.next_retry = min(out.next_retry, now + max(0.05, now - out.sent))
             return []

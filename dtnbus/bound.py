@@ -36,6 +36,7 @@ __all__ = [
     "REPLY_BYTES",
     "REQUEST_ENVELOPE_BYTES",
     "SCHEMES",
+    "SPECULATIVE_HOPS",
     "VOTE_BYTES",
     "SyncBounds",
     "sync_bounds",
@@ -44,9 +45,11 @@ __all__ = [
 HOPS = 5
 """One-way latencies on the critical path: request, pre-prepare, prepare, commit, reply.
 
-With PBFT's tentative execution (reply once prepared) the commit hop leaves it: 4. A
-protocol change that shortens the client's path (a speculative fast path) must change this,
-or the floor stops being one."""
+With PBFT's tentative execution (reply once prepared) the commit hop leaves it: 4; the fast
+path (reply once pre-prepared, the client needs all n) leaves request, pre-prepare and reply:
+`SPECULATIVE_HOPS`. A protocol change that shortens the client's path further must change
+these, or the floor stops being one."""
+SPECULATIVE_HOPS = 3
 
 REQUEST_ENVELOPE_BYTES = 120
 """Per request, besides its transactions: header, client id, timestamp, 64 B Ed25519 sig."""
@@ -133,6 +136,22 @@ def _order_stat(q: int, m: int, lo: float, hi: float) -> float:
     return lo + (hi - lo) * q / (m + 1)
 
 
+def _last_of_two_hop_paths(m: int, lo: float, hi: float) -> float:
+    """E[max of m sums X + Y, X and Y uniform on [lo, hi]]: when the last of m replicas'
+    answers arrives, each one hop (the PRE-PREPARE) then another (its reply) away."""
+    width = hi - lo
+    if width <= 0:
+        return 2 * hi
+    steps = 2000
+    acc = 0.0
+    for k in range(steps):
+        x = (k + 0.5) * 2 * width / steps  # the candidate max, minus 2 lo
+        u = x / width
+        cdf = u * u / 2 if u <= 1 else 1 - (2 - u) ** 2 / 2  # of the triangular sum
+        acc += 1.0 - cdf ** m
+    return 2 * lo + acc * 2 * width / steps
+
+
 def _stream_last_arrival(count: int, spacing: float, lo: float, hi: float) -> float:
     """E[delay of the last of ``count`` messages, ``spacing`` s apart, on one FIFO link].
 
@@ -175,6 +194,7 @@ def sync_bounds(
     reply_quorum: int | None = None,
     cores: int = 2,
     tentative: bool = False,
+    speculative: bool = False,
 ) -> SyncBounds:
     """The strict floor and the expectation of the time for the client to hold
     ``reply_quorum`` (default 2f+1) replies for ``tx`` transactions of ``tx_bytes``, sent in
@@ -185,6 +205,10 @@ def sync_bounds(
     the measured figures for ``scheme``. ``request_auth``: how requests and replies are
     authenticated ("mac" only on Ed25519; RSA clusters sign). ``tentative``: replicas reply
     once prepared (PBFT's tentative execution), which drops the commit phase from the path.
+    ``speculative``: they also reply once pre-prepared, and the client decides on all n of
+    those (the fast path: request, pre-prepare, reply) or on the other path, whichever is
+    first; the expectation takes the faster path's (an upper bound on the mean of the
+    earlier of the two) and the floor the fast path's hops.
     Raises ValueError with one line on bad input.
     """
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 4:
@@ -257,15 +281,19 @@ def sync_bounds(
     lo = link.min_latency_fraction * hop
     if lo == hop:
         latency_s = hops * hop
+        fast_s = SPECULATIVE_HOPS * hop
     else:
         spacing = 0.0 if math.isinf(rate) else copies_request * last_request / rate
+        request_s = _stream_last_arrival(requests, spacing, lo, hop)  # the stream's last
         latency_s = (
-            _stream_last_arrival(requests, spacing, lo, hop)  # request: the stream's last
+            request_s
             + _order_stat(2 * f, nodes - 1, lo, hop)  # pre-prepare at the 2f-th backup
             + _order_stat(2 * f, nodes - 1, lo, hop)  # prepare quorum: 2f others
             + (0.0 if tentative else _order_stat(2 * f, nodes - 1, lo, hop))  # commit: 2f+own
             + _order_stat(quorum, nodes, lo, hop)  # the client's reply quorum
         )
+        # the fast path: every backup's PRE-PREPARE then its reply, the last of n - 1
+        fast_s = request_s + _last_of_two_hop_paths(nodes - 1, lo, hop)
 
     # In order: the client authenticates every request, a replica checks the last, the
     # primary signs the PRE-PREPARE, a backup verifies it and signs its PREPARE, verifies 2f,
@@ -285,6 +313,13 @@ def sync_bounds(
         request_cpu = requests * sign + nodes * requests * verify
         reply_cpu = nodes * sign + quorum * verify
     crypto_path = request_path + phases * sign + (1 + votes) * verify + reply_path
+    if speculative:  # the PRE-PREPARE's pair, then n replies: the faster path's terms
+        fast_crypto = request_path + sign + verify + reply_path + (nodes - quorum) * (
+            MAC_SECONDS if macs else verify)
+        if fast_s + fast_crypto < latency_s + crypto_path:
+            latency_s, crypto_path = fast_s, fast_crypto
+            small_s = wire(copies_pp * preprepare) + wire(reply)
+        hops, phases = SPECULATIVE_HOPS, 1
     signatures = 1 + (nodes - 1) + (0 if tentative else nodes)
     verifications = (nodes - 1) + votes * nodes
     crypto_cpu = (request_cpu + reply_cpu + signatures * sign + verifications * verify) / cores

@@ -590,6 +590,11 @@ class ListOf(click.ParamType):
                    "certificate durable first); the client accepts q matching replies, or "
                    "f+1 committed ones. Saves the commit hop. Default: the protocol's "
                    "([protocol] tentative, true).")
+@click.option("--speculative/--no-speculative", default=None,
+              help="The fast path: replicas also reply once pre-prepared (durably); the "
+                   "client accepts all n matching replies in one view. Saves the prepare "
+                   "hop. Default: on with tentative execution, off without it ([protocol] "
+                   "speculative).")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Seed of the emulated latencies' draws (default: a fresh one, printed); "
                    "run k of a cell uses seed+k-1.")
@@ -606,7 +611,8 @@ class ListOf(click.ParamType):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
          latency: list[float], mode: str, latency_dist: str, jitter: float, mbps_base: str,
-         burst: int | None, request_txs: int, tentative: bool | None, seed: int | None,
+         burst: int | None, request_txs: int, tentative: bool | None,
+         speculative: bool | None, seed: int | None,
          repeat: int, scheme: str, curve: bool, directory: Path | None, fresh: bool,
          out: Path, as_json: bool) -> None:
     """Synchronize TX transactions across NODES nodes and report how long it took.
@@ -651,6 +657,7 @@ def sync(nodes: list[int], tx: list[int], tx_bytes: int, bandwidth: list[float],
         series = run_series(n, t, bw, lat, repeat=repeat, seed=seed, tx_bytes=tx_bytes,
                             request_txs=request_txs, scheme=scheme, directory=dirs[i - 1],
                             shaping=shaping, fresh=fresh, curve=curve, tentative=tentative,
+                            speculative=speculative,
                             on_progress=_progress_printer(t, request_txs), on_run=each_run)
         for line in summary_lines(series):
             click.echo(line)

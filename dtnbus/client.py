@@ -44,8 +44,48 @@ def new_session() -> int:
 ReplyKey = tuple[int, int, bytes, int]  # (seq, position, block hash, outcome)
 
 
+@dataclass(kw_only=True)
+class Answers:
+    """What each replica answered one request, filed where the client's rule looks: the
+    one place every client (submit, stream, bench, simulator) decides."""
+
+    committed: dict[int, ReplyKey] = field(default_factory=dict)  # replica -> durable answer
+    tentative: dict[int, ReplyKey] = field(default_factory=dict)  # ... once prepared
+    early: dict[int, tuple[int, ReplyKey]] = field(default_factory=dict)  # view, key: once
+    # pre-prepared (speculative) or prepared (tentative)
+
+    def note(self, replica: int, key: ReplyKey, view: int, tentative: bool,
+             speculative: bool) -> bool:
+        """File one authentic reply (a `Reply`'s fields) under its kind; False if it adds
+        nothing (the replica said it before, or a speculative answer after its tentative
+        one)."""
+        if not tentative:
+            if self.committed.get(replica) == key:
+                return False
+            self.committed[replica] = key
+            return True
+        early = (view, key)
+        if speculative:
+            if self.early.get(replica) == early or replica in self.tentative:
+                return False
+        elif self.tentative.get(replica) == key:
+            return False
+        else:
+            self.tentative[replica] = key
+        self.early[replica] = early
+        return True
+
+    def decides(self, key: ReplyKey, n: int) -> bool:
+        """Does `key` meet the client's rule (`accepts`) yet?"""
+        return accepts(key, self.committed, self.tentative, n, self.early)
+
+    def promised(self, key: ReplyKey) -> int:
+        """Replicas that prepared `key` but have not said it is committed."""
+        return sum(1 for k in self.tentative.values() if k == key)
+
+
 @dataclass
-class _Pending:
+class _Pending(Answers):
     number: int
     digest: bytes  # what every reply must name
     frame: bytes
@@ -53,8 +93,6 @@ class _Pending:
     first_sent: float
     next_retry: float
     retries: int = 0
-    committed: dict[int, ReplyKey] = field(default_factory=dict)  # replica -> its durable answer
-    tentative: dict[int, ReplyKey] = field(default_factory=dict)
     busy: set[int] = field(default_factory=set)  # replicas whose pool was full
     backing_off: bool = False
     backoff: float = 0.025
@@ -62,21 +100,28 @@ class _Pending:
     accepted_at: float = 0.0
 
 
-def _early_retry(key: ReplyKey, p: _Pending, f1: int) -> bool:
-    return sum(1 for k in p.tentative.values() if k == key) >= f1
-
-
 def accepts(key: ReplyKey, committed: dict[int, ReplyKey], tentative: dict[int, ReplyKey],
-            n: int) -> bool:
+            n: int, early: dict[int, tuple[int, ReplyKey]] | None = None) -> bool:
     """The client's rule: f+1 matching committed replies (one is from a correct replica that
     executed it), or a commit quorum of matching replies of any kind, each replica counted
     once with its committed answer if it gave one (q tentative replies prove a quorum
     prepared it, so every later view keeps it). A replica's tentative answer never counts
-    as its committed one."""
+    as its committed one. The fast path (`early`: replica -> (view, key) of its speculative
+    or tentative answer): all n replicas answered `key`, the early ones in one view (every
+    correct replica accepted that PRE-PREPARE, so every later view keeps it)."""
     durable = sum(1 for k in committed.values() if k == key)
     latest = {**tentative, **committed}
     matching = sum(1 for k in latest.values() if k == key)
-    return durable >= reply_quorum(n) or matching >= commit_quorum(n)
+    if durable >= reply_quorum(n) or matching >= commit_quorum(n):
+        return True
+    if not early or len(early.keys() | committed.keys()) < n:
+        return False
+    for view in {v for v, k in early.values() if k == key}:
+        vouch = sum(1 for r in early.keys() | committed.keys()
+                    if committed.get(r) == key or early.get(r) == (view, key))
+        if vouch >= n:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,21 +381,20 @@ class Client:
                         allowed = max(1.0, allowed / 2)
                     continue
                 key: ReplyKey = (msg.seq, msg.position, msg.result, msg.outcome)
-                answers = p.tentative if msg.tentative else p.committed
-                if answers.get(replica) == key:
+                first = replica not in p.committed and replica not in p.early
+                if not p.note(replica, key, msg.view, msg.tentative, msg.speculative):
                     continue
-                if replica not in p.committed and replica not in p.tentative:
+                if first:
                     replied[replica] += 1
                 if not msg.tentative:
                     executed[replica] += 1
-                answers[replica] = key
                 p.busy.discard(replica)
                 now = time.monotonic()
-                if p.accepted is None and msg.tentative and _early_retry(key, p, f1):
+                if p.accepted is None and msg.tentative and p.promised(key) >= f1:
                     # f+1 promised the same result but q have not: a slow or faulty
                     # replica; the committed answers are a retransmission away
                     p.next_retry = min(p.next_retry, now + max(0.05, now - p.first_sent))
-                if p.accepted is None and accepts(key, p.committed, p.tentative, n):
+                if p.accepted is None and p.decides(key, n):
                     p.accepted, p.accepted_at = key, now
                     decided += 1
                     outstanding -= 1
@@ -363,9 +407,11 @@ class Client:
                         all_deadline = min(deadline, now + wait_all)
                 answered = sum(1 for c in replied.values() if c == total)
                 done = sum(1 for c in executed.values() if c == total)
-                if t_2f1 is None and answered >= q2:
+                # a speculative answer is no decision on its own: q answers count once the
+                # client decided (on the fast path it then holds all n)
+                if t_2f1 is None and answered >= q2 and decided == total:
                     t_2f1 = now - start
-                if t_all is None and answered == n:
+                if t_all is None and answered == n and decided == total:
                     t_all = now - start
                 if t_2f1_done is None and done >= q2:
                     t_2f1_done = now - start

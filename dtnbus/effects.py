@@ -143,8 +143,8 @@ class Persist:
     key: tuple[int, ...]
     data: tuple
 
-    KINDS = ("view", "preprepare", "prepare", "commit", "prepared", "view_change",
-             "new_view", "stable")
+    KINDS = ("view", "preprepare", "prepare", "commit", "prepared", "speculated",
+             "view_change", "new_view", "stable")
 
 
 @dataclass(frozen=True, slots=True)

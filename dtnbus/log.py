@@ -51,6 +51,7 @@ class Slot:
     fetch_round: int = 0
     sent_prepare: bool = False
     sent_tentative: bool = False
+    sent_speculative: bool = False
     prepared: bool = False
     committed: bool = False
     executed: bool = False
@@ -62,6 +63,8 @@ class Slot:
     helped: dict[int, float] = field(default_factory=dict)
     cert: Cert | None = None  # the newest prepared certificate, kept across views
     refs: tuple[bytes, ...] = ()  # request digests this slot holds in the pool
+    # (view, digests, PRE-PREPARE frame) we last answered speculatively, kept across views
+    spec: tuple[int, tuple[bytes, ...], bytes] | None = None
 
     def matching(self, votes: dict[int, bytes]) -> int:
         return countOf(votes.values(), self.digest)  # in C: called on every vote, O(n) each

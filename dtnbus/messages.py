@@ -141,13 +141,15 @@ class Reply:
     it answers, `seq`/`position` where it was ordered, `result` the block hash (empty for
     answers that are not ordered decisions), `outcome` an `Outcome` code.
     `tentative`: sent once prepared, before commit (PBFT tentative execution); a client
-    then needs a commit quorum of matching tentative replies instead of f+1 committed."""
+    then needs a commit quorum of matching tentative replies instead of f+1 committed.
+    `speculative` (with `tentative`): sent once pre-prepared, before prepare (the fast
+    path): a client needs all n replicas' matching answers in one view."""
 
     KIND: ClassVar[int] = 5
     SCHEMA: ClassVar[tuple[tuple[str, str], ...]] = (
         ("view", INT), ("replica", INT), ("client", STR), ("session", INT), ("number", INT),
         ("request", DIGEST), ("seq", INT), ("position", INT), ("result", BYTES),
-        ("outcome", INT), ("tentative", BOOL),
+        ("outcome", INT), ("tentative", BOOL), ("speculative", BOOL),
     )
     view: int
     replica: int
@@ -160,6 +162,7 @@ class Reply:
     result: bytes
     outcome: int = Outcome.EXECUTED
     tentative: bool = False
+    speculative: bool = False
 
 
 @dataclass(frozen=True, slots=True)

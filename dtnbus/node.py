@@ -519,8 +519,9 @@ class Node:
 
     def _send_client(self, client: str, msg: Reply, now: float) -> None:
         key = (client, msg.session, msg.number)
-        # a tentative reply is followed by the committed one only when the cluster says so
-        keep = msg.tentative and self.replica.config.reply_after_tentative
+        # a speculative reply is followed by the tentative (or committed) one; a tentative
+        # reply by the committed one only when the cluster says so
+        keep = msg.speculative or (msg.tentative and self.replica.config.reply_after_tentative)
         identity = self.routes.get(key) if keep else self.routes.pop(key, None)
         if identity is None:
             return  # the request did not come to us directly: nowhere to send

@@ -78,7 +78,13 @@ from dtnbus.messages import (
 )
 from dtnbus.pool import RequestPool
 from dtnbus.state_transfer import check_reply_shape
-from dtnbus.view_change import NewViewPlan, ViewChangeVote, check_view_change, plan_new_view
+from dtnbus.view_change import (
+    NewViewPlan,
+    ViewChangeVote,
+    check_view_change,
+    max_proofs,
+    plan_new_view,
+)
 from dtnbus.wire import Envelope, Unverified
 
 Signer = Callable[[Message], bytes]
@@ -116,6 +122,8 @@ class ReplicaConfig:
     max_sessions: int = 200_000
     tentative: bool = True  # reply once prepared (PBFT tentative execution): saves a hop;
     # durable (the prepared certificate is on disk first) and safe (clients need q of them)
+    speculative: bool = True  # the fast path: also reply once pre-prepared (before any
+    # vote); a client needs all n matching in one view, and the new-view rule keeps them
     reply_after_tentative: bool = False  # also send the committed reply of a request that
     # was answered tentatively (Castro-Liskov do not: a client that lacks q tentative
     # replies asks again and gets it then); `dtnbus sync` turns it on to time execution
@@ -347,7 +355,7 @@ class Replica:
         held = self.view_changes.get(vc.replica)
         if held is not None and held.new_view >= vc.new_view:
             return "duplicate"  # one VIEW-CHANGE per replica: its newest
-        if len(vc.proofs) > self.q * (1 + self.config.window):
+        if len(vc.proofs) > max_proofs(self.n, self.config.window):
             return "malformed"
         checked = check_view_change(vc, [(p.msg, p.frame) for p in nested], self.n,
                                     self.config.window, self.config.batch_max_requests)
@@ -609,6 +617,7 @@ class Replica:
             slot.prepare_frames[me] = frame
             out.append(Persist("prepare", (slot.view, slot.seq), (slot.digest, frame)))
             out.append(Broadcast(vote, frame))
+        self._reply_early(slot, out)  # the fast path: pre-prepared, and we said so
         if not slot.prepared and slot.matching(slot.prepares) >= prepare_quorum(self.n):
             slot.prepared = True
             slot.t_prepared = slot.last_progress = now
@@ -623,7 +632,7 @@ class Replica:
             out.append(Persist("prepared", (slot.seq,), (cert.view, cert.digests, cert.frames)))
             out.append(Persist("commit", (slot.view, slot.seq), (slot.digest, frame)))
             out.append(Broadcast(vote, frame))
-            self._reply_tentatively(slot, out)
+            self._reply_early(slot, out)
         if slot.prepared and not slot.committed and slot.matching(slot.commits) >= self.q:
             slot.committed = True
             slot.t_committed = slot.last_progress = now
@@ -636,20 +645,34 @@ class Replica:
             if slot is None or slot.executed:
                 return
             if not slot.committed:
-                self._reply_tentatively(slot, out)  # its predecessors are now executed
+                self._reply_early(slot, out)  # its predecessors are now executed
                 return
             self._execute(slot, now, out)
 
-    def _reply_tentatively(self, slot: Slot, out: list[Effect]) -> None:
-        """Tentative execution: once a slot is prepared and everything before it is
-        executed, its result (the block hash) is already determined: tell the clients.
-        q matching tentative replies prove a quorum prepared it, so it survives any
-        view change (the prepared certificate is persisted before our COMMIT leaves)."""
-        if (not self.config.tentative or slot.sent_tentative or not slot.prepared
-                or slot.committed or slot.executed or slot.seq != self.last_executed + 1
+    def _reply_early(self, slot: Slot, out: list[Effect]) -> None:
+        """Tentative execution and its fast path: once everything before a slot is
+        executed, its result (the block hash) is determined by its batch: tell the
+        clients. Prepared (tentative): q matching replies prove a quorum prepared it (the
+        certificate is on disk before our COMMIT leaves). Only pre-prepared (speculative):
+        n matching replies in one view prove every correct replica accepted it; we
+        persist the PRE-PREPARE we answered first, our VIEW-CHANGE shows it, and
+        `plan_new_view` keeps a batch f+1 votes answered (docs/protocol.md)."""
+        if (slot.committed or slot.executed or slot.seq != self.last_executed + 1
                 or slot.preprepare is None or slot.missing):
             return  # (a restarted replica may hold a prepared slot without its bodies: sim-5)
-        slot.sent_tentative = True
+        if slot.prepared:
+            if not self.config.tentative or slot.sent_tentative:
+                return
+            slot.sent_tentative = True
+        else:
+            if (not self.config.speculative or slot.sent_speculative or not self.active
+                    or slot.view != self.view or not slot.pp_frame
+                    or not (slot.sent_prepare or slot.preprepare.replica == self.id)):
+                return
+            slot.sent_speculative = True
+            slot.spec = (slot.view, slot.preprepare.digests, slot.pp_frame)
+            out.append(Persist("speculated", (slot.seq,), slot.spec))
+        speculative = not slot.prepared
         requests = [self._body(d) for d in slot.preprepare.digests]
         outcomes = self.clients.preview([(r.client, r.session, r.number, d, r.txs)
                                          for d, r in zip(slot.preprepare.digests, requests,
@@ -659,7 +682,7 @@ class Replica:
             if outcomes[pos] in DIRECT_ANSWERS:
                 out.append(SendClient(req.client, Reply(
                     slot.view, self.id, req.client, req.session, req.number, digest, slot.seq,
-                    pos, result, outcomes[pos], True)))
+                    pos, result, outcomes[pos], True, speculative)))
 
     def _body(self, digest: bytes) -> Request:
         pooled = self.pool.get(digest)
@@ -926,23 +949,38 @@ class Replica:
         self.suspects = set()
         self.suspect_sent = -1.0
         stable = self.checkpoints.stable
-        certs: dict[int, Cert] = {}
-        for seq, slot in sorted(self.slots.items()):
-            cert = slot.prepared_cert(prepare_quorum(self.n)) if seq > stable.seq else None
-            if cert is not None:
-                certs[seq] = cert
-        proofs = list(stable.proof)
-        for cert in certs.values():
-            proofs.extend(cert.frames)
-        vc = ViewChange(new_view, self.id, stable.seq, tuple(proofs))
+        certs, latest, proofs = self._vote_proofs(stable.seq)
+        vc = ViewChange(new_view, self.id, stable.seq, (*stable.proof, *proofs))
         frame = self.sign(vc)
         self.own_vc = (vc, frame)
-        self.view_changes[self.id] = ViewChangeVote(self.id, new_view, stable, certs, frame)
+        self.view_changes[self.id] = ViewChangeVote(self.id, new_view, stable, certs, frame,
+                                                    latest)
         out.append(Persist("view", (), (new_view, False)))
         out.append(Persist("view_change", (), (new_view, frame)))
         out.append(Broadcast(vc, frame))
         out.append(ViewChangeStarted(new_view, reason))
         self._maybe_new_view(now, out)
+
+    def _vote_proofs(self, stable_seq: int) -> tuple[
+            dict[int, Cert], dict[int, tuple[int, tuple[bytes, ...]]], list[bytes]]:
+        """What our VIEW-CHANGE shows above the stable checkpoint: each sequence's newest
+        prepared certificate and, where newer, the PRE-PREPARE we answered speculatively;
+        with the per-sequence newest batch that `check_view_change` reads from them."""
+        certs: dict[int, Cert] = {}
+        latest: dict[int, tuple[int, tuple[bytes, ...]]] = {}
+        proofs: list[bytes] = []
+        for seq, slot in sorted(self.slots.items()):
+            if seq <= stable_seq:
+                continue
+            cert = slot.prepared_cert(prepare_quorum(self.n))
+            if cert is not None:
+                certs[seq] = cert
+                latest[seq] = (cert.view, cert.digests)
+                proofs.extend(cert.frames)
+            if slot.spec is not None and (cert is None or slot.spec[0] > cert.view):
+                latest[seq] = slot.spec[:2]
+                proofs.append(slot.spec[2])
+        return certs, latest, proofs
 
     def _vote_of(self, env: Envelope) -> ViewChangeVote | None:
         vc = env.msg
@@ -952,7 +990,7 @@ class Replica:
         if isinstance(checked, str):
             return None
         return ViewChangeVote(checked.replica, checked.new_view, checked.stable, checked.certs,
-                              env.frame)
+                              env.frame, checked.latest)
 
     def _on_view_change(self, env: Envelope, now: float, out: list[Effect]) -> None:
         vc = env.msg
@@ -994,7 +1032,7 @@ class Replica:
         nv = NewView(view, self.id, tuple(v.frame for v in chosen))
         frame = self.sign(nv)
         out.append(Broadcast(nv, frame))
-        self._enter_view(plan_new_view(view, chosen), frame, now, out)
+        self._enter_view(plan_new_view(view, chosen, self.n), frame, now, out)
 
     def _on_new_view(self, env: Envelope, now: float, out: list[Effect]) -> None:
         nv = env.msg
@@ -1015,7 +1053,8 @@ class Replica:
         if len(chosen) < self.q:
             out.append(Drop("malformed", nv.replica))
             return
-        self._enter_view(plan_new_view(nv.view, list(chosen.values())), env.frame, now, out)
+        self._enter_view(plan_new_view(nv.view, list(chosen.values()), self.n), env.frame, now,
+                         out)
 
     def _enter_view(self, plan: NewViewPlan, frame: bytes, now: float,
                     out: list[Effect]) -> None:
@@ -1053,7 +1092,8 @@ class Replica:
                 # behind may fetch them) until a stable checkpoint collects it
                 self.slots[seq] = Slot(seq, view, last_progress=now, executed=slot.executed,
                                        cert=slot.prepared_cert(prepare_quorum(self.n)),
-                                       refs=slot.refs if slot.executed else ())
+                                       refs=slot.refs if slot.executed else (),
+                                       spec=slot.spec)
             if not slot.executed or seq <= self.stable_checkpoint:
                 # the new view takes its own references; what it does not order waits again
                 self.pool.release(seq, slot.refs, requeue=True)
@@ -1106,6 +1146,13 @@ class Replica:
                     if not slot.executed:
                         slot.refs = slot.cert.digests
                         slot.missing = self.pool.order(seq, slot.refs)
+        for rec in records.get("speculated", []):
+            seq, = rec.key
+            view, digests, frame = rec.data
+            if seq > self.low:
+                slot = self.slots.setdefault(seq, Slot(seq, self.view))
+                slot.spec = (view, tuple(digests), frame)
+                slot.sent_speculative = view == self.view
         for kind in ("preprepare", "prepare", "commit"):
             for rec in records.get(kind, []):
                 view, seq = rec.key
@@ -1135,9 +1182,9 @@ class Replica:
                 if new_view == self.view:
                     stable = self.checkpoints.stable
                     self.own_vc = (ViewChange(new_view, self.id, stable.seq, ()), frame)
-                    certs = {s: sl.cert for s, sl in self.slots.items() if sl.cert is not None}
+                    certs, latest, _proofs = self._vote_proofs(stable.seq)
                     self.view_changes[self.id] = ViewChangeVote(
-                        self.id, new_view, self.checkpoints.stable, certs, frame)
+                        self.id, new_view, self.checkpoints.stable, certs, frame, latest)
         for seq, slot in self.slots.items():
             if seq > self.last_executed and slot.pp_frame and slot.preprepare is None:
                 # our own PRE-PREPARE: the bodies come back from clients or by Fetch

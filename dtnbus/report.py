@@ -24,7 +24,8 @@ RANGED = ("seconds_f1", "seconds_2f1", "seconds_all", "ours_over_floor", "ours_o
 """Columns given as the median over a cell's runs, with `<column>_min` and `<column>_max`."""
 
 COLUMNS = ("nodes", "tx", "tx_bytes", "bandwidth_mbps", "latency_ms", "latency_dist",
-           "tentative", "runs", "seeds", "seconds_f1", "seconds_f1_min", "seconds_f1_max",
+           "tentative", "speculative", "runs", "seeds",
+           "seconds_f1", "seconds_f1_min", "seconds_f1_max",
            "seconds_2f1", "seconds_2f1_min", "seconds_2f1_max",
            "seconds_all", "seconds_all_min", "seconds_all_max", "seconds_2f1_committed",
            "latency_floor_s", "latency_expected_s", "expected_dominant",
@@ -44,7 +45,7 @@ def series_row(series: SyncSeries, reference: float | None = None,
         "nodes": r.nodes, "tx": r.tx, "tx_bytes": r.tx_bytes,
         "bandwidth_mbps": r.bandwidth_mbps, "latency_ms": r.latency_ms,
         "latency_dist": r.extra.get("latency_dist", "constant"),
-        "tentative": r.tentative, "runs": len(series.runs),
+        "tentative": r.tentative, "speculative": r.speculative, "runs": len(series.runs),
         "seeds": " ".join(str(s) for s in series.seeds if s is not None) or None,
     }
     for key in ("seconds_f1", "seconds_2f1", "seconds_all"):

@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS protocol (
     PRIMARY KEY (kind, key)
 );
 """
-_SEQ_KINDS = {"preprepare": 1, "prepare": 1, "commit": 1, "prepared": 0}  # key index of seq
+# key index of seq
+_SEQ_KINDS = {"preprepare": 1, "prepare": 1, "commit": 1, "prepared": 0, "speculated": 0}
 
 
 @dataclass(frozen=True, slots=True)

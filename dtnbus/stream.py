@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from dtnbus.client import Client, ReplyKey, accepts
+from dtnbus.client import Answers, Client, ReplyKey
 from dtnbus.config import ClusterConfig
 from dtnbus.errors import PeerError
 from dtnbus.messages import Outcome, Reply, reply_quorum
@@ -38,7 +38,7 @@ MAX_RETRY = 8.0  # longest wait between two sends of a request nobody answered
 
 
 @dataclass
-class Ack:
+class Ack(Answers):
     """One request of the stream and what became of it."""
 
     number: int
@@ -52,8 +52,6 @@ class Ack:
     busy_answers: int = 0
     backing_off: bool = False
     backoff: float = BUSY_BACKOFF[0] / 2
-    committed: dict[int, ReplyKey] = field(default_factory=dict)
-    tentative: dict[int, ReplyKey] = field(default_factory=dict)
     accepted: float | None = None  # when the client's acceptance rule was met
     key: ReplyKey | None = None  # (seq, position, block hash, outcome) accepted
 
@@ -203,14 +201,14 @@ class RequestStream:
                         ack.next_retry = time.monotonic() + ack.backoff
                     continue
                 key: ReplyKey = (msg.seq, msg.position, msg.result, msg.outcome)
-                (ack.tentative if msg.tentative else ack.committed)[replica] = key
+                ack.note(replica, key, msg.view, msg.tentative, msg.speculative)
                 ack.busy.discard(replica)
-                if msg.tentative and sum(1 for k in ack.tentative.values() if k == key) >= f1:
+                if msg.tentative and ack.promised(key) >= f1:
                     # f+1 promised one result but q have not (a replica is slow or down):
                     # those that answered tentatively hold the committed answer; ask again
                     now = time.monotonic()
                     ack.next_retry = min(ack.next_retry, now + max(0.05, now - ack.sent))
-                if accepts(key, ack.committed, ack.tentative, n):
+                if ack.decides(key, n):
                     ack.accepted = time.monotonic()
                     ack.key = key
                     self.accept_times.append(ack.accepted)

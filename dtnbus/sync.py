@@ -5,8 +5,10 @@ becomes `synchronize(nodes, data, bandwidth_mbps, latency_ms)`. Start-up and key
 generation are not timed. The clock starts at the client's first send and reports:
   seconds_f1  - every transaction has f+1 matching replies (client-visible commit)
   seconds_2f1 - the client holds a commit quorum q (2f+1 when n = 3f+1) of matching
-                replies for everything: the reference's stopping rule; replies are sent
-                once a node executed (durably), or with `tentative` once it prepared
+                replies for everything, and decided it: the reference's stopping rule;
+                replies are sent once a node executed (durably), with `tentative` once
+                it prepared, with `speculative` also once it pre-prepared (the client
+                then decides on all n of those, or on q tentative ones)
   seconds_all - the client holds replies from all n nodes
 plus the per-phase means the nodes' own metrics recorded, whether every node's ledger
 ends at the same head, and the two figures to read them against (dtnbus.bound): the strict
@@ -65,6 +67,7 @@ class SyncResult:
     expected_terms: dict[str, float] = field(default_factory=dict)
     seed: int | None = None  # drew the emulated latencies (uniform-F, jitter)
     tentative: bool = False  # replies were sent once prepared (PBFT tentative execution)
+    speculative: bool = False  # ... and once pre-prepared (the fast path)
     seconds_2f1_committed: float | None = None  # q nodes executed everything (durable)
     seconds_all_committed: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -98,7 +101,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
                 scheme: str = "ed25519", directory: Path | None = None,
                 protocol: dict[str, Any] | None = None,
                 shaping: dict[str, Any] | None = None, tentative: bool | None = None,
-                timeout: float | None = None,
+                speculative: bool | None = None, timeout: float | None = None,
                 wait_all: float = 30.0, fresh: bool = False, curve: bool = False,
                 seed: int | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> SyncResult:
@@ -107,7 +110,9 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
     A `directory` that already holds a cluster is refused unless `fresh`. `seed` draws
     the emulated latencies (None: a fresh seed, reported in the result). `tentative`:
     reply once prepared (True), once executed (False), or the protocol's default (None);
-    always written into the cluster file, so the floor counts the hops the nodes run."""
+    `speculative`: also once pre-prepared (None: the protocol's default with `tentative`,
+    off without it: the five-hop path); both always written into the cluster file, so
+    the floor counts the hops the nodes run."""
     if bandwidth_mbps < 0 or latency_ms < 0:
         raise LocalError("bandwidth and latency must be >= 0 (0/0 means no shaping)")
     if request_txs < 1:
@@ -118,8 +123,12 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
     shaping_table = dict(shaping or {})
     protocol = dict(protocol or {})
     if tentative is None:
-        tentative = bool(protocol.get("tentative", default_tentative()))
+        tentative = bool(protocol.get("tentative", protocol_default("tentative")))
     protocol["tentative"] = tentative
+    if speculative is None:
+        speculative = tentative and bool(protocol.get("speculative",
+                                                      protocol_default("speculative")))
+    protocol["speculative"] = speculative
     if tentative:  # the committed replies too: sync reports when q / all n executed
         protocol.setdefault("reply_after_tentative", True)
     if bandwidth_mbps or latency_ms:
@@ -136,7 +145,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         rate = bandwidth_mbps * 1e6 / 8 if bandwidth_mbps else 1e9
         timeout = 60 + 10 * payload / rate + 0.05 * len(txs) ** 0.5 * nodes
     bound = bounds_for(nodes, len(txs), payload // len(txs), bandwidth_mbps, latency_ms,
-                           request_txs, scheme, shaping_table, tentative)
+                           request_txs, scheme, shaping_table, tentative, speculative)
     # retransmit only when a reply is clearly overdue: on an emulated slow network a copy of
     # every request to every replica is exactly the load that makes replies later still
     retry_after = max(2.0, 3 * bound.expected_s) if bound else 2.0
@@ -184,6 +193,7 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
         expected_terms=bound.expected_terms() if bound else {},
         seed=seed,
         tentative=tentative,
+        speculative=speculative,
         seconds_2f1_committed=result.seconds_2f1_committed,
         seconds_all_committed=result.seconds_all_committed,
         extra={"latency_dist": shaping_table.get("latency_dist", "constant"),
@@ -193,11 +203,13 @@ def synchronize(nodes: int, data: int | Sequence[bytes], bandwidth_mbps: float =
     )
 
 
-def default_tentative() -> bool:
-    """Whether replicas reply once prepared when the cluster file does not say."""
+def protocol_default(name: str) -> Any:
+    """A protocol setting's value when the cluster file does not say (`tentative`: reply
+    once prepared; `speculative`: once pre-prepared)."""
     from dtnbus.replica import ReplicaConfig
 
-    return bool(ReplicaConfig.__dataclass_fields__["tentative"].default)
+    return ReplicaConfig.__dataclass_fields__[name].default
+
 
 
 def fresh_seed() -> int:
@@ -207,7 +219,8 @@ def fresh_seed() -> int:
 
 def bounds_for(nodes: int, tx: int, tx_bytes: int, bandwidth_mbps: float,
                latency_ms: float, request_txs: int, scheme: str,
-               shaping: dict[str, Any], tentative: bool = False) -> SyncBounds | None:
+               shaping: dict[str, Any], tentative: bool = False,
+               speculative: bool = False) -> SyncBounds | None:
     """The strict floor and the expectation for this run (None where undefined)."""
     try:
         return sync_bounds(
@@ -216,6 +229,7 @@ def bounds_for(nodes: int, tx: int, tx_bytes: int, bandwidth_mbps: float,
             mbps_base=shaping.get("mbps_base", 1e6),
             latency_dist=shaping.get("latency_dist", "constant"),
             burst_bytes=shaping.get("burst_bytes", AUTO_BURST),
-            reply_quorum=commit_quorum(nodes), tentative=tentative)
+            reply_quorum=commit_quorum(nodes), tentative=tentative,
+            speculative=speculative)
     except ValueError:
         return None

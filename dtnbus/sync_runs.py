@@ -72,7 +72,8 @@ class SyncSeries:
             "nodes": r.nodes, "tx": r.tx, "tx_bytes": r.tx_bytes,
             "bandwidth_mbps": r.bandwidth_mbps, "latency_ms": r.latency_ms,
             "latency_dist": r.extra.get("latency_dist", "constant"),
-            "tentative": r.tentative, "request_txs": r.request_txs, "requests": r.requests,
+            "tentative": r.tentative, "speculative": r.speculative,
+            "request_txs": r.request_txs, "requests": r.requests,
             "repeat": len(self.runs), "seeds": self.seeds,
         }
         ranges = {}
@@ -133,6 +134,13 @@ def _secs(value: float | None) -> str:
 
 
 def _time_labels(r: SyncResult, f: int, q: int) -> list[tuple[str, str]]:
+    if r.speculative:
+        return [("seconds_f1", f"decided: all {r.nodes} speculative replies in one view, "
+                               f"q={q} tentative or f+1={f + 1} committed"),
+                ("seconds_2f1", f"q={q} matching replies, decided"),
+                ("seconds_all", f"all {r.nodes} replied, decided"),
+                ("seconds_2f1_committed", f"q={q} nodes executed all (durable)"),
+                ("seconds_all_committed", f"all {r.nodes} nodes executed all (durable)")]
     if r.tentative:
         return [("seconds_f1", f"f+1={f + 1} matching replies committed, or q={q} tentative"),
                 ("seconds_2f1", f"q={q} matching replies (tentative)"),
@@ -171,7 +179,9 @@ def summary_lines(series: SyncSeries) -> list[str]:
         shaped += f" {dist}"
     if r.extra.get("curve"):
         shaped += ", CURVE"
-    shaped += ", tentative" if r.tentative else ", five-hop normal case"
+    shaped += (", fast path (speculative), tentative" if r.speculative and r.tentative
+               else ", fast path (speculative)" if r.speculative
+               else ", tentative" if r.tentative else ", five-hop normal case")
     seeds = [s for s in series.seeds if s is not None]
     drawn = ""
     if draws_latencies(r) and seeds:

@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from dtnbus.byzantine import Context, ModeSpec, make_behaviour
-from dtnbus.client import ReplyKey, accepts
+from dtnbus.client import Answers, ReplyKey
 from dtnbus.effects import (
     Broadcast,
     Drop,
@@ -148,14 +148,12 @@ class RunResult:
 
 
 @dataclass
-class _Pending:
+class _Pending(Answers):
     number: int
     digest: bytes
     frame: bytes
     sent_at: float
     retry: float = CLIENT_RETRY
-    committed: dict[int, ReplyKey] = field(default_factory=dict)
-    tentative: dict[int, ReplyKey] = field(default_factory=dict)
     accepted: ReplyKey | None = None
     accepted_at: float = 0.0
 
@@ -188,8 +186,8 @@ class SimClient:
                 reply.request != p.digest or reply.outcome in (Outcome.BUSY, Outcome.REFUSED):
             return None
         key: ReplyKey = (reply.seq, reply.position, reply.result, reply.outcome)
-        (p.tentative if reply.tentative else p.committed)[sender] = key
-        if accepts(key, p.committed, p.tentative, self.n):
+        p.note(sender, key, reply.view, reply.tentative, reply.speculative)
+        if p.decides(key, self.n):
             p.accepted, p.accepted_at = key, now
             return p
         return None

@@ -270,7 +270,8 @@ def test_sync_rsa2048_json(run_cli: RunCli, tmp_path: Path) -> None:
     assert len(heights) == 1 and heights.pop() >= 1
     assert len(set(run["ledger_heads"].values())) == 1
     # the human-readable report precedes the JSON line
-    assert re.search(r"(f\+1=2 matching replies|3 tentative replies).*:\s+\d+\.\d+ s",
+    assert re.search(r"(f\+1=2 matching replies|3 tentative|4 speculative replies).*:\s+"
+                     r"\d+\.\d+ s",
                      out.stdout), out.stdout
     assert processes_mentioning(str(directory)) == []
     assert (directory / "cluster.toml").exists()

@@ -49,11 +49,15 @@ def test_repeated_runs_draw_their_own_latencies_and_none_beats_the_floor(
     assert [r["seed"] for r in rows] == ["11", "12", "13"]
 
 
-@pytest.mark.parametrize("tentative", [False, True])
-def test_constant_latency_runs_sit_above_the_floor(tentative: bool) -> None:
-    # 5 hops (4 tentative) of exactly 20 ms, then 12 kB at 1 Mbps after a 1514 B burst
-    result = synchronize(4, 40, 1.0, 20.0, request_txs=40, tentative=tentative)
-    hops = 4 if tentative else 5
+@pytest.mark.parametrize(("tentative", "speculative", "hops"),
+                         [(False, False, 5), (True, False, 4), (True, True, 3)])
+def test_constant_latency_runs_sit_above_the_floor(tentative: bool, speculative: bool,
+                                                   hops: int) -> None:
+    # 5 hops (4 tentative, 3 on the fast path) of exactly 20 ms, then 12 kB at 1 Mbps after
+    # a 1514 B burst
+    result = synchronize(4, 40, 1.0, 20.0, request_txs=40, tentative=tentative,
+                         speculative=speculative)
+    assert result.speculative == speculative
     assert result.floor_terms["latency_s"] == pytest.approx(hops * 0.02)
     assert result.floor_terms["payload_s"] == pytest.approx((12_000 - 1514) / 125_000)
     assert result.ledgers_identical

@@ -84,6 +84,25 @@ def test_tentative_execution_drops_the_commit_phase() -> None:
     assert b.expected_s < sync_bounds(**BASE).expected_s
 
 
+def test_the_fast_path_has_three_hops_and_the_faster_paths_expectation() -> None:
+    b = sync_bounds(**BASE, tentative=True, speculative=True)
+    assert b.hops == 3
+    assert b.floor_latency_s == pytest.approx(0.3)  # request, pre-prepare, reply
+    assert b.floor_crypto_s == pytest.approx(ED_SIGN + ED_VERIFY)  # the PRE-PREPARE's pair
+    assert b.latency_s == pytest.approx(0.3)
+    # the PRE-PREPARE's pair, a request's tags and check, n reply tags checked
+    assert b.crypto_path_s == pytest.approx(ED_SIGN + ED_VERIFY + 4 * MAC + MAC + MAC + 4 * MAC)
+    assert b.crypto_cpu_s == sync_bounds(**BASE, tentative=True).crypto_cpu_s  # all still vote
+    # uniform latencies: the last of n-1 two-hop paths against the four-hop path's quorums
+    drawn = {**BASE, "latency_dist": "uniform-0.1"}
+    fast = sync_bounds(**drawn, tentative=True, speculative=True)
+    four = sync_bounds(**drawn, tentative=True)
+    assert fast.floor_s < four.floor_s and fast.expected_s < four.expected_s
+    # E[max of 3 sums of two U(10, 100) ms] = 141.5 ms (a Monte Carlo of 400,000: 141.4)
+    assert fast.latency_s - four.latency_s == pytest.approx(
+        0.1415 - 2 * (0.01 + 0.09 * 2 / 4) - (0.01 + 0.09 * 3 / 5), abs=1e-3)
+
+
 def test_several_requests_each_add_an_envelope_and_a_client_signature() -> None:
     b = sync_bounds(**{**BASE, "tx": 250, "request_txs": 100}, request_auth="signature")
     assert b.requests == 3

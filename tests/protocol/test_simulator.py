@@ -82,6 +82,16 @@ def test_f_colluding_equivocators_are_survived() -> None:
     assert summary.runs_with_violations == 0 and summary.committed_batches >= 20
 
 
+def test_the_fast_path_promise_holds_on_the_seeds_that_break_it_without_its_view_rule(
+) -> None:
+    """With an equivocating primary, these seeds of the standard n = 4 cell (seeds
+    0..1999) let a client accept a batch on n speculative replies that a view change then
+    replaced when `plan_new_view` ignored speculative support (client-safety in 4 of
+    2,000); with the rule every one holds (docs/protocol.md, "The fast path")."""
+    summary = run_seeds(standard(4, "equivocate"), [96, 330, 1438, 1792])
+    assert summary.runs_with_violations == 0, summary.first_violation
+
+
 def test_an_exception_in_a_replica_is_a_violation(monkeypatch: pytest.MonkeyPatch) -> None:
     from dtnbus.replica import Replica
 

@@ -11,7 +11,10 @@ TENTATIVE = {"tentative": True, "view_change_timeout": 0.5, "retransmit_after": 
 
 
 def _replies(c: Cluster, tentative: bool) -> list[Reply]:
-    return [m for _, m in c.replies if isinstance(m, Reply) and m.tentative == tentative]
+    """Committed or tentative (prepared) replies; the fast path's speculative ones are
+    tests/protocol/test_speculative.py's."""
+    return [m for _, m in c.replies
+            if isinstance(m, Reply) and m.tentative == tentative and not m.speculative]
 
 
 def test_replies_come_once_prepared_before_any_commit_counts() -> None:
@@ -36,10 +39,10 @@ def test_tentative_result_is_the_block_that_commits() -> None:
 
 
 def test_with_it_switched_off_no_reply_is_tentative() -> None:
-    c = Cluster(4, config_overrides={"tentative": False})
+    c = Cluster(4, config_overrides={"tentative": False, "speculative": False})
     c.request((b"x",))
     c.run()
-    assert not _replies(c, True) and len(_replies(c, False)) == 4
+    assert not any(m.tentative for _, m in c.replies) and len(_replies(c, False)) == 4
 
 
 def test_prepared_and_tentatively_answered_batch_survives_a_view_change() -> None:
@@ -57,13 +60,16 @@ def test_prepared_and_tentatively_answered_batch_survives_a_view_change() -> Non
 
 
 def test_one_reply_per_request_and_replica_and_the_committed_one_on_request() -> None:
-    """Castro-Liskov: a tentatively answered request gets no second reply unless the
-    client asks again; then the committed reply comes from the cache, the same result."""
+    """Castro-Liskov: a tentatively answered request gets no committed reply unless the
+    client asks again; then the committed reply comes from the cache, the same result.
+    (Each replica also answered it speculatively first: the fast path.)"""
     c = Cluster(4)
     frame = c.request((b"once",))
     c.run()
     first = [m for _, m in c.replies]
-    assert len(first) == 4 and all(m.tentative for m in first)
+    assert len(first) == 8 and all(m.tentative for m in first)
+    assert sorted((m.replica, m.speculative) for m in first) == \
+        [(r, s) for r in range(4) for s in (False, True)]
     c.replies.clear()
     for i in range(4):
         c.inject(i, frame)

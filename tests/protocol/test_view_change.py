@@ -130,13 +130,15 @@ def test_forged_proof_inside_a_view_change_rejects_the_whole_message() -> None:
 
 def test_a_view_change_that_does_not_form_its_certificates_costs_no_signature_check() -> None:
     c = Cluster(4, config_overrides=FAST)
-    pp = c.codecs[0].encode(PrePrepare(0, 1, 0, (b"\x01" * 32,)))  # no prepares with it
+    batch = PrePrepare(0, 1, 0, (b"\x01" * 32,))
+    pp = c.codecs[0].encode(batch)
+    prepare = c.codecs[3].encode(Prepare(0, 1, 3, batch_digest(batch.digests)))
     checks = []
     for verifier in c.codecs[1].replicas.values():
         original = verifier.verify
         verifier.verify = lambda sig, d, original=original: checks.append(1) or original(sig, d)
     try:
-        c.deliver(1, c.codecs[2].encode(ViewChange(1, 2, 0, (pp,))))
+        c.deliver(1, c.codecs[2].encode(ViewChange(1, 2, 0, (pp, prepare))))  # 1 of q-1
     finally:
         for verifier in c.codecs[1].replicas.values():
             del verifier.verify
