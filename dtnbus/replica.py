@@ -123,7 +123,9 @@ class ReplicaConfig:
     tentative: bool = True  # reply once prepared (PBFT tentative execution): saves a hop;
     # durable (the prepared certificate is on disk first) and safe (clients need q of them)
     speculative: bool = True  # the fast path: also reply once pre-prepared (before any
-    # vote); a client needs all n matching in one view, and the new-view rule keeps them
+    # vote); a client needs all n matching in one view, and the new-view rule keeps them;
+    # skipped under load: the node reports its loop CPU-bound (`Replica.backlogged`), or
+    # the batch and the requests waiting reach `busy_pending`
     reply_after_tentative: bool = False  # also send the committed reply of a request that
     # was answered tentatively (Castro-Liskov do not: a client that lacks q tentative
     # replies asks again and gets it then); `dtnbus sync` turns it on to time execution
@@ -665,8 +667,13 @@ class Replica:
                 return
             slot.sent_tentative = True
         else:
+            # under load it is skipped: the hop it saves is then smaller than the queueing
+            # its extra reply (and durable record) adds for everyone; load is a CPU-bound
+            # loop (`backlogged`) or `busy_pending` requests in this batch and waiting
             if (not self.config.speculative or slot.sent_speculative or not self.active
-                    or slot.view != self.view or not slot.pp_frame
+                    or self.backlogged or slot.view != self.view or not slot.pp_frame
+                    or len(slot.preprepare.digests) + len(self.pool.pending)
+                    >= self.config.busy_pending
                     or not (slot.sent_prepare or slot.preprepare.replica == self.id)):
                 return
             slot.sent_speculative = True

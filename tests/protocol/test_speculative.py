@@ -90,6 +90,35 @@ def test_one_replica_short_of_n_falls_back_to_q_tentative_replies() -> None:
     assert len(tentative) == 3  # q: the client decides on these
 
 
+def test_a_cpu_bound_replica_skips_the_fast_path_and_still_answers_tentatively() -> None:
+    """Under load every batch is at the head of the log (the next is cut once it
+    executed), so a speculative reply would double every reply: measured 17 % fewer tx/s
+    at n = 4. A replica whose host reports its loop CPU-bound skips it."""
+    c = Cluster(4, config_overrides=FAST)
+    c.replicas[2].backlogged = True
+    c.request((b"busy",))
+    c.run()
+    assert sorted(m.replica for m in _speculative(c)) == [0, 1, 3]
+    assert sorted(m.replica for _, m in c.replies if m.tentative and not m.speculative) \
+        == [0, 1, 2, 3]
+
+
+def test_a_batch_cut_under_load_gets_no_speculative_replies() -> None:
+    c = Cluster(4, config_overrides={**FAST, "busy_pending": 3, "batch_delay": 1.0})
+    c.tamper = _no_votes  # the first batch stays in flight while three more wait
+    c.request((b"first",))  # ordered at once (nothing in flight): answered early
+    c.deliver_all()
+    assert len(_speculative(c)) == 4
+    for i in range(3):
+        c.request((b"queued-%d" % i,))
+    c.deliver_all()
+    assert all(len(r.pool.pending) == 3 for r in c.replicas)
+    c.tamper = lambda sender, msg, frame: frame
+    c.run()
+    assert {m.number for m in _speculative(c)} == {1}
+    assert all(r.last_executed >= 2 for r in c.replicas)
+
+
 def test_switched_off_no_reply_is_speculative() -> None:
     c = Cluster(4, config_overrides={"speculative": False})
     c.request((b"x",))
