@@ -838,19 +838,23 @@ def simulate(nodes: int, seed: int, seeds: int, byzantine: str, drop: float, reo
               show_default=True,
               help="fsync: every group commit survives power loss; process: it survives any "
                    "crash of the node process.")
+@click.option("--speculative/--no-speculative", default=None,
+              help="The fast path (replies once pre-prepared, skipped under load). Default: "
+                   "the protocol's ([protocol] speculative, true).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"),
               show_default=True, help="Folder for the CSV.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def bench(nodes: int, clients: int, request_txs: int, tx_bytes: int, seconds: float,
           warmup: float, pipeline: int, rate: float | None, authentication: str,
-          durability: str, out: Path, as_json: bool) -> None:
+          durability: str, speculative: bool | None, out: Path, as_json: bool) -> None:
     """Throughput and latency under many independent clients (a fresh local cluster)."""
     import csv
 
     from dtnbus.bench import run_bench
 
+    protocol = None if speculative is None else {"speculative": speculative}
     result = run_bench(nodes, clients, request_txs, seconds, tx_bytes, pipeline, rate, warmup,
-                       authentication=authentication, durability=durability)
+                       protocol=protocol, authentication=authentication, durability=durability)
     row = result.to_json()
     click.echo(f"n={result.nodes} clients={result.clients} request_txs={result.request_txs} "
                f"{result.mode} loop" + (f" at {rate:g}/s" if rate else

@@ -38,3 +38,18 @@ def test_open_loop_stamps_the_schedule_and_never_polls_for_zero_ms() -> None:
     assert next_send == 10.0 + 4 * step
     assert wait_ms == 1  # 0.12 ms to the next: poll 1 ms, never 0 (a spin)
     assert open_loop_due(10.0, 9.99, 0.5) == ([], 10.0, 5)
+
+
+def test_the_bench_command_runs_with_and_without_the_fast_path(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    for flag in ("--speculative", "--no-speculative"):
+        done = subprocess.run(
+            [sys.executable, "-m", "dtnbus", "bench", "--nodes", "4", "--clients", "2",
+             "--seconds", "1", "--warmup", "0.5", flag, "--out", str(tmp_path), "--json"],
+            capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        assert row["tx"] > 0 and row["ledgers_identical"] is True, (flag, row)
