@@ -163,7 +163,8 @@ class Node:
         self.shaper = config.shaper(node_id)
         # where replies go: the connection a request came in on (a replayed frame from
         # elsewhere must not redirect another request's reply), per request identity
-        self.routes: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        # (client, session, number) -> (connection, digest of the request that came on it)
+        self.routes: OrderedDict[tuple[str, int, int], tuple[bytes, bytes]] = OrderedDict()
         self.outbox: list[Effect] = []  # this iteration's effects, carried out by _flush
         # this iteration's replies, per client connection: one multipart message each (a
         # client's recv() takes the parts one by one, as if sent singly); one wake-up of
@@ -308,7 +309,7 @@ class Node:
                 routes = self.routes  # route to the client)
                 if key in routes:
                     routes.move_to_end(key)
-                routes[key] = identity
+                routes[key] = (identity, env.digest)
                 if len(routes) > MAX_ROUTES:
                     routes.popitem(last=False)
             if self.behaviour is not None and not self.behaviour.incoming(msg, env.frame):
@@ -519,12 +520,17 @@ class Node:
 
     def _send_client(self, client: str, msg: Reply, now: float) -> None:
         key = (client, msg.session, msg.number)
-        # a speculative reply is followed by the tentative (or committed) one; a tentative
-        # reply by the committed one only when the cluster says so
-        keep = msg.speculative or (msg.tentative and self.replica.config.reply_after_tentative)
-        identity = self.routes.get(key) if keep else self.routes.pop(key, None)
-        if identity is None:
+        route = self.routes.get(key)
+        if route is None:
             return  # the request did not come to us directly: nowhere to send
+        identity, digest = route
+        # a speculative reply is followed by the tentative (or committed) one; a tentative
+        # reply by the committed one only when the cluster says so; and a late answer to
+        # a request never takes the connection of another one under the same identity
+        # (a CONFLICT to come, or a retry)
+        if digest == msg.request and not (
+                msg.speculative or (msg.tentative and self.replica.config.reply_after_tentative)):
+            del self.routes[key]
         verifier = self.codec.client_verifier(client)  # a MAC for it, when it can take one
         frame = self.codec.encode_reply(msg, verifier.raw_key if verifier else None)
         self.metrics.message_sent("reply", len(frame))

@@ -39,6 +39,9 @@ class RequestPool:
         self.max_bytes = max_bytes
         self.bodies: dict[bytes, Pooled] = {}
         self.pending: dict[bytes, None] = {}  # not yet ordered, in arrival order
+        # (client, session, number) -> pending digests under it (several only from a
+        # client that reuses an identity)
+        self.pending_identities: dict[tuple[str, int, int], list[bytes]] = {}
         self.pending_txs = 0
         self.pending_bytes = 0
         self.unexecuted: dict[bytes, float] = {}  # digest -> arrival, in arrival order
@@ -63,11 +66,25 @@ class RequestPool:
         self.pending[digest] = None
         self.pending_txs += len(pooled.msg.txs)
         self.pending_bytes += len(pooled.frame)
+        msg = pooled.msg
+        self.pending_identities.setdefault((msg.client, msg.session, msg.number),
+                                           []).append(digest)
 
     def _dequeue(self, digest: bytes, pooled: Pooled) -> None:
         del self.pending[digest]
         self.pending_txs -= len(pooled.msg.txs)
         self.pending_bytes -= len(pooled.frame)
+        msg = pooled.msg
+        ident = (msg.client, msg.session, msg.number)
+        under = self.pending_identities[ident]
+        under.remove(digest)
+        if not under:
+            del self.pending_identities[ident]
+
+    def pending_under(self, client: str, session: int, number: int) -> list[bytes]:
+        """The pending requests named (client, session, number): once that identity is
+        decided they will never be ordered (a primary answers them from the ledger)."""
+        return list(self.pending_identities.get((client, session, number), ()))
 
     def add(self, digest: bytes, msg: Request, frame: bytes, now: float) -> set[int]:
         """Hold a new body. Returns the slots that were waiting for it (they now order it);

@@ -446,7 +446,9 @@ class Replica:
 
     def _on_request(self, msg: Request, env: Envelope, now: float, out: list[Effect]) -> None:
         ident = (msg.client, msg.session, msg.number)
-        if self.clients.is_decided(*ident):
+        # a body an ordered slot waits for is taken whatever its identity says: the order
+        # decides its outcome (CONFLICT, STALE); refused, the slot never prepares here
+        if env.digest not in self.pool.missing and self.clients.is_decided(*ident):
             cached = self.replies.get(ident)
             if cached is not None and cached[1] == env.digest:  # a replay: answer it, never
                 out.append(SendClient(msg.client, Reply(  # execute it again
@@ -726,6 +728,11 @@ class Replica:
                    for d, (r, frame), oc in zip(digests, requests, outcomes, strict=True)]
         for d in digests:
             self.pool.executed(d)
+        for r in ordered:  # another request waiting under an identity this block decided
+            for other in self.pool.pending_under(r.client, r.session, r.number):
+                self.pool.discard_pending(other)  # never ordered now: answer it as decided
+                if reply:
+                    out.append(LookupReply(r.client, r.session, r.number, other, view))
         digest = batch_digest(digests)
         prev = self.head
         self.head = block_hash(prev, seq, digest, outcomes)
@@ -870,8 +877,8 @@ class Replica:
                 slot.executed = True
             self._apply_block(block.seq, block.view, block.digests, block.bodies, block.proof,
                               0.0, out, reply=False)
-        for digest in list(self.pool.pending):  # decided meanwhile, by the others
-            req = self._body(digest)
+        for digest in list(self.pool.pending):  # decided meanwhile (or gone stale), by the
+            req = self._body(digest)  # others
             if self.clients.is_decided(req.client, req.session, req.number):
                 self.pool.discard_pending(digest)
         if self.catchup.took_blocks(peer, height, self.last_executed, self.high, now) is not None:

@@ -8,7 +8,22 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd); cd "$ROOT"
 VENV=${VENV:-$ROOT/.venv}
 STAMP="$VENV/.dtnbus-setup"
 want=$(cat requirements.txt pyproject.toml package.json package-lock.json tools/setup.sh tools/brownie_pathsafe.py 2>/dev/null | sha256sum | cut -c1-16)
+# py-solc-x looks for solc in one place per machine ($HOME/.solcx), shared by every
+# checkout: the shim there must run this checkout's solc-js (a CI clone in /tmp that wrote
+# it last and was deleted left every other checkout without a compiler), so it is written
+# on every run, before the stamp may skip the rest
+solc_shim() {
+  FULL=$(node -p "require('solc').version()"); VER=${FULL%%+*}
+  DEST=${SOLCX_BINARY_PATH:-$HOME/.solcx}; mkdir -p "$DEST"
+  cat > "$DEST/solc-v$VER" <<SH
+#!/bin/sh
+case "\$1" in --version|-v) printf 'solc, the solidity compiler commandline interface\nVersion: %s\n' '$FULL'; exit 0;; esac
+exec node '$ROOT/tools/solc-shim.js' "\$@"
+SH
+  chmod +x "$DEST/solc-v$VER"
+}
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/dtnbus" ]; then
+  if [ -d node_modules/solc ]; then solc_shim; fi
   exit 0
 fi
 echo "setup: building $VENV (first run takes about a minute)"
@@ -33,14 +48,7 @@ if [ -f package.json ]; then
   command -v npm >/dev/null || { echo "setup: npm is missing; install Node.js 20 and npm" >&2; exit 1; }
   if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --silent; else npm install --no-audit --no-fund --silent; fi
   ln -sf "$ROOT/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil" "$VENV/bin/anvil"
-  FULL=$(node -p "require('solc').version()"); VER=${FULL%%+*}
-  DEST=${SOLCX_BINARY_PATH:-$HOME/.solcx}; mkdir -p "$DEST"
-  cat > "$DEST/solc-v$VER" <<SH
-#!/bin/sh
-case "\$1" in --version|-v) printf 'solc, the solidity compiler commandline interface\nVersion: %s\n' '$FULL'; exit 0;; esac
-exec node '$ROOT/tools/solc-shim.js' "\$@"
-SH
-  chmod +x "$DEST/solc-v$VER"
+  solc_shim
 fi
 echo "$want" > "$STAMP"
 echo "setup: ok ($VENV)"

@@ -319,6 +319,55 @@ def test_a_second_request_under_a_taken_identity_is_refused_never_answered_as_th
     assert first and all(b.executed_txs <= 1 for b in c.blocks[1])
 
 
+def test_a_request_under_an_identity_decided_while_it_waited_is_answered_not_held(
+        ) -> None:
+    """The second request reaches replica 3 before the first (same identity) executed
+    there, so it waits in 3's pool; the primary, which decided the identity first, never
+    orders it. Replica 3 answered nobody and held it pending (a fast client meets this:
+    the fast path lets it move on once the PRE-PREPARE is accepted). Now executing the
+    first answers the second as decided and drops it."""
+    c = Cluster(4, config_overrides=FAST)
+    c.request((b"first",), number=7)
+    for _ in range(4):  # every replica takes the first request, nothing more yet
+        dest, frame = c.queue.pop(0)
+        c.deliver(dest, frame)
+    c.request((b"second",), number=7, to=[3])
+    c.run(rounds=100, dt=0.05)
+    second = [m for c_, m in c.replies if m.replica == 3 and m.outcome == Outcome.CONFLICT]
+    assert second, [(m.replica, m.outcome) for _, m in c.replies]
+    assert not c.replicas[3].pool.pending and not c.replicas[3].pool.pending_identities
+    assert all(r.view == 0 for r in c.replicas)
+
+
+def test_a_body_an_ordered_slot_waits_for_is_taken_though_its_identity_is_decided() -> None:
+    """The primary ordered a second request under an identity the first had just taken
+    (seq 2 after seq 1); the backups executed seq 1 before they saw seq 2, so when they
+    fetched the second body they refused it as decided, and seq 2 never prepared: every
+    replica stopped at seq 1 and the primary never answered the client."""
+    c = Cluster(4, config_overrides={**FAST, "view_change_timeout": 30.0, "fetch_after": 0.1})
+    seq2 = {"hold": True}
+
+    def tamper(sender: int, msg: object, frame: bytes) -> bytes | None:
+        if isinstance(msg, Commit) and msg.seq == 1 and seq2["hold"]:
+            return None  # seq 1 stays unexecuted while the primary takes the second
+        if isinstance(msg, PrePrepare) and msg.seq == 2 and seq2["hold"]:
+            return None  # the backups see seq 2 only after they executed seq 1
+        return frame
+
+    c.tamper = tamper
+    c.request((b"first",), number=7)
+    c.deliver_all()
+    c.request((b"second",), number=7, to=[0])
+    c.run(rounds=5, dt=0.01)
+    assert 2 in c.replicas[0].slots  # ordered at seq 2 by the primary
+    seq2["hold"] = False
+    c.run(rounds=200, dt=0.05)  # COMMITs and the PRE-PREPARE are sent again
+    assert [r.last_executed for r in c.replicas] == [2, 2, 2, 2]
+    assert all(r.view == 0 for r in c.replicas)
+    assert {m.outcome for m in c.answers() if m.number == 7 and m.seq == 2} \
+        <= {Outcome.CONFLICT}
+
+
 def test_a_retransmitted_request_is_answered_with_its_own_result_after_a_restart() -> None:
     c = Cluster(4, config_overrides={"reply_cache": 1})
     c.request((b"again",), number=1)
