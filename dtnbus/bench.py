@@ -262,9 +262,9 @@ class LoadGenerator:
         outcome = key[3]
         out.note(replica, key, view, tentative, speculative)
         if not out.decides(key, self.n):
-            if tentative and out.promised(key) >= self.f1:
-                now = time.monotonic()  # as the client does: ask again for committed ones
-                out.next_retry = min(out.next_retry, now + max(0.05, now - out.sent))
+            if tentative and (retry := out.retry_at(key, self.f1, out.sent,
+                                                    time.monotonic())) is not None:
+                out.next_retry = min(out.next_retry, retry)
             return []
         now = time.monotonic()
         del self.out[(client, number)]

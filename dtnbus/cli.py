@@ -22,6 +22,12 @@ CURVE_OPTION = click.option(
     "--curve", is_flag=True,
     help="CurveZMQ on every connection: encrypted, and only keys in the cluster file may "
          "connect (docs/security.md).")
+SPECULATIVE_OPTION = click.option(
+    "--speculative/--no-speculative", default=None,
+    help="The fast path: replicas also reply once pre-prepared (durably; skipped under "
+         "load); the client accepts all n matching replies in one view. Saves the prepare "
+         "hop. Default: the protocol's ([protocol] speculative, true; sync: off with "
+         "--no-tentative).")
 SCHEME_OPTION = click.option("--scheme", type=click.Choice(["ed25519", "rsa2048"]),
                              default="ed25519", show_default=True, help="Signature scheme.")
 
@@ -590,11 +596,7 @@ class ListOf(click.ParamType):
                    "certificate durable first); the client accepts q matching replies, or "
                    "f+1 committed ones. Saves the commit hop. Default: the protocol's "
                    "([protocol] tentative, true).")
-@click.option("--speculative/--no-speculative", default=None,
-              help="The fast path: replicas also reply once pre-prepared (durably); the "
-                   "client accepts all n matching replies in one view. Saves the prepare "
-                   "hop. Default: on with tentative execution, off without it ([protocol] "
-                   "speculative).")
+@SPECULATIVE_OPTION
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Seed of the emulated latencies' draws (default: a fresh one, printed); "
                    "run k of a cell uses seed+k-1.")
@@ -838,9 +840,7 @@ def simulate(nodes: int, seed: int, seeds: int, byzantine: str, drop: float, reo
               show_default=True,
               help="fsync: every group commit survives power loss; process: it survives any "
                    "crash of the node process.")
-@click.option("--speculative/--no-speculative", default=None,
-              help="The fast path (replies once pre-prepared, skipped under load). Default: "
-                   "the protocol's ([protocol] speculative, true).")
+@SPECULATIVE_OPTION
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"),
               show_default=True, help="Folder for the CSV.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")

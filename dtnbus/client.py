@@ -83,6 +83,12 @@ class Answers:
         """Replicas that prepared `key` but have not said it is committed."""
         return sum(1 for k in self.tentative.values() if k == key)
 
+    def retry_at(self, key: ReplyKey, f1: int, sent: float, now: float) -> float | None:
+        """When to ask again for committed answers: f+1 promised `key` (prepared it) but q
+        have not, so a replica is slow or faulty and the promised ones hold the committed
+        answer by then; None while fewer promised it."""
+        return None if self.promised(key) < f1 else now + max(0.05, now - sent)
+
 
 @dataclass
 class _Pending(Answers):
@@ -114,14 +120,11 @@ def accepts(key: ReplyKey, committed: dict[int, ReplyKey], tentative: dict[int, 
     matching = sum(1 for k in latest.values() if k == key)
     if durable >= reply_quorum(n) or matching >= commit_quorum(n):
         return True
-    if not early or len(early.keys() | committed.keys()) < n:
+    voters = early.keys() | committed.keys() if early else ()
+    if len(voters) < n:
         return False
-    for view in {v for v, k in early.values() if k == key}:
-        vouch = sum(1 for r in early.keys() | committed.keys()
-                    if committed.get(r) == key or early.get(r) == (view, key))
-        if vouch >= n:
-            return True
-    return False
+    return any(all(committed.get(r) == key or early.get(r) == (view, key) for r in voters)
+               for view in {v for v, k in early.values() if k == key})
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,10 +393,9 @@ class Client:
                     executed[replica] += 1
                 p.busy.discard(replica)
                 now = time.monotonic()
-                if p.accepted is None and msg.tentative and p.promised(key) >= f1:
-                    # f+1 promised the same result but q have not: a slow or faulty
-                    # replica; the committed answers are a retransmission away
-                    p.next_retry = min(p.next_retry, now + max(0.05, now - p.first_sent))
+                if p.accepted is None and msg.tentative and \
+                        (retry := p.retry_at(key, f1, p.first_sent, now)) is not None:
+                    p.next_retry = min(p.next_retry, retry)
                 if p.accepted is None and p.decides(key, n):
                     p.accepted, p.accepted_at = key, now
                     decided += 1

@@ -81,10 +81,10 @@ class RequestPool:
         if not under:
             del self.pending_identities[ident]
 
-    def pending_under(self, client: str, session: int, number: int) -> list[bytes]:
+    def pending_under(self, client: str, session: int, number: int) -> tuple[bytes, ...]:
         """The pending requests named (client, session, number): once that identity is
         decided they will never be ordered (a primary answers them from the ledger)."""
-        return list(self.pending_identities.get((client, session, number), ()))
+        return tuple(self.pending_identities.get((client, session, number), ()))
 
     def add(self, digest: bytes, msg: Request, frame: bytes, now: float) -> set[int]:
         """Hold a new body. Returns the slots that were waiting for it (they now order it);

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dtnbus.budget import PeerBudget
 from dtnbus.catchup import CatchUp
@@ -1003,8 +1003,7 @@ class Replica:
                                     self.config.window, self.config.batch_max_requests)
         if isinstance(checked, str):
             return None
-        return ViewChangeVote(checked.replica, checked.new_view, checked.stable, checked.certs,
-                              env.frame, checked.latest)
+        return replace(checked, frame=env.frame)
 
     def _on_view_change(self, env: Envelope, now: float, out: list[Effect]) -> None:
         vc = env.msg

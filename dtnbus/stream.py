@@ -203,11 +203,9 @@ class RequestStream:
                 key: ReplyKey = (msg.seq, msg.position, msg.result, msg.outcome)
                 ack.note(replica, key, msg.view, msg.tentative, msg.speculative)
                 ack.busy.discard(replica)
-                if msg.tentative and ack.promised(key) >= f1:
-                    # f+1 promised one result but q have not (a replica is slow or down):
-                    # those that answered tentatively hold the committed answer; ask again
-                    now = time.monotonic()
-                    ack.next_retry = min(ack.next_retry, now + max(0.05, now - ack.sent))
+                if msg.tentative and (retry := ack.retry_at(key, f1, ack.sent,
+                                                            time.monotonic())) is not None:
+                    ack.next_retry = min(ack.next_retry, retry)
                 if ack.decides(key, n):
                     ack.accepted = time.monotonic()
                     ack.key = key
