@@ -403,6 +403,9 @@ class Replica:
         if self.view_started < 0:  # the first tick after a restart: the clock starts now
             self.view_started = self.vc_sent = now
             self.catchup.clock_starts(now)
+            for slot in self.slots.values():  # restored without their bodies: fetch them
+                if slot.missing:  # now (no client sends them again), then per fetch_after
+                    slot.missing_since = now - cfg.fetch_after
         if now >= self.next_status:
             self.next_status = now + self._status_every()
             self._broadcast(PeerStatus(self.id, self.view, self.active, self.last_executed,

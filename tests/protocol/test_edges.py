@@ -409,3 +409,31 @@ def test_fetch_answers_are_budgeted_in_bytes() -> None:
     forwarded = sum(len(f) for d, f in c.queue if d == 2)
     assert "rate_limited" in c.drops[1]
     assert forwarded <= 32 * 2**20 + 250_000  # the burst, give or take one body
+
+
+def test_a_restarted_replica_fetches_missing_bodies_at_the_pace_of_fetch_after() -> None:
+    """5598b3b, real processes (benchmarks.byzantine_nodes, proof-bomb and lying-state): a
+    node restarted with prepared batches whose bodies it no longer had sent a Fetch for
+    each of them on every loop iteration, ~6,000 a second for seconds, which its peers
+    dropped as `rate_limited`: the restored slots said their bodies had been missing since
+    time 0, so on a real monotonic clock every fetch round was long overdue, and the node's
+    next wakeup was always in the past (a busy loop)."""
+    c = Cluster(4, config_overrides={"speculative": False})
+    c.now = 40_000.0  # a monotonic clock after half a day of uptime, as on a real host
+
+    def tamper(sender: int, msg: object, frame: bytes) -> bytes | None:
+        return None if isinstance(msg, Commit) else frame  # prepared, never committed
+
+    c.tamper = tamper  # type: ignore[method-assign]
+    c.request((b"a",))
+    c.deliver_all()
+    restarted = c.restart(3)
+    assert restarted.slots[1].prepared and restarted.slots[1].missing  # the body is gone
+    c.tamper = lambda sender, msg, frame: None  # type: ignore[method-assign]  # nothing arrives
+    before = len([m for m in c.sent[3] if isinstance(m, Fetch)])
+    for _ in range(100):  # one second of loop iterations
+        c.tick(0.01)
+        wake = restarted.next_wakeup()
+        assert wake is None or wake > c.now, "the next wakeup is already due: a busy loop"
+    fetches = len([m for m in c.sent[3] if isinstance(m, Fetch)]) - before
+    assert 1 <= fetches <= 2, fetches  # fetch_after = 1 s: at once or after a second
