@@ -749,13 +749,16 @@ def _progress_printer(tx: int, request_txs: int) -> Callable[[int, int], None] |
 @click.option("--timers", type=click.Choice(["short", "production"]), default="short",
               show_default=True, help="Protocol timers and windows: scaled to short "
                                       "schedules, or the node's defaults.")
+@click.option("--epoch", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="What the replicas' clocks read at the start, seconds: a node's clock is "
+                   "the host's monotonic clock, far from 0 after uptime (e.g. 40000).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes for many seeds.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def simulate(nodes: int, seed: int, seeds: int, byzantine: str, drop: float, reorder: bool,
              duplicate: float, partition: str, crash_restart: int, clients: int, requests: int,
              duration: float, settle: float, latency: float, bandwidth: float,
-             authenticator: str, timers: str, jobs: int, as_json: bool) -> None:
+             authenticator: str, timers: str, epoch: float, jobs: int, as_json: bool) -> None:
     """Run the real replica code on a virtual clock and an in-memory network, with
     Byzantine replicas and network faults, checking the invariants after every step.
 
@@ -782,7 +785,8 @@ def simulate(nodes: int, seed: int, seeds: int, byzantine: str, drop: float, reo
                          reorder=reorder, duplicate=duplicate, partition=partition,
                          crash_restart=crash_restart, clients=clients, requests=requests,
                          latency_ms=latency, bandwidth_mbps=bandwidth, duration=duration,
-                         settle=settle, authenticator=authenticator, timers=timers)
+                         settle=settle, authenticator=authenticator, timers=timers,
+                         epoch=epoch)
     f = max_faulty(nodes)
     faulty = len(fixed) + len(unplaced)
     modes = ", ".join([f"{i}={m}" for i, m in sorted(fixed.items())] +

@@ -88,6 +88,7 @@ class SimOptions:
     settle: float = 60.0  # after healing, everything submitted must be decided within
     authenticator: str = "mac"
     timers: str = "short"
+    epoch: float = 0.0  # the replicas' clocks read this at time 0 (a host after uptime)
     trace: bool = False
 
     def command(self, seed: int) -> str:
@@ -103,7 +104,7 @@ class SimOptions:
                            ("requests", "--requests"), ("latency_ms", "--latency"),
                            ("bandwidth_mbps", "--bandwidth"), ("duration", "--duration"),
                            ("settle", "--settle"), ("authenticator", "--authenticator"),
-                           ("timers", "--timers")):
+                           ("timers", "--timers"), ("epoch", "--epoch")):
             value = getattr(self, name)
             if value != getattr(defaults, name):
                 parts.append(f"{flag} {value:g}" if isinstance(value, float) else
@@ -118,6 +119,7 @@ class SimOptions:
 @dataclass(frozen=True, slots=True)
 class Violation:
     kind: str  # agreement | double-execution | exception | client-safety | lost | liveness
+    # | busy-loop
     detail: str
     at: float
     replica: int | None = None
@@ -239,7 +241,8 @@ class Simulation:
                     rng=self._rng(f"byzantine/{i}"),
                     max_frame=SIM_MAX_FRAME, base_delay=self.network.hop(),
                     collusion=collusion))
-            self.hosts.append(ReplicaHost(ReplicaConfig(i, n, **overrides), codec, behaviour))
+            self.hosts.append(ReplicaHost(ReplicaConfig(i, n, **overrides), codec, behaviour,
+                                          epoch=options.epoch))
         self.clients = [SimClient(name, members.codec(name, SIM_MAX_FRAME), n)
                         for name in names]
         self.client_index = {c.name: k for k, c in enumerate(self.clients)}
@@ -432,6 +435,12 @@ class Simulation:
                 if effects:
                     self._dispatch(i, effects)
                 wake = host.next_wakeup()
+                if wake is not None and wake <= now and i in self.correct:
+                    # a tick does what is due: due again at once is a node's busy loop
+                    self._violate(Violation("busy-loop", f"replica {i} is due again at "
+                                            f"{wake:.6f} right after its tick at {now:.6f}",
+                                            now, i))
+                    return
             if wake is not None:
                 self._wake(i, max(wake, now + MIN_TICK))
 

@@ -56,10 +56,14 @@ class ReplicaHost:
 
     def __init__(self, config: ReplicaConfig, codec: Codec,
                  behaviour: Behaviour | None = None, admitted: dict[str, str] | None = None,
-                 operators: frozenset[str] = frozenset(), gate_state: bool = True) -> None:
+                 operators: frozenset[str] = frozenset(), gate_state: bool = True,
+                 epoch: float = 0.0) -> None:
         """`admitted`/`operators`: client admission at genesis, as `Replica` takes it. The
         codec's clients stay as given (admission commands are not mirrored into it).
-        `gate_state`: serve a peer's StateRequest only as a node does (`ServeGate`)."""
+        `gate_state`: serve a peer's StateRequest only as a node does (`ServeGate`).
+        `epoch`: what the replica's clock reads at the caller's time 0. A node's clock is
+        `time.monotonic()`, hours after boot; a timer anchored at 0.0 instead of at a
+        reading of that clock is due at once there, and only a clock far from 0 shows it."""
         self.id = config.replica_id
         self.config = config
         self.codec = codec
@@ -72,6 +76,7 @@ class ReplicaHost:
             behaviour.ctx.replica = self.replica
         self.skipped = 0  # votes admit said no slot needs: not verified, not stepped
         self.state_gate = ServeGate() if gate_state else None
+        self.epoch = epoch
 
     def _new_replica(self) -> Replica:
         return Replica(self.config, self.codec.encode, *self._genesis)
@@ -89,6 +94,7 @@ class ReplicaHost:
 
     def receive(self, packet: Packet, now: float) -> list[Effect]:
         """One frame from the network; the effects to carry out (durable ones written)."""
+        now += self.epoch
         raw = packet.raw
         if raw is None:
             if packet.parse_error is not None:
@@ -175,6 +181,7 @@ class ReplicaHost:
         return self._finish(effects, now) if effects or self.behaviour else effects
 
     def tick(self, now: float) -> list[Effect]:
+        now += self.epoch
         effects = self.replica.tick(now)
         if self.behaviour is None:
             return self._commit(effects)
@@ -186,7 +193,7 @@ class ReplicaHost:
             extra = self.behaviour.next_wakeup()
             if extra is not None and (wake is None or extra < wake):
                 wake = extra
-        return wake
+        return None if wake is None else wake - self.epoch
 
     # ------------------------------------------------------------ output
 

@@ -107,6 +107,26 @@ def test_an_exception_in_a_replica_is_a_violation(monkeypatch: pytest.MonkeyPatc
     assert "KeyError" in result.violations[0].detail
 
 
+def test_restarts_on_a_clock_far_from_zero_leave_no_replica_in_a_busy_loop() -> None:
+    """A node's clock is the host's monotonic clock, hours from 0: a timer anchored at 0.0
+    is overdue there at once (the restarted replica's Fetch storm, fixed after 5598b3b:
+    16 of these 40 seeds were busy loops before). Every tick must leave the replica with
+    nothing due until later."""
+    options = SimOptions(nodes=4, crash_restart=2, clients=2, requests=5, drop=0.05,
+                         epoch=40_000.0)
+    summary = run_seeds(options, range(40))
+    assert not summary.failures, explain_failure(summary.failures[0])
+
+
+def test_a_replica_due_again_right_after_its_tick_is_a_violation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dtnbus.replica import Replica
+
+    monkeypatch.setattr(Replica, "next_wakeup", lambda self, heartbeat=True: 0.0)
+    result = Simulation(SimOptions(nodes=4, requests=1, epoch=40_000.0), 0).run()
+    assert [v.kind for v in result.violations] == ["busy-loop"]
+
+
 def test_a_run_is_the_same_run_in_any_process() -> None:
     """Same seed, same options: the same run, message for message, whatever the hash seed
     of the process (a failing seed must replay)."""
