@@ -43,10 +43,11 @@ from dtnbus.config import ClusterConfig
 from dtnbus.errors import LocalError, PeerError
 from dtnbus.messages import Outcome, Reply, Request, reply_quorum
 from dtnbus.storage import compare_ledgers
-from dtnbus.wire import Codec
+from dtnbus.transport import waiting_frames
+from dtnbus.wire import Codec, bundle
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-BUNDLE = 256  # request frames per multipart message at most
+BUNDLE = 256  # request frames per bundle at most
 
 
 def _unpack(raw: bytes) -> object:
@@ -165,26 +166,23 @@ class LoadGenerator:
                                           len(txs))
 
     def flush(self) -> None:
-        """The requests made since the last flush, as one multipart message per replica (a
-        node takes each part as one frame): one send per replica, not one per request."""
+        """The requests made since the last flush, as one bundle per replica (`wire.bundle`:
+        a node takes each frame in it as sent singly): one send per replica, not one per
+        request."""
         if not self.unsent:
             return
         frames, self.unsent = self.unsent, []
         for start in range(0, len(frames), BUNDLE):
-            part = frames[start:start + BUNDLE]
+            part = bundle(frames[start:start + BUNDLE])
             for sock in self.socks:
-                sock.send_multipart(part, zmq.NOBLOCK)
+                sock.send(part, zmq.NOBLOCK)
 
     def receive(self, timeout_ms: int) -> list[int]:
         """Handle the replies that arrived; returns the clients with a request decided."""
         freed = []
         for sock, _ in self.poller.poll(timeout_ms):
             replica = self.socks.index(sock)
-            while True:
-                try:
-                    frame = sock.recv(zmq.NOBLOCK, copy=True)
-                except zmq.Again:
-                    break
+            for frame in waiting_frames(sock):
                 freed.extend(self._reply(replica, frame))
         return freed
 

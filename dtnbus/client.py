@@ -30,6 +30,7 @@ from dtnbus.messages import (
     reply_quorum,
 )
 from dtnbus.metrics import ClientMetrics
+from dtnbus.transport import waiting_frames
 from dtnbus.wire import Codec
 
 
@@ -276,11 +277,7 @@ class Client:
         """Authenticated messages that arrived within `timeout` seconds, as (replica, msg)."""
         out = []
         for sock, _ in self.poller.poll(max(0, int(timeout * 1000))):
-            while True:
-                try:
-                    frame = sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            for frame in waiting_frames(sock):
                 try:
                     env = self.codec.decode(frame)
                 except PeerError:

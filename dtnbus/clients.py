@@ -35,6 +35,7 @@ from dtnbus.effects import ClientChanges, SessionState
 from dtnbus.messages import Outcome
 
 Entry = tuple[str, int, int, bytes, tuple[bytes, ...]]  # client, session, number, digest, txs
+Decision = tuple[bytes, list[admission.AdmissionChange]]  # outcomes, admission changes
 
 
 @dataclass(slots=True)
@@ -108,12 +109,12 @@ class ClientTable:
     def preview(self, requests: list[Entry]) -> bytes:
         """The outcomes executing this batch would have, one byte each, without executing
         it (tentative replies need the block hash before the batch commits)."""
-        return self._decide_batch(requests)[0]
+        return self.decide_batch(requests)[0]
 
-    def _decide_batch(self, requests: list[Entry]
-                      ) -> tuple[bytes, list[admission.AdmissionChange]]:
+    def decide_batch(self, requests: list[Entry]) -> Decision:
         """Outcomes in order: each request sees the table as it was before the batch plus
-        what the batch did before it (executions, admission changes)."""
+        what the batch did before it (executions, admission changes). A function of the
+        table and the batch only: `execute_batch` takes it back while neither changed."""
         seen: dict[tuple[str, int, int], bytes] = {}
         changes: list[admission.AdmissionChange] = []
         saved = dict(self.listed)
@@ -140,12 +141,13 @@ class ClientTable:
             self.listed = saved
         return bytes(out), changes
 
-    def execute_batch(self, requests: list[Entry]) -> bytes:
+    def execute_batch(self, requests: list[Entry], decided: Decision | None = None) -> bytes:
         """Decide one ordered batch and record it; returns one Outcome byte per request.
         Decisions inside a batch see the table as it was before the batch plus what the
         batch did so far; windows and evictions apply after the batch, so `preview`
-        computes exactly the same outcomes."""
-        outcomes, changes = self._decide_batch(requests)
+        computes exactly the same outcomes. `decided`: `decide_batch`'s answer for this
+        batch on this table, if the caller has it (a tentative reply computed it)."""
+        outcomes, changes = decided if decided is not None else self.decide_batch(requests)
         for change in changes:
             key = change.public_key if change.action == "add" else ""
             curve = change.curve_key if change.action == "add" else ""

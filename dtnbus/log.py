@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from operator import countOf
 
+from dtnbus.clients import Decision
 from dtnbus.messages import GENESIS, PrePrepare
 
 
@@ -65,6 +66,9 @@ class Slot:
     refs: tuple[bytes, ...] = ()  # request digests this slot holds in the pool
     # (view, digests, PRE-PREPARE frame) we last answered speculatively, kept across views
     spec: tuple[int, tuple[bytes, ...], bytes] | None = None
+    # (ledger head, batch, the client table's decision) of our early reply: execution
+    # takes the decision back while head and batch are the same
+    decided: tuple[bytes, tuple[bytes, ...], Decision] | None = None
 
     def matching(self, votes: dict[int, bytes]) -> int:
         return countOf(votes.values(), self.digest)  # in C: called on every vote, O(n) each

@@ -89,7 +89,7 @@ BACKLOG_BUSY = 0.5  # ...and the loop is CPU-bound when it waited in poll less t
 MAX_ROUTES = 200_000  # requests awaiting a reply whose connection we remember
 MAX_SHAPED_BYTES = 256 * 1024 * 1024  # per emulated link: beyond this, sends are drops
 GC_THRESHOLDS = (2_000, 20, 1_000)
-MAX_BUNDLE = 1024  # replies to one connection sent as the parts of one ZeroMQ message
+MAX_BUNDLE = 1024  # replies to one connection sent as one bundle (wire.bundle)
 
 
 class LoopLoad:
@@ -166,8 +166,8 @@ class Node:
         # (client, session, number) -> (connection, digest of the request that came on it)
         self.routes: OrderedDict[tuple[str, int, int], tuple[bytes, bytes]] = OrderedDict()
         self.outbox: list[Effect] = []  # this iteration's effects, carried out by _flush
-        # this iteration's replies, per client connection: one multipart message each (a
-        # client's recv() takes the parts one by one, as if sent singly); one wake-up of
+        # this iteration's replies, per client connection: one bundle each (`wire.bundle`;
+        # clients open it with `transport.waiting_frames`): one send, one wake-up of
         # ZeroMQ's I/O thread per connection instead of per reply
         self.bundles: dict[bytes, list[bytes]] = {}
         self.refusals = PeerBudget({"refuse": (5.0, 20.0)})  # per client connection
@@ -446,7 +446,7 @@ class Node:
             self._send_bundles()
 
     def _send_bundles(self) -> None:
-        """Each connection's replies of this iteration, as one multipart message."""
+        """Each connection's replies of this iteration, as one bundle."""
         bundles, self.bundles = self.bundles, {}
         for identity, frames in bundles.items():
             for start in range(0, len(frames), MAX_BUNDLE):

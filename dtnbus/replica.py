@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 
 from dtnbus.budget import PeerBudget
 from dtnbus.catchup import CatchUp
-from dtnbus.clients import ClientTable
+from dtnbus.clients import ClientTable, Decision
 from dtnbus.effects import (
     Broadcast,
     CheckpointStable,
@@ -685,10 +685,12 @@ class Replica:
             slot.spec = (slot.view, slot.preprepare.digests, slot.pp_frame)
             out.append(Persist("speculated", (slot.seq,), slot.spec))
         speculative = not slot.prepared
-        requests = [self._body(d) for d in slot.preprepare.digests]
-        outcomes = self.clients.preview([(r.client, r.session, r.number, d, r.txs)
-                                         for d, r in zip(slot.preprepare.digests, requests,
-                                                         strict=True)])
+        digests = slot.preprepare.digests
+        requests = [self._body(d) for d in digests]
+        decided = self.clients.decide_batch([(r.client, r.session, r.number, d, r.txs)
+                                             for d, r in zip(digests, requests, strict=True)])
+        slot.decided = (self.head, digests, decided)
+        outcomes = decided[0]
         result = block_hash(self.head, slot.seq, slot.digest, outcomes)
         for pos, (digest, req) in enumerate(zip(slot.preprepare.digests, requests, strict=True)):
             if outcomes[pos] in DIRECT_ANSWERS:
@@ -711,14 +713,17 @@ class Replica:
         slot.executed = True
         self.vc_timeout = self.config.view_change_timeout  # progress: the view works
         answered = slot.sent_tentative and not self.config.reply_after_tentative
+        early = slot.decided  # our early reply decided this batch on this very table?
+        decided = early[2] if early is not None and early[0] == self.head \
+            and early[1] == slot.preprepare.digests else None
         self._apply_block(slot.seq, slot.view, slot.preprepare.digests, bodies,
                           slot.commit_cert(self.q), slot.t_committed, out, reply=True,
-                          answered=answered)
+                          answered=answered, decided=decided)
 
     def _apply_block(self, seq: int, view: int, digests: tuple[bytes, ...],
                      bodies: dict[bytes, tuple[Request, bytes]], proof: tuple[bytes, ...],
                      committed_at: float, out: list[Effect], reply: bool,
-                     answered: bool = False) -> None:
+                     answered: bool = False, decided: Decision | None = None) -> None:
         """Execute one ordered batch: the same code for a committed slot and for a block
         taken by state transfer, so both make the same decisions and hashes. `answered`:
         the clients already have the (identical) tentative result; the committed replies
@@ -726,7 +731,8 @@ class Replica:
         requests = [bodies[d] for d in digests]
         outcomes = self.clients.execute_batch(
             [(r.client, r.session, r.number, d, r.txs) for d, (r, _f) in zip(digests, requests,
-                                                                               strict=True)])
+                                                                               strict=True)],
+            decided)
         ordered = [OrderedRequest(r.client, r.session, r.number, d, frame, len(r.txs), oc)
                    for d, (r, frame), oc in zip(digests, requests, outcomes, strict=True)]
         for d in digests:

@@ -32,6 +32,7 @@ from dtnbus.client import Answers, Client, ReplyKey
 from dtnbus.config import ClusterConfig
 from dtnbus.errors import PeerError
 from dtnbus.messages import Outcome, Reply, reply_quorum
+from dtnbus.transport import waiting_frames
 
 BUSY_BACKOFF = (0.05, 5.0)  # first and longest wait after f+1 BUSY answers
 MAX_RETRY = 8.0  # longest wait between two sends of a request nobody answered
@@ -242,11 +243,7 @@ def _receive(client: Client, timeout: float,
              capture: Callable[[bytes], None] | None) -> list[tuple[int, Reply]]:
     out = []
     for sock, _ in client.poller.poll(max(0, int(timeout * 1000))):
-        while True:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for frame in waiting_frames(sock):
             if capture is not None:
                 capture(frame)
             try:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import zmq
 
 from dtnbus.curve import DOMAIN_MEMBERS, DOMAIN_REPLICAS, NODE_PREFIX, CurveEnd, connect_to, serve
+from dtnbus.wire import bundle, unbundle
 from dtnbus.zap import ZapGuard
 
 FROM_SUB, FROM_ROUTER, FROM_REPLICA = 0, 1, 2  # FROM_REPLICA: a CURVE-authenticated replica
@@ -133,8 +134,8 @@ class Transport:
         return _send(self.router, [identity, frame])
 
     def send_routed_many(self, identity: bytes, frames: list[bytes]) -> bool:
-        """Several frames to one connection as the parts of one message (all or none)."""
-        return _send(self.router, [identity, *frames])
+        """Several frames to one connection as one bundle (all or none; `wire.bundle`)."""
+        return _send(self.router, [identity, frames[0] if len(frames) == 1 else bundle(frames)])
 
     def poll(self, timeout_ms: int) -> Iterable[tuple[int, bytes | None, bytes, str | None]]:
         """Wait up to timeout_ms, then yield what arrived: (source, routing id, frame,
@@ -161,8 +162,9 @@ class Transport:
                 identity = parts[0]
                 if len(parts) < 2:  # nothing after the identity: the decoder drops it
                     yield FROM_ROUTER, identity, b"", None
-                for part in parts[1:]:  # a client's bundle: each part is one frame
-                    yield FROM_ROUTER, identity, part, None
+                for part in parts[1:]:  # each part a frame or a client's bundle of frames
+                    for frame in unbundle(part):
+                        yield FROM_ROUTER, identity, frame, None
 
     def _drain_router_curve(self) -> Iterable[tuple[int, bytes | None, bytes, str | None]]:
         for _ in range(DRAIN_LIMIT):
@@ -179,8 +181,9 @@ class Transport:
             source = FROM_REPLICA if member.startswith(NODE_PREFIX) else FROM_ROUTER
             if len(parts) < 2:
                 yield source, identity, b"", member
-            for part in parts[1:]:  # a bundle: each part is one frame
-                yield source, identity, part.bytes, member
+            for part in parts[1:]:  # each part a frame or a bundle of frames
+                for frame in unbundle(part.bytes):
+                    yield source, identity, frame, member
 
     def _identity_refusal(self, identity: bytes, member: str) -> str | None:
         """A routing identity belongs to the first member seen with it: with
@@ -205,6 +208,17 @@ class Transport:
         for sock in (self.pub, self.router, self.sub, *self.dealers.values()):
             sock.close(linger=0)
         self.ctx.term()
+
+
+def waiting_frames(sock: zmq.Socket) -> Iterator[bytes]:
+    """Every frame waiting on a client's socket now, bundles opened (`wire.bundle`): what
+    a node sends a client connection in one loop comes as one bundle."""
+    while True:
+        try:
+            part = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        yield from unbundle(part)
 
 
 def _send(sock: zmq.Socket, parts: list[bytes]) -> bool:

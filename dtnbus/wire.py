@@ -96,6 +96,37 @@ def payload_of(msg: Message) -> bytes:
 _PACK = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 
+BUNDLE_PREFIX = b"\x92\x00"  # msgpack [0, ...]: a frame starts [payload (bin), ...]
+MAX_BUNDLE_PARTS = 4096
+
+
+def bundle(frames: list[bytes]) -> bytes:
+    """Several frames for one connection as one ZeroMQ frame, `[0, [frame, ...]]`: one
+    send and one receive instead of one per part (here 1.5 + 1.2 us of CPU a part as the
+    parts of a multipart message, 0.3 + 0.3 us packed; replies and request bundles are
+    one frame per request and replica). Each frame inside is authenticated on its own."""
+    return _PACK([0, frames])
+
+
+def unbundle(frame: bytes) -> list[bytes]:
+    """The frames of a bundle, or `[frame]` for any other frame. A bundle that does not
+    decode comes back whole, for the decoder to drop and count as malformed."""
+    if not frame.startswith(BUNDLE_PREFIX):
+        return [frame]
+    try:
+        items = msgpack.unpackb(frame, raw=False, use_list=True, max_bin_len=len(frame),
+                                max_str_len=0, max_array_len=MAX_BUNDLE_PARTS,
+                                max_map_len=0)
+    except Exception:  # msgpack raises a zoo of types on garbage
+        return [frame]
+    if type(items) is list and len(items) == 2 and type(parts := items[1]) is list:
+        for part in parts:
+            if type(part) is not bytes:
+                return [frame]
+        return parts
+    return [frame]
+
+
 def request_digest(msg: Message) -> bytes:
     """The digest a PRE-PREPARE uses to name a request (the same bytes the client signed)."""
     return hashlib.sha256(payload_of(msg)).digest()
@@ -213,8 +244,8 @@ class Codec:
         """The nested proofs of a parsed message, parsed the same way (not verified).
         Called lazily (`Unverified.nested`): a message the replica refuses on its outer
         fields costs no parsing of its proofs at all."""
-        nested_field = getattr(type(raw.msg), "NESTED", None)
-        if nested_field is None:
+        nested_field = _NESTED_FIELD.get(type(raw.msg))
+        if nested_field is None:  # most messages (a failed getattr costs ~1 us a frame)
             return ()
         parts = getattr(raw.msg, nested_field)
         if not parts:
@@ -313,6 +344,9 @@ def _parse_payload(payload: bytes, max_frame: int) -> Message:
 
 
 _BUILDERS: dict[type, Callable[[list], Message]] = {}
+# message class -> the field that holds its nested proofs (VIEW-CHANGE, NEW-VIEW, state)
+_NESTED_FIELD: dict[type, str] = {cls: cls.NESTED for cls in MESSAGE_TYPES.values()
+                                  if hasattr(cls, "NESTED")}
 # the checks of the simple field types, inlined into each message's builder
 _INLINE = {
     INT: "type({v}) is int and 0 <= {v} <= MAX_INT",

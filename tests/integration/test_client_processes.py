@@ -21,6 +21,7 @@ from dtnbus.crypto import Signer, generate_key
 from dtnbus.export import transactions
 from dtnbus.messages import Outcome, Reply, Request
 from dtnbus.storage import compare_ledgers
+from dtnbus.transport import waiting_frames
 from dtnbus.wire import Codec
 
 
@@ -133,9 +134,11 @@ def _exchange(codec: Codec, socks: dict[int, zmq.Socket], req: Request,
     deadline = time.monotonic() + timeout
     while len(replies) < len(socks) and time.monotonic() < deadline:
         for sock, _ in poller.poll(100):
-            msg = codec.decode(sock.recv()).msg
-            if isinstance(msg, Reply) and msg.number == req.number and msg.request == digest:
-                replies[msg.replica] = msg  # tentative or committed: one answer per replica
+            for reply_frame in waiting_frames(sock):  # a loop's replies come as one bundle
+                msg = codec.decode(reply_frame).msg
+                if isinstance(msg, Reply) and msg.number == req.number \
+                        and msg.request == digest:
+                    replies[msg.replica] = msg  # tentative or committed: one per replica
     assert len(replies) == len(socks), f"replies from {sorted(replies)} only"
     return replies
 

@@ -31,6 +31,7 @@ from dtnbus.crypto import Signer, generate_key
 from dtnbus.messages import Commit, Prepare, Reply, Request
 from dtnbus.storage import compare_ledgers
 from dtnbus.sync import make_transactions
+from dtnbus.transport import waiting_frames
 from dtnbus.wire import DEFAULT_MAX_FRAME, Codec
 
 # ------------------------------------------------------------------ helpers
@@ -228,6 +229,9 @@ def _hostile_frames(cluster: RunningCluster) -> tuple[list[list[bytes]], dict[st
         [msgpack.packb([msgpack.packb([1, client_id, 1, -5, [b"x"]]), b"sig"])],  # negative no.
         [msgpack.packb([msgpack.packb([3, 0, 1, 2]), b"sig"])],  # wrong field count
         [b"part one", b"part two"],  # multipart: not one frame
+        [b"\x92\x00\xc1"],  # a bundle's start, then garbage
+        [msgpack.packb([0, [b"x", 5]])],  # a bundle with a part that is no frame
+        [msgpack.packb([0, [b"not a frame"]])],  # a bundle of one malformed frame
         # oversized-looking: a bin32 header claiming 2 GiB, followed by a few bytes
         [b"\x92\xc6\x7f\xff\xff\xff" + b"x" * 16],
         # a valid outer frame whose payload claims an array of 2**32-1 items
@@ -312,9 +316,10 @@ def _collect_replies(codec: Codec, socks: dict[int, zmq.Socket], frame: bytes,
         if left <= 0:
             pytest.fail(f"replies from {sorted(replies)} only, within {timeout}s")
         for sock, _ in poller.poll(int(left * 1000) + 1):
-            env = codec.decode(sock.recv())
-            if isinstance(env.msg, Reply) and env.msg.number == number:
-                replies[env.msg.replica] = env.msg
+            for reply_frame in waiting_frames(sock):  # a loop's replies come as one bundle
+                env = codec.decode(reply_frame)
+                if isinstance(env.msg, Reply) and env.msg.number == number:
+                    replies[env.msg.replica] = env.msg
     return replies
 
 

@@ -186,3 +186,26 @@ def _modes(text: str) -> dict:
     from dtnbus.byzantine import parse_assignment
 
     return parse_assignment(text)[0]
+
+
+def test_execution_takes_back_the_early_reply_decision_only_when_it_is_the_same(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica decides a batch's outcomes for its early (tentative or speculative) reply
+    and takes that decision back at execution while the ledger head and the batch are
+    unchanged: checked against a fresh decision on every execution of faulty schedules
+    (view changes, re-proposals, crash-restarts, state transfer)."""
+    from dtnbus.clients import ClientTable
+
+    real = ClientTable.execute_batch
+    reused = []
+
+    def checked(self: ClientTable, requests: list, decided: object = None) -> bytes:
+        if decided is not None:
+            reused.append(1)
+            assert decided == self.decide_batch(requests)
+        return real(self, requests, decided)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ClientTable, "execute_batch", checked)
+    summary = run_seeds(standard(4, "equivocate"), range(30))
+    assert not summary.failures, explain_failure(summary.failures[0])
+    assert len(reused) > 100

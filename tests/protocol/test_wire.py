@@ -8,7 +8,7 @@ import pytest
 from dtnbus.crypto import Signer, Verifier, generate_key
 from dtnbus.errors import PeerError
 from dtnbus.messages import Commit, PrePrepare, Reply, Request, Status
-from dtnbus.wire import Codec
+from dtnbus.wire import Codec, bundle, unbundle
 
 
 @pytest.fixture(scope="module", params=["ed25519", "rsa2048"])
@@ -120,3 +120,24 @@ def test_a_reply_tag_convinces_its_client_only() -> None:
     assert Codec(Signer(client_key), replicas, {}).decode(frame).msg == reply
     with pytest.raises(PeerError):
         Codec(Signer(other_key), replicas, {}).decode(frame)
+
+
+def test_a_bundle_opens_into_its_frames_and_nothing_else_opens(codecs: tuple[Codec, Codec]
+                                                                ) -> None:
+    """Replies (and a load generator's requests) travel as one bundle per connection and
+    loop; any frame that is not a bundle passes whole, and a bad bundle passes whole to
+    be dropped as malformed by the decoder."""
+    a, b = codecs
+    frames = [a.encode(Commit(0, seq, 0, bytes(32))) for seq in range(1, 4)]
+    assert unbundle(bundle(frames)) == frames
+    for frame in frames:  # a signed frame ([payload, signature]) is never taken for one
+        assert unbundle(frame) == [frame]
+    tagged = msgpack.packb([b"payload", b"", b"t" * 16])  # nor a MAC-authenticated one
+    assert unbundle(tagged) == [tagged]
+    for bad in (b"\x92\x00\xc1", msgpack.packb([0, [b"x", 5]]), msgpack.packb([0, b"x"]),
+                msgpack.packb([0, [b"x"], 1])):
+        assert unbundle(bad) == [bad]
+        with pytest.raises(PeerError) as err:
+            b.parse(bad)
+        assert err.value.reason == "malformed"
+    assert [b.decode(f).msg.seq for f in unbundle(bundle(frames))] == [1, 2, 3]
