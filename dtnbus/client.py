@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import countOf
 
 import zmq
 
@@ -82,7 +83,7 @@ class Answers:
 
     def promised(self, key: ReplyKey) -> int:
         """Replicas that prepared `key` but have not said it is committed."""
-        return sum(1 for k in self.tentative.values() if k == key)
+        return countOf(self.tentative.values(), key)
 
     def retry_at(self, key: ReplyKey, f1: int, sent: float, now: float) -> float | None:
         """When to ask again for committed answers: f+1 promised `key` (prepared it) but q
@@ -116,10 +117,15 @@ def accepts(key: ReplyKey, committed: dict[int, ReplyKey], tentative: dict[int, 
     as its committed one. The fast path (`early`: replica -> (view, key) of its speculative
     or tentative answer): all n replicas answered `key`, the early ones in one view (every
     correct replica accepted that PRE-PREPARE, so every later view keeps it)."""
-    durable = sum(1 for k in committed.values() if k == key)
-    latest = {**tentative, **committed}
-    matching = sum(1 for k in latest.values() if k == key)
-    if durable >= reply_quorum(n) or matching >= commit_quorum(n):
+    durable = countOf(committed.values(), key) if committed else 0
+    if durable >= reply_quorum(n):
+        return True
+    if committed:  # a replica's committed answer stands for it, not its tentative one
+        matching = durable + sum(1 for r, k in tentative.items()
+                                 if k == key and r not in committed)
+    else:  # (the usual case, counted in C: this runs for every reply a client takes)
+        matching = countOf(tentative.values(), key)
+    if matching >= commit_quorum(n):
         return True
     voters = early.keys() | committed.keys() if early else ()
     if len(voters) < n:

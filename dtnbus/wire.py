@@ -150,6 +150,8 @@ class Codec:
         self.macs = MacKeys(signer) if signer is not None and signer.scheme == "ed25519" \
             else None
         self._replica_order = [replicas[i].raw_key for i in sorted(replicas)]
+        self._can_mac = self.macs is not None and all(len(k) == 32
+                                                       for k in self._replica_order)
         self.clients = clients
         self.max_frame = max_frame
         self.open_clients = open_clients
@@ -183,7 +185,7 @@ class Codec:
     @property
     def can_mac(self) -> bool:
         """MAC authenticators need Ed25519 keys all round."""
-        return self.macs is not None and all(len(k) == 32 for k in self._replica_order)
+        return self._can_mac
 
     def encode_request(self, msg: Request, authenticate: str = "mac") -> tuple[bytes, bytes]:
         """A client's request, with a tag for every replica ("mac") or signed ("signature"):
@@ -282,7 +284,7 @@ class Codec:
 
     def authenticate_nested(self, raw: Unverified, outer: Envelope) -> Envelope:
         """The nested proofs' signatures of a message whose own signature held."""
-        if not raw.nested:
+        if type(raw.msg) not in _NESTED_FIELD or not raw.nested:  # (the usual: none)
             return outer
         # a bad proof makes the whole message bad
         return Envelope(outer.msg, outer.digest, outer.frame,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 from harness import Cluster
 
 from dtnbus.client import accepts
-from dtnbus.messages import Commit, Reply
+from dtnbus.messages import Commit, Reply, commit_quorum, reply_quorum
 
 TENTATIVE = {"tentative": True, "view_change_timeout": 0.5, "retransmit_after": 0.3}
 
@@ -105,3 +107,29 @@ def test_a_tentative_answer_never_counts_as_a_committed_one() -> None:
     durable = {0: committed, 1: committed}
     assert not accepts(promised, durable, tentative, 4)
     assert accepts(committed, durable, tentative, 4)
+
+
+def test_the_client_rule_counts_each_replica_once_with_its_committed_answer() -> None:
+    """`accepts` counts in C for speed; it must say exactly what the rule says, written out
+    plainly here, on random mixes of committed, tentative and speculative answers."""
+    def plainly(key, committed, tentative, n, early):  # type: ignore[no-untyped-def]
+        durable = sum(1 for k in committed.values() if k == key)
+        latest = {**tentative, **committed}
+        if durable >= reply_quorum(n) or \
+                sum(1 for k in latest.values() if k == key) >= commit_quorum(n):
+            return True
+        voters = set(early) | set(committed)
+        return len(voters) >= n and any(
+            all(committed.get(r) == key or early.get(r) == (view, key) for r in voters)
+            for view in {v for v, k in early.values() if k == key})
+
+    rng = random.Random(12)
+    keys = [(1, 0, b"a", 0), (1, 0, b"b", 0)]
+    for _ in range(20_000):
+        n = rng.choice((4, 7))
+        committed, tentative = ({r: rng.choice(keys) for r in range(n) if rng.random() < 0.5}
+                                for _ in range(2))
+        early = {r: (rng.randrange(2), rng.choice(keys)) for r in range(n) if rng.random() < 0.7}
+        key = keys[0]
+        assert accepts(key, committed, tentative, n, early) == \
+            plainly(key, committed, tentative, n, early), (committed, tentative, early)
