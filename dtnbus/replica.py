@@ -692,7 +692,7 @@ class Replica:
         slot.decided = (self.head, digests, decided)
         outcomes = decided[0]
         result = block_hash(self.head, slot.seq, slot.digest, outcomes)
-        for pos, (digest, req) in enumerate(zip(slot.preprepare.digests, requests, strict=True)):
+        for pos, (digest, req) in enumerate(zip(digests, requests, strict=True)):
             if outcomes[pos] in DIRECT_ANSWERS:
                 out.append(SendClient(req.client, Reply(
                     slot.view, self.id, req.client, req.session, req.number, digest, slot.seq,

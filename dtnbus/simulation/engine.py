@@ -118,8 +118,8 @@ class SimOptions:
 
 @dataclass(frozen=True, slots=True)
 class Violation:
-    kind: str  # agreement | double-execution | exception | client-safety | lost | liveness
-    # | busy-loop
+    # agreement | double-execution | exception | client-safety | lost | liveness | busy-loop
+    kind: str
     detail: str
     at: float
     replica: int | None = None
