@@ -40,10 +40,13 @@ class CatchUp:
         return None if self.since is None else max(self.until, self.since)
 
     def behind(self, now: float) -> None:
-        """Strong evidence that others executed what we did not."""
+        """Strong evidence that others executed what we did not: ask at the next tick,
+        even if we were waiting to hear from more peers (not if an answer is due)."""
         self.weak_mark = -1
         if self.since is None or self.since > now:
             self.since = now
+        if self.asked < 0:
+            self.until = min(self.until, now)
 
     def restarted(self) -> None:
         """After a restart we surely missed something: find out at the first tick."""

@@ -437,3 +437,28 @@ def test_a_restarted_replica_fetches_missing_bodies_at_the_pace_of_fetch_after()
         assert wake is None or wake > c.now, "the next wakeup is already due: a busy loop"
     fetches = len([m for m in c.sent[3] if isinstance(m, Fetch)]) - before
     assert 1 <= fetches <= 2, fetches  # fetch_after = 1 s: at once or after a second
+
+
+def test_a_restarted_replica_asks_for_state_as_soon_as_a_peer_says_it_is_ahead() -> None:
+    """Real processes (dtnbus chaos, byzantine_nodes): a restarted node took 1.3-1.6 s to
+    start its state transfer. Its first tick, with no peer heard yet, set it waiting a
+    whole retransmission period for statuses, and a status that arrived meanwhile showing
+    a peer far ahead did not end the wait."""
+    c = Cluster(4, config_overrides={"speculative": False})  # retransmit_after = 1 s
+    c.down = {3}
+    for i in range(8):
+        c.request((b"r%d" % i,))
+        c.run()
+    ahead = c.replicas[0]
+    assert ahead.last_executed == 8 and c.replicas[3].last_executed == 0
+    c.down = set()
+    restarted = c.restart(3)
+    c.hosts[3].tick(c.now)  # the first tick after the restart: nobody heard yet
+    status = PeerStatus(0, ahead.view, True, ahead.last_executed, ahead.stable_checkpoint)
+    c.now += 0.05
+    c.deliver(3, c.codecs[0].encode(status))  # a peer's periodic status, 50 ms later
+    c._apply(3, c.hosts[3].tick(c.now + 0.01))
+    assert any(isinstance(m, StateRequest) for m in c.sent[3]), \
+        "still waiting for statuses though a peer said it is 8 blocks ahead"
+    c.run(rounds=20, dt=0.05)
+    assert restarted.last_executed == 8 and restarted.head == ahead.head
