@@ -371,7 +371,7 @@ class Replica:
         msg = env.msg
         if isinstance(msg, Request):
             self._on_request(msg, env, now, out)
-            if self.view % self.n == self.id:  # (is_primary, inline: once per request)
+            if self.is_primary:
                 self._cut_batches(now, out)
         elif isinstance(msg, PrePrepare):
             self._on_preprepare(msg, env.frame, now, out)

@@ -150,8 +150,8 @@ class Codec:
         self.macs = MacKeys(signer) if signer is not None and signer.scheme == "ed25519" \
             else None
         self._replica_order = [replicas[i].raw_key for i in sorted(replicas)]
-        self._can_mac = self.macs is not None and all(len(k) == 32
-                                                       for k in self._replica_order)
+        # MAC authenticators need Ed25519 keys all round
+        self.can_mac = self.macs is not None and all(len(k) == 32 for k in self._replica_order)
         self.clients = clients
         self.max_frame = max_frame
         self.open_clients = open_clients
@@ -181,11 +181,6 @@ class Codec:
         payload = payload_of(msg)
         digest = hashlib.sha256(payload).digest()
         return _PACK([payload, self.signer.sign(digest)]), digest
-
-    @property
-    def can_mac(self) -> bool:
-        """MAC authenticators need Ed25519 keys all round."""
-        return self._can_mac
 
     def encode_request(self, msg: Request, authenticate: str = "mac") -> tuple[bytes, bytes]:
         """A client's request, with a tag for every replica ("mac") or signed ("signature"):
