@@ -1,7 +1,7 @@
 """Every Byzantine mode against real clusters of node processes: safety, progress, culprit.
 
     python -m benchmarks.byzantine_nodes [--nodes 4,7] [--modes silent,...] [--seconds 10]
-                                         [--out results]
+                                         [--load N] [--out results]
 
 For each n and mode, a fresh cluster (`cluster_up(..., byzantine=...)`, what `dtnbus
 cluster up --byzantine` does) with f = floor((n-1)/3) nodes in the mode: nodes 0..f-1, so
@@ -11,7 +11,9 @@ equivocate, censor, forge; the others misbehave as well from there). A client st
 (`dtnbus.stream.RequestStream`, closed loop) runs for `--seconds`; for `lying-state` and
 `proof-bomb`, whose lies are answers to state transfer, the last correct node is killed
 with SIGKILL a third of the way in and restarted at two thirds, so it must take state
-from a cluster that includes the liar. Then the stream drains and the run checks, on the
+from a cluster that includes the liar. `--load N`: N more clients keep the cluster at
+saturation beside the stream (`dtnbus.bench.BackgroundLoad`), and every request they saw
+executed is checked like the stream's. Then the stream drains and the run checks, on the
 correct nodes only (the faulty ones promise nothing):
 
 - every request the client saw acknowledged is in every correct ledger, exactly once, at
@@ -44,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks.common import RESULTS, machine, print_table
+from dtnbus.bench import BackgroundLoad
 from dtnbus.chaos import ENTERED_VIEW, check_acknowledged
 from dtnbus.client import Client
 from dtnbus.cluster import (
@@ -71,7 +74,7 @@ LEVEL_SECONDS = 30.0
 COLUMNS = ["n", "mode", "faulty", "acknowledged", "acks_per_s", "left", "late_acks",
            "views", "p50_ms", "p99_ms", "missing", "duplicated", "wrong_place",
            "ledgers", "height", "drops_vs_faulty", "drops_vs_correct", "restart",
-           "ok"]
+           "load_acknowledged", "ok"]
 
 
 @dataclass
@@ -98,6 +101,7 @@ class Cell:
     drops_vs_faulty: str = ""  # reason=count, summed over the correct nodes
     drops_vs_correct: str = ""
     restart: str = "-"  # STATE_MODES: the restarted node's catch-up
+    load_acknowledged: int = 0  # `--load`: requests its clients saw executed (all checked)
     load_start: float = 0.0
     load_end: float = 0.0
     wall_s: float = 0.0
@@ -116,8 +120,9 @@ class Cell:
 
 
 def run_cell(n: int, mode: str, seconds: float, window: int = 8,
-             log: Callable[[str], None] = lambda line: None) -> Cell:
-    """One fresh cluster with f nodes in `mode`, a client stream, the checks."""
+             log: Callable[[str], None] = lambda line: None, load: int = 0) -> Cell:
+    """One fresh cluster with f nodes in `mode`, a client stream (and `load` clients at
+    saturation beside it), the checks."""
     f = max_faulty(n)
     faulty = list(range(f))
     correct = [i for i in range(n) if i not in faulty]
@@ -126,18 +131,24 @@ def run_cell(n: int, mode: str, seconds: float, window: int = 8,
     where = Path(tempfile.mkdtemp(prefix=f"dtnbus-byz-{n}-{mode.replace(':', '')}-"))
     cell.directory = str(where)
     config = cluster_up(where, n, protocol=PROTOCOL, fresh=True,
-                        byzantine={i: mode for i in faulty})
+                        byzantine={i: mode for i in faulty}, extra_clients=load)
     pids = running_pids(where)
     stream: RequestStream | None = None
+    background = None
+    executed: set[tuple[str, int, int]] = set()
     try:
         with Client(config) as probe:
             stream = RequestStream(config, window=window, tag=n).start()
+            if load:
+                background = BackgroundLoad(config, load).start()
             t0 = time.monotonic()
             if mode in STATE_MODES:
                 cell.restart = _kill_and_restart(config, where, correct[-1], t0, seconds,
                                                  probe, cell)
             time.sleep(max(0.0, t0 + seconds - time.monotonic()))  # the stream runs
             stream_end = time.monotonic()
+            if background is not None:
+                executed = background.stop()
             cell.left = stream.drain(DRAIN_SECONDS)
             stream.stop()
             cell.height = _wait_level(probe, correct, cell)
@@ -155,10 +166,15 @@ def run_cell(n: int, mode: str, seconds: float, window: int = 8,
         if dead:
             cell.violations.append(f"node process(es) {dead} died")
     finally:
+        if background is not None:
+            executed = background.stop()
+            if background.error is not None:
+                cell.violations.append(f"the load generator failed: {background.error!r}")
         if stream is not None:
             stream.stop()
         stop_nodes(where)
-    _check(config, where, stream, correct, cell)
+    cell.load_acknowledged = len(executed)
+    _check(config, where, stream, correct, cell, executed)
     cell.load_end = os.getloadavg()[0]
     cell.wall_s = round(time.monotonic() - wall, 1)
     if cell.ok:
@@ -225,7 +241,8 @@ def _reasons(counts: dict[str, int]) -> str:
 
 
 def _check(config: ClusterConfig, where: Path, stream: RequestStream | None,
-           correct: list[int], cell: Cell) -> None:
+           correct: list[int], cell: Cell,
+           load_executed: set[tuple[str, int, int]] | None = None) -> None:
     """The checks on stopped nodes: acknowledged requests in the correct ledgers exactly
     once, ledgers verified and identical, views entered, tracebacks, progress."""
     if stream is None:
@@ -234,7 +251,7 @@ def _check(config: ClusterConfig, where: Path, stream: RequestStream | None,
     if stream.error is not None:
         cell.violations.append(f"client stream failed: {stream.error!r}")
     cell.missing, cell.duplicated, cell.wrong_place = check_acknowledged(
-        config, stream, nodes=tuple(correct))
+        config, stream, nodes=tuple(correct), also=load_executed or frozenset())
     _reports, findings = check_cluster(config, only=set(correct))
     cell.ledgers = "identical, verified" if not findings else findings[0].line()
     views: set[int] = set()
@@ -281,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="client stream per cell")
     parser.add_argument("--window", type=int, default=8, help="requests outstanding")
+    parser.add_argument("--load", type=int, default=0,
+                        help="clients of a closed loop at saturation beside the stream "
+                             "(their executed requests checked too); 0: none")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the CSV goes")
     args = parser.parse_args(argv)
     try:
@@ -295,14 +315,15 @@ def main(argv: list[str] | None = None) -> None:
             parse_mode(mode)
         except ValueError as exc:
             parser.error(f"--modes: {exc}")
-    if args.seconds <= 0 or args.window < 1:
-        parser.error("--seconds must be above 0 and --window at least 1")
+    if args.seconds <= 0 or args.window < 1 or args.load < 0:
+        parser.error("--seconds must be above 0, --window at least 1, --load at least 0")
     if any(n < 4 for n in sizes):
         parser.error("--nodes: every size must be at least 4 (n >= 3f+1 with f >= 1)")
     print(f"dtnbus byzantine nodes ({machine()}); load average at start "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     cells = [run_cell(n, mode, args.seconds, args.window,
-                      log=lambda line: print(line, file=sys.stderr, flush=True))
+                      log=lambda line: print(line, file=sys.stderr, flush=True),
+                      load=args.load)
              for n in sizes for mode in modes]
     rows = [c.row() for c in cells]
     print_table(rows, COLUMNS)

@@ -29,6 +29,7 @@ import os
 import random
 import secrets
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -139,6 +140,9 @@ class LoadGenerator:
         self.busy = 0
         self.retransmissions = 0
         self.measuring = False
+        # (client, session, number) of every request seen executed, when a caller checks
+        # them against the ledgers (`BackgroundLoad`); None: not kept
+        self.executed: set[tuple[str, int, int]] | None = None
         self.authentication = "mac"
         self.unsent: list[bytes] = []  # request frames not sent yet (`flush`)
         self.node_ids = [spec.id for spec in config.nodes]
@@ -269,10 +273,21 @@ class LoadGenerator:
         if self.measuring and outcome == Outcome.EXECUTED:
             self.latencies.append(now - out.sent)
             self.committed_txs += out.txs
+        if self.executed is not None and outcome == Outcome.EXECUTED:
+            self.executed.add((self.client_ids[client], self.sessions[client], number))
         return [client]
 
     def _index(self, name: str) -> int:
         return self._by_name[name]
+
+    def step(self, wait_ms: int, refill: bool) -> None:
+        """Take the replies that arrive within wait_ms; with `refill` (a closed loop),
+        send each client whose request was decided its next one; retransmit what is due."""
+        for client in self.receive(wait_ms):
+            if refill:
+                self.send(client, time.monotonic())
+        self.flush()
+        self.retransmit(time.monotonic())
 
     def retransmit(self, now: float) -> None:
         for out in self.out.values():
@@ -282,6 +297,53 @@ class LoadGenerator:
                 for replica, sock in enumerate(self.socks):
                     if replica not in out.committed:
                         sock.send(out.frame, zmq.NOBLOCK, copy=False)
+
+
+class BackgroundLoad:
+    """A closed loop at saturation on a thread, beside a run that checks something else
+    (`dtnbus chaos --load`): `clients` sessions with `outstanding` one-transaction
+    requests each. Every request it saw executed is kept (`executed`) so the run can look
+    for each in the ledgers."""
+
+    def __init__(self, config: ClusterConfig, clients: int, outstanding: int = 32,
+                 tx_bytes: int = 300) -> None:
+        self.gen = LoadGenerator(config, load_client_ids(clients), tx_bytes, 1)
+        self.gen.executed = set()
+        self.outstanding = outstanding
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
+
+    def start(self) -> BackgroundLoad:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        gen = self.gen
+        try:
+            now = time.monotonic()
+            for client in range(len(gen.client_ids)):
+                for _ in range(self.outstanding):
+                    gen.send(client, now)
+            gen.flush()
+            while not self._stop.is_set():
+                gen.step(5, refill=True)
+        except Exception as exc:  # reported by the caller: the load is part of its run
+            self.error = exc
+
+    def stop(self) -> set[tuple[str, int, int]]:
+        """Stop sending (once); the requests seen executed."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            self.gen.close()
+        assert self.gen.executed is not None
+        return self.gen.executed
+
+
+def load_client_ids(clients: int) -> list[str]:
+    """The names `cluster_up(extra_clients=N)` gives the load generator's clients."""
+    return [f"client-{k + 1}" for k in range(clients)]
 
 
 def open_loop_due(next_send: float, now: float, interval: float) -> tuple[list[float], float,
@@ -327,8 +389,7 @@ def run_bench(nodes: int = 4, clients: int = 16, request_txs: int = 1, seconds: 
 def _load(config: ClusterConfig, directory: Path, clients: int, request_txs: int,
           seconds: float, tx_bytes: int, pipeline: int, rate: float | None,
           warmup: float, authentication: str) -> BenchResult:
-    gen = LoadGenerator(config, [f"client-{k + 1}" for k in range(clients)], tx_bytes,
-                        request_txs)
+    gen = LoadGenerator(config, load_client_ids(clients), tx_bytes, request_txs)
     gen.authentication = authentication
     pids = list(running_pids(directory).values())
     try:
@@ -361,11 +422,7 @@ def _load(config: ClusterConfig, directory: Path, clients: int, request_txs: int
                 gen.flush()
             else:
                 wait = 5
-            for client in gen.receive(wait):
-                if rate is None:
-                    gen.send(client, time.monotonic())
-            gen.flush()
-            gen.retransmit(time.monotonic())
+            gen.step(wait, refill=rate is None)
         elapsed = time.monotonic() - cpu0
         node_cpu = sum(_cpu_seconds(p) for p in pids) - node0
         t = os.times()

@@ -19,6 +19,12 @@ may rely on:
   stays within `stall_bound` (default from the view-change timeout, see `default_bound`);
 - every restarted node caught up within `catchup_timeout`; no node logged a traceback.
 
+With `load_clients` (`--load N`) a closed loop of N more clients keeps the cluster at
+saturation beside the stream (`bench.BackgroundLoad`, one-transaction requests, 32
+outstanding each): the kills then land among thousands of requests a second, batches in
+flight and state transfers racing a moving head. Every load request a client saw
+executed is checked like the stream's: in every ledger, exactly once.
+
 It reports view changes, catch-up times and client latency (p50/p99) inside the fault
 windows (kill to caught up) and outside them. Timing (when a kill lands in the protocol)
 is not reproducible from the seed; the schedule (victims, gaps, down times) is.
@@ -37,12 +43,14 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 
+from dtnbus.bench import BackgroundLoad
 from dtnbus.client import Client
 from dtnbus.cluster import cluster_up, kill_node, start_nodes, stop_nodes
 from dtnbus.config import ClusterConfig
@@ -73,6 +81,7 @@ class ChaosPlan:
     request_txs: int = 1
     tx_bytes: int = 100
     stall_bound: float | None = None  # None: default_bound(view_change_timeout)
+    load_clients: int = 0  # a closed loop at saturation beside the stream (`--load`)
 
     def protocol(self) -> dict[str, Any]:
         return {"view_change_timeout": self.view_change_timeout,
@@ -144,6 +153,8 @@ class ChaosResult:
     # (node, its view, everyone else's view): one node stuck alone in a later view when the
     # run stopped (finding chaos-1, docs/faults.md), None otherwise
     lone_view: tuple[int, int, int] | None = None
+    load_clients: int = 0
+    load_acknowledged: int = 0  # load requests seen executed (each checked in the ledgers)
 
     @property
     def ok(self) -> bool:
@@ -174,6 +185,8 @@ class ChaosRun:
         self.t0 = 0.0
         self.last_seen: dict[int, tuple[int, int]] = {}  # node -> (view, seq), last poll
         self.lone_view: tuple[int, int, int] | None = None
+        self.load: BackgroundLoad | None = None
+        self.load_executed: set[tuple[str, int, int]] = set()
 
     # ------------------------------------------------------------ the run
 
@@ -181,17 +194,20 @@ class ChaosRun:
         wall = time.monotonic()
         plan = self.plan
         self.config = cluster_up(self.directory, plan.nodes, protocol=plan.protocol(),
-                                 fresh=True)
+                                 fresh=True, extra_clients=plan.load_clients)
         try:
             with Client(self.config) as probe:
                 self.stream = RequestStream(self.config, window=plan.client_window,
                                             request_txs=plan.request_txs,
                                             tx_bytes=plan.tx_bytes, tag=plan.seed).start()
+                if plan.load_clients:
+                    self.load = BackgroundLoad(self.config, plan.load_clients).start()
                 self.t0 = time.monotonic()
                 for index in range(plan.kills):
                     if not self._cycle(index, probe):
                         break
                 stream_end = time.monotonic()
+                self._stop_load()
                 left = self.stream.drain(max(30.0, 3 * plan.bound))
                 if left:
                     self.violations.append(f"{left} requests still not acknowledged 30 s "
@@ -200,12 +216,19 @@ class ChaosRun:
                 self._wait_level(probe)
                 final = probe.status(2.0)
         finally:
+            self._stop_load()
             if self.stream is not None:
                 self.stream.stop()
             stop_nodes(self.directory)
         if self.stream.error is not None:
             self.violations.append(f"client stream failed: {self.stream.error!r}")
+        if self.load is not None and self.load.error is not None:
+            self.violations.append(f"the load generator failed: {self.load.error!r}")
         return self._result(final, stream_end - self.t0, time.monotonic() - wall)
+
+    def _stop_load(self) -> None:
+        if self.load is not None:
+            self.load_executed = self.load.stop()
 
     def _cycle(self, index: int, probe: Client) -> bool:
         """Kill one node at a random moment, restart it, wait until it has caught up.
@@ -347,7 +370,8 @@ class ChaosRun:
             missing=missing, duplicated=duplicated, wrong_place=wrong,
             ledger_findings=[f.line() for f in findings[:20]], tracebacks=tracebacks,
             violations=list(self.violations), directory=str(self.directory),
-            records=self.records, lone_view=self.lone_view)
+            records=self.records, lone_view=self.lone_view, load_clients=plan.load_clients,
+            load_acknowledged=len(self.load_executed))
 
     def _stalls(self, windows: list[tuple[float, float]], stream_seconds: float) -> float:
         """The longest time without an acknowledgement while the stream had requests
@@ -367,7 +391,7 @@ class ChaosRun:
 
     def _check_ledgers(self, acks: list[Ack]) -> tuple[int, int, int]:
         assert self.config is not None and self.stream is not None
-        return check_acknowledged(self.config, self.stream)
+        return check_acknowledged(self.config, self.stream, also=self.load_executed)
 
     def _tracebacks(self) -> list[str]:
         found = []
@@ -396,11 +420,15 @@ def _lone_view(seen: dict[int, tuple[int, int]]) -> tuple[int, int, int] | None:
 
 
 def check_acknowledged(config: ClusterConfig, stream: RequestStream,
-                       nodes: tuple[int, ...] | None = None) -> tuple[int, int, int]:
+                       nodes: tuple[int, ...] | None = None,
+                       also: AbstractSet[tuple[str, int, int]] = frozenset()
+                       ) -> tuple[int, int, int]:
     """Every request `stream` saw acknowledged as executed, against the ledger of each node
     in `nodes` (default all): (missing, executed more than once anywhere, executed elsewhere
     than the sequence and block hash the client was told), summed over the ledgers. (A
-    request answered with another outcome, e.g. stale, was never executed: not checked.)"""
+    request answered with another outcome, e.g. stale, was never executed: not checked.)
+    `also`: more identities (client, session, number) seen executed (a load generator's),
+    counted as missing from each ledger that lacks them."""
     acks = [a for a in stream.accepted() if a.executed]
     missing = duplicated = wrong = 0
     for spec in config.nodes:
@@ -420,6 +448,7 @@ def check_acknowledged(config: ClusterConfig, stream: RequestStream,
         finally:
             ledger.close()
         duplicated += sum(1 for c in everything.values() if c > 1)
+        missing += sum(1 for identity in also if identity not in everything)
         for ack in acks:
             assert ack.key is not None
             places = executed.get(ack.number, [])
@@ -452,6 +481,7 @@ def run_chaos(plan: ChaosPlan, directory: Path | None = None,
 # ------------------------------------------------------------ files
 
 SUMMARY_COLUMNS = ("seed", "nodes", "kills", "kills_of_primary", "acknowledged",
+                   "load_clients", "load_acknowledged",
                    "view_changes", "catchup_p50", "catchup_max", "latency_p50",
                    "latency_p99", "latency_p99_faults", "latency_p99_calm", "longest_stall",
                    "stall_bound", "throughput_rps", "missing", "duplicated", "ok")
@@ -538,8 +568,13 @@ def print_result(result: ChaosResult, echo: Callable[[str], None]) -> None:
     echo(f"  acknowledged {result.acknowledged} requests ({result.throughput_rps:.0f}/s over "
          f"{result.stream_seconds:.0f} s); unacknowledged after draining: "
          f"{result.unacknowledged}")
-    echo(f"  in every ledger exactly once: {result.acknowledged - result.missing}/"
-         f"{result.acknowledged}; executed twice: {result.duplicated}; ledgers "
+    if result.load_clients:
+        echo(f"  beside it, {result.load_clients} load clients at saturation: "
+             f"{result.load_acknowledged} requests seen executed "
+             f"({result.load_acknowledged / max(result.stream_seconds, 1e-9):.0f}/s)")
+    checked = result.acknowledged + result.load_acknowledged
+    echo(f"  in every ledger exactly once: {checked - result.missing}/"
+         f"{checked}; executed twice: {result.duplicated}; ledgers "
          + ("identical" if not result.ledger_findings else "DIFFER") + f" at heights "
          f"{sorted(set(result.heights.values()))}")
     echo(f"  views entered: {result.view_changes}; final views {result.final_views}")
@@ -587,6 +622,11 @@ def json_line(results: list[ChaosResult]) -> str:
                    "(default 3 x view-change timeout + 2 s).")
 @click.option("--client-window", type=click.IntRange(min=1), default=8, show_default=True,
               help="Requests the client keeps outstanding.")
+@click.option("--load", "load_clients", type=click.IntRange(min=0), default=0,
+              show_default=True,
+              help="Clients of a closed loop at saturation beside the stream (32 one-"
+                   "transaction requests outstanding each); each request they see "
+                   "executed is checked in the ledgers too. 0: none.")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Cluster directory (default: a temporary one, kept if a check fails).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"),
@@ -595,7 +635,8 @@ def json_line(results: list[ChaosResult]) -> str:
 def chaos_command(nodes: int, kills: int, seed: int, seeds: int, view_change_timeout: float,
                   checkpoint_interval: int, primary_share: float, max_down: float,
                   max_gap: float, stall_bound: float | None, client_window: int,
-                  directory: Path | None, out: Path, as_json: bool) -> None:
+                  load_clients: int, directory: Path | None, out: Path,
+                  as_json: bool) -> None:
     """Kill -9 and restart random nodes (the primary included) under a client stream;
     check that every acknowledged request is in every ledger exactly once.
 
@@ -612,7 +653,7 @@ def chaos_command(nodes: int, kills: int, seed: int, seeds: int, view_change_tim
                          window=max(64, 4 * checkpoint_interval),
                          primary_share=primary_share, gap=(0.2, max_gap),
                          down=(0.1, max(0.1, max_down)), client_window=client_window,
-                         stall_bound=stall_bound)
+                         stall_bound=stall_bound, load_clients=load_clients)
         result = run_chaos(plan, directory, log=lambda line: click.echo(line, err=True))
         print_result(result, click.echo)
         results.append(result)

@@ -26,6 +26,20 @@ def test_a_censoring_primary_is_replaced_and_the_row_says_so(
     assert "every check held" in capsys.readouterr().err
 
 
+def test_an_equivocating_primary_at_saturation_loses_no_load_request(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--load`: four more clients keep the cluster saturated while node 0 equivocates;
+    every request they saw executed is in every correct ledger once (the row counts
+    them as missing otherwise, and fails)."""
+    byzantine_nodes.main(["--nodes", "4", "--modes", "equivocate", "--seconds", "3",
+                          "--load", "4", "--out", str(tmp_path)])
+    (row,) = list(csv.DictReader((tmp_path / "byzantine-nodes.csv").open()))
+    assert row["ok"] == "True" and int(row["load_acknowledged"]) > 500
+    assert row["missing"] == row["duplicated"] == row["wrong_place"] == "0"
+    assert row["ledgers"] == "identical, verified"
+    assert "every check held" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         byzantine_nodes.main(["--nodes", "3"])

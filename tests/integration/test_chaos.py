@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from integration_support import processes_mentioning
 
-from dtnbus.chaos import ChaosPlan, ChaosResult, run_chaos
+from dtnbus.chaos import ChaosPlan, ChaosResult, check_acknowledged, run_chaos
+from dtnbus.config import load_cluster
+from dtnbus.stream import RequestStream
 
 # long real-process fault runs: `make test-slow` (CI runs it after `make test`)
 pytestmark = pytest.mark.slow
@@ -56,6 +58,24 @@ def test_kill9_restart_cycles_lose_nothing_and_never_stall(tmp_path: Path) -> No
     result = run_chaos(plan, directory)
     _assert_clean(result, directory)
     assert result.catchup_max is not None and result.catchup_max < plan.catchup_timeout
+
+
+def test_kill9_restart_at_saturation_loses_no_load_request(tmp_path: Path) -> None:
+    """The kills land among thousands of requests a second (`--load`: 8 more clients, 32
+    outstanding each): restarted nodes catch up with a moving head, and every request a
+    load client saw executed is in every ledger, once."""
+    plan = ChaosPlan(kills=6, seed=13, load_clients=8, **FAST)  # type: ignore[arg-type]
+    directory = tmp_path / "cluster"
+    result = run_chaos(plan, directory)
+    assert not processes_mentioning(str(directory)), "node processes left running"
+    assert result.ok, _explain(result)
+    assert result.load_acknowledged > 2000, result.load_acknowledged
+    assert result.missing == 0 and result.duplicated == 0
+    # the check is not vacuous: a load request no ledger holds is missing from each
+    config = load_cluster(directory / "cluster.toml")
+    missing, duplicated, _ = check_acknowledged(config, RequestStream(config),
+                                                also={("client-1", 1, 10**9)})
+    assert (missing, duplicated) == (config.n, 0)
 
 
 def test_chaos_command_runs_a_seed_and_reports_json(tmp_path: Path) -> None:
