@@ -54,6 +54,14 @@ def write_targets(cluster_dir: Path, ports: list[int]) -> Path:
 
 
 @needs_promtool
+def test_the_top_level_monitoring_folder_is_the_packaged_one() -> None:
+    """The repository's `monitoring/` (where the layout says it is) and the package's
+    (what `dtnbus monitor` ships) are one folder, never two copies that drift apart."""
+    top = MONITORING.parent.parent / "monitoring"
+    assert top.is_symlink() and top.resolve() == MONITORING.resolve()
+    assert (top / "prometheus.yml").is_file() and (top / "rules").is_dir()
+
+
 def test_promtool_accepts_the_template_config() -> None:
     result = promtool("check", "config", MONITORING / "prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
