@@ -5,8 +5,10 @@ keeps requests flowing. At random moments (seeded) one node is killed with SIGKI
 primary of the moment with probability `primary_share`, any node otherwise; after a
 random time down it is restarted over its ledger and must catch up (state transfer, the
 current view). The next kill comes only once the cluster is whole again (every node in
-one view, none more than a few sequences behind), so at most f = 1 node is ever down or
-unable to vote, and the cluster must keep committing throughout.
+one view, none more than a few sequences behind), so at most one node is ever down or
+unable to vote, and the cluster must keep committing throughout. `at_once` (`--at-once
+K`, K <= f) kills K nodes together instead, the primary among them as often: the fault
+model's worst case at n = 7 and beyond, 2f+1 live nodes and no slack.
 
 At the end the stream drains, the nodes are stopped, and the run checks what a client
 may rely on:
@@ -82,6 +84,7 @@ class ChaosPlan:
     tx_bytes: int = 100
     stall_bound: float | None = None  # None: default_bound(view_change_timeout)
     load_clients: int = 0  # a closed loop at saturation beside the stream (`--load`)
+    at_once: int = 1  # nodes killed together each cycle, at most f (`--at-once`)
 
     def protocol(self) -> dict[str, Any]:
         return {"view_change_timeout": self.view_change_timeout,
@@ -113,6 +116,7 @@ class KillRecord:
     catchup_seconds: float | None  # restart -> the cluster whole again (one view, level)
     caught_up_at: float | None
     target_seq: int  # the others' height when it was restarted
+    with_nodes: tuple[int, ...] = ()  # `at_once` > 1: the others killed with `node`
     accepted_in_window: int = 0  # acknowledgements from kill to caught up
     longest_gap_in_window: float = 0.0
 
@@ -155,6 +159,7 @@ class ChaosResult:
     lone_view: tuple[int, int, int] | None = None
     load_clients: int = 0
     load_acknowledged: int = 0  # load requests seen executed (each checked in the ledgers)
+    at_once: int = 1  # nodes killed together each cycle
 
     @property
     def ok(self) -> bool:
@@ -174,6 +179,8 @@ class ChaosRun:
                  log: Callable[[str], None] = lambda line: None) -> None:
         if plan.nodes < 4:
             raise ValueError("chaos needs at least 4 nodes (n >= 3f+1 with f >= 1)")
+        if not 1 <= plan.at_once <= max_faulty(plan.nodes):
+            raise ValueError(at_once_error(plan.nodes))
         self.plan = plan
         self.directory = directory
         self.log = log
@@ -242,22 +249,32 @@ class ChaosRun:
         primary = view % plan.nodes
         aim_primary = self.rng.random() < plan.primary_share
         victim = primary if aim_primary else self.rng.randrange(plan.nodes)
+        # with at_once = 1 this draws nothing: a seed's schedule is what it always was
+        victims = [victim, *self.rng.sample([i for i in range(plan.nodes) if i != victim],
+                                            plan.at_once - 1)]
         down = self.rng.uniform(*plan.down)
         killed = time.monotonic()
-        kill_node(self.directory, victim)
-        time.sleep(down)  # the schedule: how long the node stays dead
+        for node in victims:
+            kill_node(self.directory, node)
+        time.sleep(down)  # the schedule: how long the nodes stay dead
         others = probe.status(1.0)
-        target = max((s.last_executed for r, s in others.items() if r != victim), default=0)
+        target = max((s.last_executed for r, s in others.items() if r not in victims),
+                     default=0)
         restarted = time.monotonic()
-        start_nodes(self.config, self.directory, ids=[victim])
-        caught = self._wait_caught_up(probe, victim, target, restarted + plan.catchup_timeout)
-        record = KillRecord(index, victim, victim == primary, view, killed - self.t0, down,
+        start_nodes(self.config, self.directory, ids=victims)
+        caught = self._wait_caught_up(probe, victims, target,
+                                      restarted + plan.catchup_timeout)
+        record = KillRecord(index, victim, primary in victims, view, killed - self.t0, down,
                             restarted - self.t0,
                             None if caught is None else caught - restarted,
-                            None if caught is None else caught - self.t0, target)
+                            None if caught is None else caught - self.t0, target,
+                            tuple(victims[1:]))
         self.records.append(record)
-        self.log(f"kill {index + 1}/{plan.kills}: node {victim}"
-                 f"{' (primary)' if record.was_primary else ''} in view {view}, down "
+        named = " and ".join(map(str, victims))
+        role = "" if not record.was_primary else \
+            " (primary)" if len(victims) == 1 else " (the primary among them)"
+        self.log(f"kill {index + 1}/{plan.kills}: node{'s' if len(victims) > 1 else ''} "
+                 f"{named}{role} in view {view}, down "
                  f"{down:.2f} s, caught up "
                  + (f"{record.catchup_seconds:.2f} s" if caught is not None else "NEVER")
                  + f" after restart; {self.stream.accepted_count()} acknowledged")
@@ -266,26 +283,25 @@ class ChaosRun:
             seen = ", ".join(f"node {r}: view {v} seq {e}"
                              for r, (v, e) in sorted(self.last_seen.items()))
             self.violations.append(f"kill {index + 1}: the cluster was not whole again "
-                                   f"{plan.catchup_timeout:.0f} s after node {victim} "
-                                   f"restarted (it had to reach seq {target}): {seen}")
+                                   f"{plan.catchup_timeout:.0f} s after node {named} "
+                                   f"restarted (to reach seq {target}): {seen}")
             return False
         if not self.stream.alive():
             self.violations.append("the client stream stopped")
             return False
         return True
 
-    def _wait_caught_up(self, probe: Client, node: int, target: int,
+    def _wait_caught_up(self, probe: Client, nodes: list[int], target: int,
                          deadline: float) -> float | None:
         """When the cluster is whole again: every node answers and is ready, all in one
-        view, `node` at or beyond `target`, and no node more than `LEVEL_SLACK` sequences
-        behind the most advanced (batches in flight). Only then may the next kill come:
-        a node still catching up is not down, but it cannot vote yet."""
+        view, each of `nodes` at or beyond `target`, and no node more than `LEVEL_SLACK`
+        sequences behind the most advanced (batches in flight). Only then may the next kill
+        come: a node still catching up is not down, but it cannot vote yet."""
         self.last_seen = {}
         while time.monotonic() < deadline:
             st = probe.status(0.5)
             self.last_seen = {r: (s.view, s.last_executed) for r, s in st.items()}
-            me = st.get(node)
-            if me is not None and len(st) == self.plan.nodes and me.last_executed >= target \
+            if len(st) == self.plan.nodes and all(st[r].last_executed >= target for r in nodes) \
                     and all(s.ready for s in st.values()) \
                     and len({s.view for s in st.values()}) == 1 \
                     and max(s.last_executed for s in st.values()) - \
@@ -371,7 +387,7 @@ class ChaosRun:
             ledger_findings=[f.line() for f in findings[:20]], tracebacks=tracebacks,
             violations=list(self.violations), directory=str(self.directory),
             records=self.records, lone_view=self.lone_view, load_clients=plan.load_clients,
-            load_acknowledged=len(self.load_executed))
+            load_acknowledged=len(self.load_executed), at_once=plan.at_once)
 
     def _stalls(self, windows: list[tuple[float, float]], stream_seconds: float) -> float:
         """The longest time without an acknowledgement while the stream had requests
@@ -417,6 +433,11 @@ def _lone_view(seen: dict[int, tuple[int, int]]) -> tuple[int, int, int] | None:
     if len(alone) == 1 and len(rest) == 1 and len(views) > 2:
         return alone[0], top, rest.pop()
     return None
+
+
+def at_once_error(nodes: int) -> str:
+    return (f"--at-once must be between 1 and f = {max_faulty(nodes)} at n = {nodes}: with "
+            "more nodes down the cluster cannot commit, and the stall bound means nothing")
 
 
 def check_acknowledged(config: ClusterConfig, stream: RequestStream,
@@ -480,7 +501,7 @@ def run_chaos(plan: ChaosPlan, directory: Path | None = None,
 
 # ------------------------------------------------------------ files
 
-SUMMARY_COLUMNS = ("seed", "nodes", "kills", "kills_of_primary", "acknowledged",
+SUMMARY_COLUMNS = ("seed", "nodes", "at_once", "kills", "kills_of_primary", "acknowledged",
                    "load_clients", "load_acknowledged",
                    "view_changes", "catchup_p50", "catchup_max", "latency_p50",
                    "latency_p99", "latency_p99_faults", "latency_p99_calm", "longest_stall",
@@ -563,8 +584,9 @@ def print_result(result: ChaosResult, echo: Callable[[str], None]) -> None:
         return "n/a" if value is None else f"{value:.2f} s"
 
     f = max_faulty(result.nodes)
-    echo(f"chaos seed {result.seed}: {result.kills} kill -9/restart cycles on {result.nodes} "
-         f"nodes (f={f}), {result.kills_of_primary} of the primary")
+    together = f" of {result.at_once} nodes at once" if result.at_once > 1 else ""
+    echo(f"chaos seed {result.seed}: {result.kills} kill -9/restart cycles{together} on "
+         f"{result.nodes} nodes (f={f}), {result.kills_of_primary} with the primary")
     echo(f"  acknowledged {result.acknowledged} requests ({result.throughput_rps:.0f}/s over "
          f"{result.stream_seconds:.0f} s); unacknowledged after draining: "
          f"{result.unacknowledged}")
@@ -627,6 +649,9 @@ def json_line(results: list[ChaosResult]) -> str:
               help="Clients of a closed loop at saturation beside the stream (32 one-"
                    "transaction requests outstanding each); each request they see "
                    "executed is checked in the ledgers too. 0: none.")
+@click.option("--at-once", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Nodes killed together each cycle (at most f): at n = 7, 2 leaves "
+                   "exactly a quorum alive.")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Cluster directory (default: a temporary one, kept if a check fails).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"),
@@ -635,7 +660,7 @@ def json_line(results: list[ChaosResult]) -> str:
 def chaos_command(nodes: int, kills: int, seed: int, seeds: int, view_change_timeout: float,
                   checkpoint_interval: int, primary_share: float, max_down: float,
                   max_gap: float, stall_bound: float | None, client_window: int,
-                  load_clients: int, directory: Path | None, out: Path,
+                  load_clients: int, at_once: int, directory: Path | None, out: Path,
                   as_json: bool) -> None:
     """Kill -9 and restart random nodes (the primary included) under a client stream;
     check that every acknowledged request is in every ledger exactly once.
@@ -645,6 +670,8 @@ def chaos_command(nodes: int, kills: int, seed: int, seeds: int, view_change_tim
 
     if directory is not None and seeds > 1:
         raise LocalError("--dir holds one cluster: use it with --seeds 1")
+    if at_once > max_faulty(nodes):
+        raise LocalError(at_once_error(nodes))
     results = []
     for s in range(seed, seed + seeds):
         plan = ChaosPlan(nodes=nodes, kills=kills, seed=s,
@@ -653,7 +680,8 @@ def chaos_command(nodes: int, kills: int, seed: int, seeds: int, view_change_tim
                          window=max(64, 4 * checkpoint_interval),
                          primary_share=primary_share, gap=(0.2, max_gap),
                          down=(0.1, max(0.1, max_down)), client_window=client_window,
-                         stall_bound=stall_bound, load_clients=load_clients)
+                         stall_bound=stall_bound, load_clients=load_clients,
+                         at_once=at_once)
         result = run_chaos(plan, directory, log=lambda line: click.echo(line, err=True))
         print_result(result, click.echo)
         results.append(result)

@@ -78,6 +78,20 @@ def test_kill9_restart_at_saturation_loses_no_load_request(tmp_path: Path) -> No
     assert (missing, duplicated) == (config.n, 0)
 
 
+def test_two_of_seven_killed_together_lose_nothing_and_never_stall(tmp_path: Path) -> None:
+    """`--at-once 2` at n = 7: f nodes down together, the 2f+1 left must still commit,
+    and both restarted nodes catch up before the next cycle."""
+    plan = ChaosPlan(nodes=7, kills=4, seed=14, at_once=2, **FAST)  # type: ignore[arg-type]
+    directory = tmp_path / "cluster"
+    result = run_chaos(plan, directory)
+    assert not processes_mentioning(str(directory)), "node processes left running"
+    assert result.ok, _explain(result)
+    assert result.at_once == 2 and result.kills == 4
+    assert all(len(r.with_nodes) == 1 and r.with_nodes[0] != r.node for r in result.records)
+    assert result.acknowledged > 50 and result.missing == 0 and result.duplicated == 0
+    assert result.longest_stall <= result.stall_bound
+
+
 def test_chaos_command_runs_a_seed_and_reports_json(tmp_path: Path) -> None:
     """The second seed through `dtnbus chaos` (seed 11): exit 0, a table, files, JSON."""
     directory = tmp_path / "cluster"
@@ -98,7 +112,8 @@ def test_chaos_command_runs_a_seed_and_reports_json(tmp_path: Path) -> None:
 
 
 def test_chaos_command_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
-    for args in (["--nodes", "3"], ["--kills", "0"], ["--seeds", "2", "--dir", "x"]):
+    for args in (["--nodes", "3"], ["--kills", "0"], ["--seeds", "2", "--dir", "x"],
+                 ["--at-once", "2"]):
         proc = subprocess.run([sys.executable, "-m", "dtnbus", "chaos", *args],
                               capture_output=True, text=True, timeout=60, cwd=tmp_path,
                               check=False)
