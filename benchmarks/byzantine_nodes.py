@@ -134,7 +134,7 @@ def run_cell(n: int, mode: str, seconds: float, window: int = 8,
                         byzantine={i: mode for i in faulty}, extra_clients=load)
     pids = running_pids(where)
     stream: RequestStream | None = None
-    background = None
+    background: BackgroundLoad | None = None
     executed: set[tuple[str, int, int]] = set()
     try:
         with Client(config) as probe:
