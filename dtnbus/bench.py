@@ -280,6 +280,13 @@ class LoadGenerator:
     def _index(self, name: str) -> int:
         return self._by_name[name]
 
+    def fill(self, outstanding: int, now: float) -> None:
+        """A closed loop's start: `outstanding` requests from every client, sent."""
+        for client in range(len(self.client_ids)):
+            for _ in range(outstanding):
+                self.send(client, now)
+        self.flush()
+
     def step(self, wait_ms: int, refill: bool) -> None:
         """Take the replies that arrive within wait_ms; with `refill` (a closed loop),
         send each client whose request was decided its next one; retransmit what is due."""
@@ -321,11 +328,7 @@ class BackgroundLoad:
     def _run(self) -> None:
         gen = self.gen
         try:
-            now = time.monotonic()
-            for client in range(len(gen.client_ids)):
-                for _ in range(self.outstanding):
-                    gen.send(client, now)
-            gen.flush()
+            gen.fill(self.outstanding, time.monotonic())
             while not self._stop.is_set():
                 gen.step(5, refill=True)
         except Exception as exc:  # reported by the caller: the load is part of its run
@@ -398,10 +401,7 @@ def _load(config: ClusterConfig, directory: Path, clients: int, request_txs: int
         end = measure_at + seconds
         cpu0 = node0 = client0 = 0.0
         if rate is None:
-            for client in range(clients):
-                for _ in range(pipeline):
-                    gen.send(client, start)
-            gen.flush()
+            gen.fill(pipeline, start)
         next_send = start
         rr = 0
         while True:

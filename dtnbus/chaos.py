@@ -179,8 +179,8 @@ class ChaosRun:
                  log: Callable[[str], None] = lambda line: None) -> None:
         if plan.nodes < 4:
             raise ValueError("chaos needs at least 4 nodes (n >= 3f+1 with f >= 1)")
-        if not 1 <= plan.at_once <= max_faulty(plan.nodes):
-            raise ValueError(at_once_error(plan.nodes))
+        if (why := at_once_error(plan.nodes, plan.at_once)) is not None:
+            raise ValueError(why)
         self.plan = plan
         self.directory = directory
         self.log = log
@@ -193,7 +193,6 @@ class ChaosRun:
         self.last_seen: dict[int, tuple[int, int]] = {}  # node -> (view, seq), last poll
         self.lone_view: tuple[int, int, int] | None = None
         self.load: BackgroundLoad | None = None
-        self.load_executed: set[tuple[str, int, int]] = set()
 
     # ------------------------------------------------------------ the run
 
@@ -214,7 +213,7 @@ class ChaosRun:
                     if not self._cycle(index, probe):
                         break
                 stream_end = time.monotonic()
-                self._stop_load()
+                self._load_executed()  # the load stops before the stream drains
                 left = self.stream.drain(max(30.0, 3 * plan.bound))
                 if left:
                     self.violations.append(f"{left} requests still not acknowledged 30 s "
@@ -223,7 +222,7 @@ class ChaosRun:
                 self._wait_level(probe)
                 final = probe.status(2.0)
         finally:
-            self._stop_load()
+            self._load_executed()
             if self.stream is not None:
                 self.stream.stop()
             stop_nodes(self.directory)
@@ -233,9 +232,9 @@ class ChaosRun:
             self.violations.append(f"the load generator failed: {self.load.error!r}")
         return self._result(final, stream_end - self.t0, time.monotonic() - wall)
 
-    def _stop_load(self) -> None:
-        if self.load is not None:
-            self.load_executed = self.load.stop()
+    def _load_executed(self) -> AbstractSet[tuple[str, int, int]]:
+        """Stop the load (once); the requests its clients saw executed."""
+        return self.load.stop() if self.load is not None else frozenset()
 
     def _cycle(self, index: int, probe: Client) -> bool:
         """Kill one node at a random moment, restart it, wait until it has caught up.
@@ -387,7 +386,7 @@ class ChaosRun:
             ledger_findings=[f.line() for f in findings[:20]], tracebacks=tracebacks,
             violations=list(self.violations), directory=str(self.directory),
             records=self.records, lone_view=self.lone_view, load_clients=plan.load_clients,
-            load_acknowledged=len(self.load_executed), at_once=plan.at_once)
+            load_acknowledged=len(self._load_executed()), at_once=plan.at_once)
 
     def _stalls(self, windows: list[tuple[float, float]], stream_seconds: float) -> float:
         """The longest time without an acknowledgement while the stream had requests
@@ -407,7 +406,7 @@ class ChaosRun:
 
     def _check_ledgers(self, acks: list[Ack]) -> tuple[int, int, int]:
         assert self.config is not None and self.stream is not None
-        return check_acknowledged(self.config, self.stream, also=self.load_executed)
+        return check_acknowledged(self.config, self.stream, also=self._load_executed())
 
     def _tracebacks(self) -> list[str]:
         found = []
@@ -435,7 +434,11 @@ def _lone_view(seen: dict[int, tuple[int, int]]) -> tuple[int, int, int] | None:
     return None
 
 
-def at_once_error(nodes: int) -> str:
+def at_once_error(nodes: int, at_once: int) -> str | None:
+    """Why `at_once` nodes killed together cannot be a chaos cycle at n = `nodes` (None:
+    they can): more than f down and the cluster cannot commit, so no stall bound holds."""
+    if 1 <= at_once <= max_faulty(nodes):
+        return None
     return (f"--at-once must be between 1 and f = {max_faulty(nodes)} at n = {nodes}: with "
             "more nodes down the cluster cannot commit, and the stall bound means nothing")
 
@@ -670,8 +673,8 @@ def chaos_command(nodes: int, kills: int, seed: int, seeds: int, view_change_tim
 
     if directory is not None and seeds > 1:
         raise LocalError("--dir holds one cluster: use it with --seeds 1")
-    if at_once > max_faulty(nodes):
-        raise LocalError(at_once_error(nodes))
+    if (why := at_once_error(nodes, at_once)) is not None:
+        raise LocalError(why)
     results = []
     for s in range(seed, seed + seeds):
         plan = ChaosPlan(nodes=nodes, kills=kills, seed=s,
