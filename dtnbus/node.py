@@ -78,7 +78,7 @@ from dtnbus.replica import UNNEEDED, Replica
 from dtnbus.state_transfer import ServeGate, serve_state, verify_blocks
 from dtnbus.storage import Ledger
 from dtnbus.transport import FROM_ROUTER, Endpoints, Transport, from_replica
-from dtnbus.wire import Codec, Envelope, Unverified
+from dtnbus.wire import Codec, Envelope, Unverified, UnvouchedRequest
 
 log = logging.getLogger("dtnbus.node")
 
@@ -260,6 +260,10 @@ class Node:
             env = self.intake(raw, now)
             if env is None:
                 return
+        except UnvouchedRequest as exc:  # counted as dropped; the order may still need it
+            self.metrics.dropped(exc.reason, sender)
+            self._unvouched(exc.envelope, now)
+            return
         except PeerError as exc:
             if sender is None and exc.msg is not None:
                 sender = sender_of(exc.msg)  # who it claims to be: a name for the culprit
@@ -289,6 +293,13 @@ class Node:
             log.exception("node %d: handling %s from %s failed", self.id,
                           type(env.msg).__name__, sender)
             self.metrics.dropped("internal_error", sender)
+
+    def _unvouched(self, env: Envelope, now: float) -> None:
+        try:
+            self.outbox.extend(self.replica.unvouched(env, now))
+        except Exception:
+            log.exception("node %d: holding an unvouched request failed", self.id)
+            self.metrics.dropped("internal_error", sender_of(env.msg))
 
     def intake(self, raw: Unverified, now: float) -> Envelope | None:
         """Signatures in the order that keeps a flood cheap: the sender's own signature,

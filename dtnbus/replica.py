@@ -95,6 +95,10 @@ _BUDGETED: dict[type, str] = {ViewChange: "view_change", NewView: "new_view",
 # outcomes this block decides on its own: answered at once (the others were decided
 # before, and the ledger holds their one true answer)
 DIRECT_ANSWERS = frozenset({Outcome.EXECUTED, Outcome.CONFLICT, Outcome.REFUSED})
+# requests whose MAC tag failed here, held in case f + 1 replicas vouch for a batch that
+# orders them (`Replica.unvouched`): bounded, oldest out first
+UNVOUCHED_MAX = 256
+UNVOUCHED_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +202,8 @@ class Replica:
         # peers that wait alone in a later view (they may not come back: chaos-1)
         self.lone: dict[int, tuple[int, float]] = {}  # replica -> (its view, seen since)
         self.lone_grace = 4 * config.view_change_timeout
+        self.held_requests: OrderedDict[bytes, Envelope] = OrderedDict()  # digest -> request
+        self.held_bytes = 0
         # what a correct peer needs at most, per authenticated sender (a forger's frames fail
         # their signature check before they are charged: chaos-2); proofs are bounded by
         # the shape checks, not by a bucket a legitimate NEW-VIEW might not fit (sim-3)
@@ -467,11 +473,66 @@ class Replica:
             out.append(SendClient(msg.client, Reply(self.view, self.id, *ident, env.digest, 0, 0,
                                                     b"", Outcome.BUSY)))
             return
-        for seq in sorted(self.pool.add(env.digest, msg, env.frame, now)):
+        for slot in self._pool_body(env.digest, msg, env.frame, now):
+            self._progress(slot, now, out)  # a body it was missing
+
+    def _pool_body(self, digest: bytes, msg: Request, frame: bytes,
+                   now: float) -> list[Slot]:
+        """Hold a new body; the slots that waited for it (no longer missing it)."""
+        waiting = []
+        for seq in sorted(self.pool.add(digest, msg, frame, now)):
             slot = self.slots.get(seq)
-            if slot is not None:  # a body we were missing
-                slot.missing.discard(env.digest)
-                self._progress(slot, now, out)
+            if slot is not None:
+                slot.missing.discard(digest)
+                waiting.append(slot)
+        return waiting
+
+    def unvouched(self, env: Envelope, now: float) -> list[Effect]:
+        """A request whose MAC tag for us failed (the host counted it dropped). A faulty
+        client can make its authenticator hold at some replicas only (Aardvark's "Big MAC
+        attack"): the primary may order it, and those that cannot take it would never
+        prepare, which stalls every later sequence once f + 1 of them are stuck. So we
+        hold it, and take it for a slot that f + 1 replicas vouch for: at least one of
+        them is correct and authenticated it with its own tag. We never order it
+        ourselves (it never enters the pending queue)."""
+        out: list[Effect] = []
+        digest = env.digest
+        if not isinstance(env.msg, Request) or digest in self.pool:
+            return out
+        waiting = self.pool.missing.get(digest, ())
+        if any(self._vouched(slot) for seq in waiting if (slot := self.slots.get(seq))):
+            self._on_request(env.msg, env, now, out)
+            return out
+        if digest not in self.held_requests:
+            self.held_requests[digest] = env
+            self.held_bytes += len(env.frame)
+            while len(self.held_requests) > UNVOUCHED_MAX or self.held_bytes > UNVOUCHED_BYTES:
+                self.held_bytes -= len(self.held_requests.popitem(last=False)[1].frame)
+        return out
+
+    def _vouched(self, slot: Slot) -> bool:
+        """f + 1 other replicas stand behind this slot's batch: its PRE-PREPARE's sender
+        and those who PREPAREd or COMMITted its digest (each had every body of it)."""
+        if slot.preprepare is None:
+            return False
+        digest = slot.digest
+        vouchers = {slot.preprepare.replica}
+        vouchers.update(r for r, d in slot.prepares.items() if d == digest)
+        vouchers.update(r for r, d in slot.commits.items() if d == digest)
+        vouchers.discard(self.id)
+        return len(vouchers) > self.f
+
+    def _take_vouched(self, slot: Slot, now: float) -> list[Slot]:
+        """The held bodies this vouched slot lacks, into the pool; the other slots that
+        waited for them too (they progress after this one)."""
+        others: list[Slot] = []
+        for digest in [d for d in slot.missing if d in self.held_requests]:
+            env = self.held_requests.pop(digest)
+            self.held_bytes -= len(env.frame)
+            assert isinstance(env.msg, Request)
+            others += (waiting for waiting in self._pool_body(digest, env.msg, env.frame, now)
+                       if waiting is not slot)
+        return others
 
     def _batch_due(self) -> float | None:
         """When the primary may cut its next batch (None: not before more input).
@@ -609,6 +670,9 @@ class Replica:
         """Advance a slot as far as its votes allow, then execute what is in order. A slot
         we executed before a view change still votes (others may need our COMMIT), but
         never executes twice."""
+        if slot.missing and self.held_requests and self._vouched(slot):
+            for other in self._take_vouched(slot, now):
+                self._progress(other, now, out)
         if slot.preprepare is None or slot.missing:
             return
         if not self.active or slot.view != self.view:

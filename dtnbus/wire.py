@@ -269,8 +269,10 @@ class Codec:
         digest = hashlib.sha256(raw.payload).digest()
         if raw.tags:
             if not self._tag_holds(raw, digest):
-                raise PeerError("bad_signature",
-                                f"{type(msg).__name__} from {sender_of(msg)!r}: bad MAC")
+                detail = f"{type(msg).__name__} from {sender_of(msg)!r}: bad MAC"
+                if isinstance(msg, Request):
+                    raise UnvouchedRequest(Envelope(msg, digest, raw.frame), detail)
+                raise PeerError("bad_signature", detail)
         elif not raw.verifier.verify(raw.signature, digest):
             raise PeerError("bad_signature", f"{type(msg).__name__} from {sender_of(msg)!r}")
         if not nested:
@@ -295,6 +297,16 @@ class Codec:
         else:
             tag = raw.tags
         return hmac.compare_digest(tag, self.macs.tag(raw.verifier.raw_key, digest))
+
+
+class UnvouchedRequest(PeerError):
+    """A client's request whose MAC tag for us fails: dropped and counted like any bad
+    signature, yet the replica may take it for a batch f + 1 others vouch for
+    (`Replica.unvouched`): a faulty client can make its tags hold at some replicas only."""
+
+    def __init__(self, envelope: Envelope, detail: str) -> None:
+        super().__init__("bad_signature", detail, envelope.msg, envelope.digest)
+        self.envelope = envelope
 
 
 class Unverified:

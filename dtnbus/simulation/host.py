@@ -33,7 +33,7 @@ from dtnbus.messages import (
 from dtnbus.replica import UNNEEDED, Replica, ReplicaConfig
 from dtnbus.state_transfer import ServeGate, serve_state, verify_blocks
 from dtnbus.storage import MemoryLedger
-from dtnbus.wire import Codec, Envelope, Unverified
+from dtnbus.wire import Codec, Envelope, Unverified, UnvouchedRequest
 
 
 class Packet:
@@ -132,6 +132,9 @@ class ReplicaHost:
                 env = self.codec.authenticate_nested(raw, outer)
                 if shared:
                     packet.env = env
+        except UnvouchedRequest as exc:  # (never shared: a tag per receiver)
+            return [Drop(exc.reason, sender_of(raw.msg)),
+                    *self._finish(self.replica.unvouched(exc.envelope, now), now)]
         except PeerError as exc:
             if shared:
                 packet.auth_error = exc.reason

@@ -32,7 +32,7 @@ from dtnbus.messages import Commit, Prepare, Reply, Request
 from dtnbus.storage import compare_ledgers
 from dtnbus.sync import make_transactions
 from dtnbus.transport import waiting_frames
-from dtnbus.wire import DEFAULT_MAX_FRAME, Codec
+from dtnbus.wire import DEFAULT_MAX_FRAME, MAC_BYTES, Codec
 
 # ------------------------------------------------------------------ helpers
 
@@ -357,6 +357,44 @@ def test_replayed_request_is_answered_from_the_reply_cache_not_executed_twice(
         assert executed.count((spec.id, ts, 1)) == 1, executed
         assert executed.count((spec.id, ts, 2)) == 1, executed
     _assert_ledgers_identical(cluster, list(range(cluster.n)), 15)
+
+
+def test_a_request_whose_tags_hold_at_two_replicas_only_executes_everywhere(
+        cluster: RunningCluster) -> None:
+    """Aardvark's "Big MAC attack" on real nodes: a client spoils its MAC tags for f + 1
+    backups. They count it dropped, yet take it for the batch the primary and the third
+    backup vouch for; nothing stalls and no ledger falls behind."""
+    config = cluster.config
+    spec = config.client()
+    codec = Codec(config.signer(spec.key_file, "client"), config.replica_verifiers(),
+                  config.client_verifiers())
+    ts = time.time_ns() // 1000
+    frame, _ = codec.encode_request(
+        Request(spec.id, ts, 1, tuple(make_transactions(3, 300, seed=5))), "mac")
+    payload, signature, tags = msgpack.unpackb(frame)
+    assert len(tags) == MAC_BYTES * cluster.n
+    spoilt = bytearray(tags)
+    for replica in (1, 2):
+        spoilt[replica * MAC_BYTES] ^= 1
+    before = {i: dropped(cluster.metrics(i), "bad_signature") for i in (1, 2)}
+    ctx = zmq.Context()
+    try:
+        socks = {s.id: _dealer(ctx, s.router) for s in config.nodes}
+        for sock in socks.values():
+            sock.send(msgpack.packb([payload, signature, bytes(spoilt)]))
+        cluster.wait_executed(3)
+        good, _ = codec.encode_request(
+            Request(spec.id, ts, 2, tuple(make_transactions(2, 300, seed=6))), "mac")
+        assert len({(r.seq, r.result) for r in _collect_replies(codec, socks, good, 2)
+                    .values()}) == 1
+    finally:
+        ctx.destroy(linger=0)
+    cluster.wait_executed(5)
+    for i in (1, 2):
+        assert dropped(cluster.metrics(i), "bad_signature") - before[i] >= 1
+    for i in range(cluster.n):
+        assert cluster.ledger_requests(i).count((spec.id, ts, 1)) == 1
+    _assert_ledgers_identical(cluster, list(range(cluster.n)), 5)
 
 
 def test_a_full_request_pool_answers_busy_the_client_backs_off_and_nothing_is_lost(
