@@ -752,13 +752,17 @@ def _progress_printer(tx: int, request_txs: int) -> Callable[[int, int], None] |
 @click.option("--epoch", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="What the replicas' clocks read at the start, seconds: a node's clock is "
                    "the host's monotonic clock, far from 0 after uptime (e.g. 40000).")
+@click.option("--spoil-tags", is_flag=True,
+              help="Client c0 is faulty: the MAC tags of each of its requests hold at some "
+                   "replicas only (drawn per send). Needs --authenticator ed25519.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes for many seeds.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def simulate(nodes: int, seed: int, seeds: int, byzantine: str, drop: float, reorder: bool,
              duplicate: float, partition: str, crash_restart: int, clients: int, requests: int,
              duration: float, settle: float, latency: float, bandwidth: float,
-             authenticator: str, timers: str, epoch: float, jobs: int, as_json: bool) -> None:
+             authenticator: str, timers: str, epoch: float, spoil_tags: bool, jobs: int,
+             as_json: bool) -> None:
     """Run the real replica code on a virtual clock and an in-memory network, with
     Byzantine replicas and network faults, checking the invariants after every step.
 
@@ -769,7 +773,7 @@ def simulate(nodes: int, seed: int, seeds: int, byzantine: str, drop: float, reo
     """
     from dtnbus.byzantine import parse_assignment
     from dtnbus.messages import max_faulty
-    from dtnbus.simulation.engine import SimOptions
+    from dtnbus.simulation.engine import SimOptions, spoil_error
     from dtnbus.simulation.network import parse_partitions
     from dtnbus.simulation.scenario import describe_options, run_seeds
 
@@ -786,7 +790,9 @@ def simulate(nodes: int, seed: int, seeds: int, byzantine: str, drop: float, reo
                          crash_restart=crash_restart, clients=clients, requests=requests,
                          latency_ms=latency, bandwidth_mbps=bandwidth, duration=duration,
                          settle=settle, authenticator=authenticator, timers=timers,
-                         epoch=epoch)
+                         epoch=epoch, spoil_tags=spoil_tags)
+    if (why := spoil_error(options)) is not None:
+        raise LocalError(why)
     f = max_faulty(nodes)
     faulty = len(fixed) + len(unplaced)
     modes = ", ".join([f"{i}={m}" for i, m in sorted(fixed.items())] +

@@ -5,8 +5,8 @@ trusts what it reads: each block's links (sequence, previous hash, batch digest,
 hash over the outcomes), its commit certificate (q COMMITs signed by distinct members of
 the cluster file, on the block's view and batch digest), each stored request (a
 well-formed frame from a client the cluster file lists or the ledger itself admitted
-before it, its signature, or, MAC-authenticated, this node's tag when this node's key is on
-this machine (otherwise the block's commit certificate vouches for it), its digest,
+before it, its signature (a MAC-authenticated one is vouched for by the block's commit
+certificate: a faulty client's tag may fail at a node that took it vouched), its digest,
 identity, transaction count and outcome as ordered), each block's transaction count, requests
 whose block is gone, and then the ledgers against each other (the first block where a
 node's chain leaves the others'). Findings are returned, not printed; the CLI prints one
@@ -225,8 +225,11 @@ def _check_request(report: LedgerReport, seq: int, position: int, stored: Stored
     if not isinstance(msg, Request):
         report.add(seq, "request-frame", f"{where}: holds a {type(msg).__name__}, not a request")
         return None
-    if raw.tags and codec.macs is None:
-        env = None  # this node's tag needs its key: the commit certificate vouches instead
+    if raw.tags:
+        # a MAC tag proves nothing to a third party, and a faulty client's may fail at a
+        # node that took its request on f + 1 replicas' word (Replica.unvouched): the
+        # block's commit certificate vouches for it
+        env = None
     else:
         try:
             env = codec.authenticate(raw)

@@ -23,7 +23,7 @@ import msgpack
 from dtnbus.effects import TransferredBlock
 from dtnbus.errors import PeerError
 from dtnbus.messages import Commit, Request, StateReply, batch_digest
-from dtnbus.wire import DEFAULT_MAX_FRAME, Envelope
+from dtnbus.wire import DEFAULT_MAX_FRAME, Envelope, UnvouchedRequest
 
 MAX_STATE_SIGNATURES = 4096  # commit signatures one reply may ask the requester to check
 MAX_STATE_BYTES = 4 * 1024 * 1024
@@ -87,8 +87,8 @@ def verify_blocks(blocks: Sequence[bytes], proof: Sequence[Envelope], start_seq:
                   quorum: int, authenticate: Callable[[bytes], Envelope]
                   ) -> list[TransferredBlock]:
     """Check that `blocks` run on from `start_seq`, each proven by q COMMITs from distinct
-    replicas on one view and its batch digest, each request frame signed by its client.
-    Return them as blocks to execute; PeerError if anything does not hold."""
+    replicas on one view and its batch digest, each request frame signed (or MAC-tagged)
+    by its client. Return them as blocks to execute; PeerError if anything does not hold."""
     commits: dict[int, list[Envelope]] = {}
     for env in proof:
         if not isinstance(env.msg, Commit):
@@ -116,7 +116,11 @@ def verify_blocks(blocks: Sequence[bytes], proof: Sequence[Envelope], start_seq:
             raise PeerError("malformed", f"state block {seq} has no commit certificate")
         bodies: dict[bytes, tuple[Request, bytes]] = {}
         for frame in frames:
-            env = authenticate(frame)  # PeerError on a forged or unknown client's request
+            try:
+                env = authenticate(frame)  # PeerError on a forged or unknown client's request
+            except UnvouchedRequest as exc:  # our MAC tag fails: the certificate vouches
+                env = exc.envelope  # (q replicas took it, f + 1 of them correct: a faulty
+                # client's tags may hold at some replicas only, Replica.unvouched)
             if not isinstance(env.msg, Request):
                 raise PeerError("malformed", f"state block {seq} holds a non-request")
             bodies[env.digest] = (env.msg, frame)

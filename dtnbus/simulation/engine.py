@@ -29,7 +29,10 @@ import random
 import time
 import traceback
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+import msgpack
 
 from dtnbus.byzantine import Context, ModeSpec, make_behaviour
 from dtnbus.client import Answers, ReplyKey
@@ -50,7 +53,7 @@ from dtnbus.shaping import LinkProfile
 from dtnbus.simulation.auth import make_members
 from dtnbus.simulation.host import Packet, ReplicaHost
 from dtnbus.simulation.network import Faults, Network, parse_partitions
-from dtnbus.wire import Codec
+from dtnbus.wire import MAC_BYTES, Codec
 
 # Protocol timers scaled to a short schedule (virtual seconds cost nothing, but messages
 # do): small windows and checkpoints every 4 batches, so garbage collection, watermarks
@@ -89,6 +92,8 @@ class SimOptions:
     authenticator: str = "mac"
     timers: str = "short"
     epoch: float = 0.0  # the replicas' clocks read this at time 0 (a host after uptime)
+    spoil_tags: bool = False  # client c0 is faulty: each request's MAC tags hold at some
+    # replicas only (a random non-empty proper subset spoiled per send; needs ed25519)
     trace: bool = False
 
     def command(self, seed: int) -> str:
@@ -111,9 +116,29 @@ class SimOptions:
                              f"{flag} {value}")
         if self.reorder:
             parts.append("--reorder")
+        if self.spoil_tags:
+            parts.append("--spoil-tags")
         if self.partition:
             parts.append(f"--partition '{self.partition}'")
         return " ".join(parts)
+
+
+def spoil_error(options: SimOptions) -> str | None:
+    """Why `spoil_tags` cannot run with these options (None: it can)."""
+    if options.spoil_tags and (options.authenticator != "ed25519" or options.nodes < 2):
+        return ("--spoil-tags needs --authenticator ed25519 (only real keys give a MAC tag "
+                "per replica) and at least two replicas")
+    return None
+
+
+def spoil_tags(frame: bytes, replicas: Iterable[int]) -> bytes:
+    """A faulty client's request: the same frame with the MAC tags of `replicas` spoiled
+    (each of them drops it as `bad_signature`; the others accept it)."""
+    payload, signature, tags = msgpack.unpackb(frame)
+    spoilt = bytearray(tags)
+    for replica in replicas:
+        spoilt[replica * MAC_BYTES] ^= 1
+    return msgpack.packb([payload, signature, bytes(spoilt)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +231,8 @@ class Simulation:
             raise ValueError("a cluster needs at least one replica")
         if options.timers not in TIMERS:
             raise ValueError(f"timers {options.timers!r}: use one of {TIMERS}")
+        if (why := spoil_error(options)) is not None:
+            raise ValueError(why)
         rng = self._rng("placement")
         byzantine = dict(options.byzantine)
         free = [i for i in range(n) if i not in byzantine]
@@ -271,6 +298,7 @@ class Simulation:
         self.decided_at: float | None = None
         self.schedule: list[str] = []
         self.trace: list[tuple] | None = [] if options.trace else None
+        self._spoil_rng = self._rng("spoil")
         self._plan(partitions)
 
     def _rng(self, aspect: str) -> random.Random:
@@ -316,7 +344,11 @@ class Simulation:
         self._client_send(client, p)
 
     def _client_send(self, client: SimClient, p: _Pending) -> None:
-        packet = Packet(p.frame, client.name)
+        frame = p.frame
+        if self.options.spoil_tags and client is self.clients[0]:
+            rng = self._spoil_rng
+            frame = spoil_tags(frame, rng.sample(self.everyone, rng.randint(1, self.n - 1)))
+        packet = Packet(frame, client.name)
         self._route(client.name, self.everyone, packet)
         self._at(self.now + p.retry, ACTION, self._retry, (client, p.number))
 

@@ -229,6 +229,8 @@ def describe_options(options: SimOptions) -> str:
         faults.append(f"partition {o.partition}")
     if o.crash_restart:
         faults.append(f"{o.crash_restart} crash-restart(s)")
+    if o.spoil_tags:
+        faults.append("client c0 spoils MAC tags")
     net = f"links {o.latency_ms:g} ms" + (f", {o.bandwidth_mbps:g} Mbps" if o.bandwidth_mbps
                                          else ", unlimited bandwidth")
     phase = (f"faults for {o.duration:g} virtual s, then healed"

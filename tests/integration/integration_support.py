@@ -83,10 +83,10 @@ class RunningCluster:
         return Client(self.config)
 
     def submit(self, count: int, request_txs: int = 100, tx_bytes: int = 300, seed: int = 0,
-               timeout: float = 30.0) -> SubmitResult:
+               timeout: float = 30.0, authentication: str = "mac") -> SubmitResult:
         """Submit `count` generated transactions, `request_txs` per signed request."""
         txs = make_transactions(count, tx_bytes, seed=seed)
-        with self.client() as client:
+        with Client(self.config, authentication=authentication) as client:
             return client.submit(chunk(txs, request_txs), timeout=timeout)
 
     def status(self, timeout: float = 1.0) -> dict[int, Status]:

@@ -29,10 +29,11 @@ from zmq.utils.monitor import recv_monitor_message
 from dtnbus.cluster import kill_node, running_pids, stop_nodes
 from dtnbus.crypto import Signer, generate_key
 from dtnbus.messages import Commit, Prepare, Reply, Request
+from dtnbus.simulation.engine import spoil_tags
 from dtnbus.storage import compare_ledgers
 from dtnbus.sync import make_transactions
 from dtnbus.transport import waiting_frames
-from dtnbus.wire import DEFAULT_MAX_FRAME, MAC_BYTES, Codec
+from dtnbus.wire import DEFAULT_MAX_FRAME, Codec
 
 # ------------------------------------------------------------------ helpers
 
@@ -371,17 +372,13 @@ def test_a_request_whose_tags_hold_at_two_replicas_only_executes_everywhere(
     ts = time.time_ns() // 1000
     frame, _ = codec.encode_request(
         Request(spec.id, ts, 1, tuple(make_transactions(3, 300, seed=5))), "mac")
-    payload, signature, tags = msgpack.unpackb(frame)
-    assert len(tags) == MAC_BYTES * cluster.n
-    spoilt = bytearray(tags)
-    for replica in (1, 2):
-        spoilt[replica * MAC_BYTES] ^= 1
+    spoilt = spoil_tags(frame, (1, 2))
     before = {i: dropped(cluster.metrics(i), "bad_signature") for i in (1, 2)}
     ctx = zmq.Context()
     try:
         socks = {s.id: _dealer(ctx, s.router) for s in config.nodes}
         for sock in socks.values():
-            sock.send(msgpack.packb([payload, signature, bytes(spoilt)]))
+            sock.send(spoilt)
         cluster.wait_executed(3)
         good, _ = codec.encode_request(
             Request(spec.id, ts, 2, tuple(make_transactions(2, 300, seed=6))), "mac")

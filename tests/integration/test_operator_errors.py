@@ -112,8 +112,10 @@ def test_a_request_over_the_frame_limit_is_refused_before_sending(
 @pytest.fixture
 def damaged(cluster: RunningCluster, tmp_path: Path) -> Path:
     """A stopped 4-node cluster with 5 blocks, each ledger then damaged in its own way."""
-    for seed in range(5):
-        assert cluster.submit(3, request_txs=3, seed=seed).seconds_f1 is not None
+    for seed in range(5):  # block 4 signed: a signature any third party can check
+        auth = "signature" if seed == 3 else "mac"
+        assert cluster.submit(3, request_txs=3, seed=seed,
+                              authentication=auth).seconds_f1 is not None
     cluster.wait_executed(15)
     stop_nodes(cluster.directory)
     ledgers = cluster.directory / "ledgers"
@@ -128,9 +130,18 @@ def damaged(cluster: RunningCluster, tmp_path: Path) -> Path:
     frame = db.execute("SELECT frame FROM requests WHERE seq = 2").fetchone()[0]
     db.close()
     sql(0, "UPDATE requests SET frame = ? WHERE seq = 2", frame + b"\x00")  # msgpack ExtraData
-    parts = msgpack.unpackb(frame)  # [payload, signature] or [payload, b"", MAC tags]
-    forged = msgpack.packb([parts[0], *(bytes(len(p)) for p in parts[1:])])  # zeroed auth
+    db = sqlite3.connect(ledgers / "node-0.sqlite")
+    signed = msgpack.unpackb(db.execute("SELECT frame FROM requests WHERE seq = 4").fetchone()[0])
+    db.close()
+    assert len(signed) == 2, "block 4 is signed: [payload, signature]"
+    forged = msgpack.packb([signed[0], bytes(len(signed[1]))])  # its signature zeroed
     sql(0, "UPDATE requests SET frame = ? WHERE seq = 4", forged)
+    db = sqlite3.connect(ledgers / "node-1.sqlite")
+    tagged = msgpack.unpackb(db.execute("SELECT frame FROM requests WHERE seq = 2").fetchone()[0])
+    db.close()
+    assert len(tagged) == 3, "block 2 is MAC-authenticated"  # its tags spoiled: no damage,
+    spoilt = msgpack.packb([tagged[0], tagged[1], bytes(len(tagged[2]))])  # the certificate
+    sql(1, "UPDATE requests SET frame = ? WHERE seq = 2", spoilt)  # vouches for it
     sql(1, "UPDATE blocks SET tx_count = 999 WHERE seq = 3")  # an edited transaction count
     sql(2, "DELETE FROM blocks WHERE seq = 5")  # the last block gone, its requests stay
     db = sqlite3.connect(ledgers / "node-2.sqlite")
@@ -154,6 +165,7 @@ def test_ledger_verify_reports_every_damage_per_node_and_block(run_cli: RunCli,
                      ("2", "2", "certificate"), ("1", "4", "certificate"),
                      ("3", "3", "prev-hash"), ("3", "3", "hash")]:
         assert expected in found, (expected, out.stdout)
+    assert ("1", "2", "request-signature") not in found, out.stdout  # a spoiled MAC vector
     assert "ExtraData" in out.stdout  # says what is wrong with the frame, never crashes
     only_1 = run_cli("ledger", "verify", "--dir", damaged, "--node", "1")
     assert only_1.returncode == 1 and not re.search(r"^\s*node 0", only_1.stdout, re.M)
