@@ -25,7 +25,7 @@ checks and the new view's order). docs/protocol.md is the specification.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -99,6 +99,10 @@ DIRECT_ANSWERS = frozenset({Outcome.EXECUTED, Outcome.CONFLICT, Outcome.REFUSED}
 # orders them (`Replica.unvouched`): bounded, oldest out first
 UNVOUCHED_MAX = 256
 UNVOUCHED_BYTES = 8 * 2**20
+# the primary's pace (ReplicaConfig.pace_factor): judged on this many PRE-PREPAREs in a row,
+# against the slowest of this many recent rounds (no judgement before that many)
+PACE_SAMPLES = 8
+PACE_ROUNDS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,11 @@ class ReplicaConfig:
     # replies asks again and gets it then); `dtnbus sync` turns it on to time execution
     view_change_timeout: float = 5.0  # the oldest waiting request waited this long:
     # suspect the primary (doubles with each view change that brings no progress)
+    pace_factor: float = 4.0  # a backup suspects a primary whose PRE-PREPAREs, PACE_SAMPLES
+    # in a row, came later after the newest request of their batch than this many of its
+    # own slowest recent rounds per batch of backlog (and pace_floor): a slow primary must
+    # not throttle the bus just short of the view-change timer (Aardvark, Prime); 0: off
+    pace_floor: float = 0.05  # seconds
     status_interval: float = 1.0  # PeerStatus every this many seconds (times n/16 if larger)
 
     def __post_init__(self) -> None:
@@ -148,8 +157,11 @@ class ReplicaConfig:
         if min(self.max_requests, self.max_pool_bytes, self.session_window,
                self.sessions_per_client, self.max_sessions) < 1:
             raise ValueError("pool, session and client-table bounds must be positive")
-        if min(self.view_change_timeout, self.retransmit_after, self.status_interval) <= 0:
+        if min(self.view_change_timeout, self.retransmit_after, self.status_interval,
+               self.pace_floor) <= 0:
             raise ValueError("timeouts and intervals must be positive")
+        if self.pace_factor < 0:
+            raise ValueError("pace_factor must be 0 (off) or positive")
 
 
 class Replica:
@@ -204,6 +216,11 @@ class Replica:
         self.lone_grace = 4 * config.view_change_timeout
         self.held_requests: OrderedDict[bytes, Envelope] = OrderedDict()  # digest -> request
         self.held_bytes = 0
+        # the primary's pace, as a backup sees it (`_judge_pace`): how long the newest
+        # request of its last batches waited here, and how long our own rounds
+        # (pre-prepared -> executed) take
+        self.pace_waits: deque[float] = deque(maxlen=PACE_SAMPLES)
+        self.rounds: deque[float] = deque(maxlen=PACE_ROUNDS)
         # what a correct peer needs at most, per authenticated sender (a forger's frames fail
         # their signature check before they are charged: chaos-2); proofs are bounded by
         # the shape checks, not by a bucket a legitimate NEW-VIEW might not fit (sim-3)
@@ -647,6 +664,9 @@ class Replica:
                     default=now)
         slot.t_first_request = first
         out.append(Observe("request_to_preprepare", now - first))
+        if (pp.view == self.view and pp.replica != self.id and self.active
+                and not self.catchup.asking):
+            self._judge_pace(pp, now, out)
         self._progress(slot, now, out)
 
     def _on_vote(self, vote: Prepare | Commit, frame: bytes, now: float, out: list[Effect],
@@ -776,6 +796,8 @@ class Replica:
             bodies[d] = (pooled.msg, pooled.frame)
         slot.executed = True
         self.vc_timeout = self.config.view_change_timeout  # progress: the view works
+        if slot.view == self.view:
+            self.rounds.append(now - slot.t_preprepare)
         answered = slot.sent_tentative and not self.config.reply_after_tentative
         early = slot.decided  # our early reply decided this batch on this very table?
         decided = early[2] if early is not None and early[0] == self.head \
@@ -984,22 +1006,50 @@ class Replica:
         if self.suspect_sent < 0 and self._lone_peer(now) is not None:
             # a correct replica can wait alone in a later view for good: it may not come
             # back (its VIEW-CHANGE promised silence here), so the view goes to it (chaos-1)
-            self.suspect_sent = now
-            self.suspects.add(self.id)
-            self._broadcast(Suspect(self.id, self.view), out)
-            self._maybe_leave_view(now, out)
+            self._suspect_primary(now, out)
             return
         if oldest is None or self.catchup.asking:
             return  # nothing waits; or we are behind, which says nothing of the primary
         if self.suspect_sent < 0:
             if now >= max(oldest, self.view_started) + self.vc_timeout:
-                self.suspect_sent = now
-                self.suspects.add(self.id)
-                self._broadcast(Suspect(self.id, self.view), out)
-                self._maybe_leave_view(now, out)
+                self._suspect_primary(now, out)
         elif now >= self.suspect_sent + cfg.retransmit_after:
             self.suspect_sent = now  # PUB/SUB may have lost it
             self._broadcast(Suspect(self.id, self.view), out)
+
+    def _suspect_primary(self, now: float, out: list[Effect]) -> None:
+        self.suspect_sent = now
+        self.suspects.add(self.id)
+        self._broadcast(Suspect(self.id, self.view), out)
+        self._maybe_leave_view(now, out)
+
+    # ------------------------------------------------------------ the primary's pace
+
+    def _judge_pace(self, pp: PrePrepare, now: float, out: list[Effect]) -> None:
+        """A backup's watch on the primary's pace: how long the newest request of each
+        batch we hold waited here for its PRE-PREPARE. A correct primary cuts within
+        `batch_delay`, once a batch in flight executes (under load), or, with more waiting
+        than a batch holds, a round per batch ahead of it. Later than `pace_factor` times
+        that (our own slowest recent round per batch of backlog, at least `pace_floor`)
+        PACE_SAMPLES times in a row: suspect it, as the view-change timer would (f + 1
+        suspicions change the view). Requests the primary never got (lost, or a tag only
+        it cannot check) are in no batch, so they cannot make a correct one look slow."""
+        newest = max((p.arrived for d in pp.digests if (p := self.pool.get(d)) is not None),
+                     default=None)
+        if newest is None:
+            return
+        self.pace_waits.append(now - max(newest, self.view_started))  # (not its fault before)
+        cfg = self.config
+        if (len(self.pace_waits) < PACE_SAMPLES or len(self.rounds) < PACE_ROUNDS
+                or self.suspect_sent >= 0 or cfg.pace_factor <= 0):
+            return
+        pool = self.pool
+        backlog = max(len(pool.pending) / cfg.batch_max_requests,
+                      pool.pending_txs / cfg.batch_max_txs)
+        backoff = self.vc_timeout / cfg.view_change_timeout  # doubles per fruitless change
+        bound = max(cfg.pace_floor, cfg.pace_factor * max(self.rounds)) * (1 + backlog)
+        if min(self.pace_waits) > bound * backoff:
+            self._suspect_primary(now, out)
 
     def _lone_peer(self, now: float) -> int | None:
         """A peer that has waited alone in a later view for the grace period, backed by its
@@ -1034,6 +1084,7 @@ class Replica:
         self.view_started = self.vc_sent = now
         self.vc_timeout *= 2  # if this view does not bring progress either, wait longer
         self.suspects = set()
+        self.pace_waits.clear()  # they judged the last primary
         self.suspect_sent = -1.0
         stable = self.checkpoints.stable
         certs, latest, proofs = self._vote_proofs(stable.seq)
@@ -1153,6 +1204,7 @@ class Replica:
         self.view_started = now
         self.new_view_frame = frame
         self.suspects = set()
+        self.pace_waits.clear()  # they judged the last primary
         self.suspect_sent = -1.0
         self.view_changes = {r: v for r, v in self.view_changes.items() if v.new_view > view}
         self.catchup.entered_view(view)

@@ -45,3 +45,15 @@ def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) ->
         byzantine_nodes.main(["--nodes", "3"])
     assert exc.value.code == 2
     assert "at least 4" in capsys.readouterr().err
+
+
+def test_a_slow_primary_is_replaced_on_real_nodes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Node 0 sends every message ~400 ms late: within the view-change timeout, so only
+    the backups' watch on its pace (ReplicaConfig.pace_factor) replaces it."""
+    byzantine_nodes.main(["--nodes", "4", "--modes", "slow:40", "--seconds", "8",
+                          "--out", str(tmp_path)])
+    (row,) = list(csv.DictReader((tmp_path / "byzantine-nodes.csv").open()))
+    assert row["ok"] == "True" and row["missing"] == row["duplicated"] == "0"
+    assert "1" in row["views"].split(), row
+    assert "every check held" in capsys.readouterr().err
