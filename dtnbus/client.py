@@ -267,6 +267,15 @@ class Client:
                                                           tuple(txs)), self.authentication)
         return number, digest, frame
 
+    def resend_frame(self, frame: bytes, retries: int) -> bytes:
+        """What to send the `retries`-th time: from the first retry on, signed rather than
+        MAC-tagged (same payload, same digest, the same request). A replica that saw a
+        bad tag come over our own CURVE connection orders none of our tagged requests
+        again (Replica.unvouched); a signature holds at every replica."""
+        if self.authentication == "mac" and retries == 1 and self.codec.can_mac:
+            return self.codec.signed_request(frame)
+        return frame
+
     def _send(self, replica: int, frame: bytes, now: float) -> float:
         """Send (or queue on the emulated link); return when it will have arrived."""
         if self.shaper is not None and not self.shaper.is_unshaped(replica):
@@ -467,6 +476,7 @@ class Client:
         self.metrics.request_retransmitted()
         # a replica that answered tentatively holds the committed answer by now: ask it too
         targets = [r for r in self.sockets if r not in p.committed]
+        p.frame = self.resend_frame(p.frame, p.retries)
         arrived = max((self._send(r, p.frame, now) for r in targets), default=now)
         if p.backing_off:
             p.backing_off = False

@@ -40,7 +40,7 @@ from dtnbus.budget import PeerBudget
 from dtnbus.byzantine import Behaviour, Context, ModeSpec, make_behaviour
 from dtnbus.config import ClusterConfig
 from dtnbus.crypto import Verifier, load_public_key_text
-from dtnbus.curve import binding_refusal, client_member
+from dtnbus.curve import NODE_PREFIX, binding_refusal, client_member
 from dtnbus.effects import (
     DURABLE,
     Broadcast,
@@ -262,7 +262,10 @@ class Node:
                 return
         except UnvouchedRequest as exc:  # counted as dropped; the order may still need it
             self.metrics.dropped(exc.reason, sender)
-            self._unvouched(exc.envelope, now)
+            # from the client itself only when CURVE says so: without it anyone can send
+            # a spoiled copy in a client's name (a replica's forward proves nothing either)
+            self._unvouched(exc.envelope, now,
+                            member is not None and not member.startswith(NODE_PREFIX))
             return
         except PeerError as exc:
             if sender is None and exc.msg is not None:
@@ -294,9 +297,9 @@ class Node:
                           type(env.msg).__name__, sender)
             self.metrics.dropped("internal_error", sender)
 
-    def _unvouched(self, env: Envelope, now: float) -> None:
+    def _unvouched(self, env: Envelope, now: float, from_client: bool) -> None:
         try:
-            self.outbox.extend(self.replica.unvouched(env, now))
+            self.outbox.extend(self.replica.unvouched(env, now, from_client))
         except Exception:
             log.exception("node %d: holding an unvouched request failed", self.id)
             self.metrics.dropped("internal_error", sender_of(env.msg))

@@ -29,6 +29,7 @@ class Pooled:
     arrived: float
     slots: set[int] = field(default_factory=set)  # live sequences that order it
     executed: bool = False
+    ahead: int = 0  # requests not yet executed when it arrived (the queue before it)
 
 
 class RequestPool:
@@ -89,7 +90,7 @@ class RequestPool:
     def add(self, digest: bytes, msg: Request, frame: bytes, now: float) -> set[int]:
         """Hold a new body. Returns the slots that were waiting for it (they now order it);
         with none, it waits to be ordered."""
-        self.bodies[digest] = Pooled(msg, frame, now)
+        self.bodies[digest] = Pooled(msg, frame, now, ahead=len(self.unexecuted))
         self.bytes += len(frame)
         self.unexecuted[digest] = now
         waiting = self.missing.pop(digest, set())

@@ -214,8 +214,12 @@ class Replica:
         # peers that wait alone in a later view (they may not come back: chaos-1)
         self.lone: dict[int, tuple[int, float]] = {}  # replica -> (its view, seen since)
         self.lone_grace = 4 * config.view_change_timeout
-        self.held_requests: OrderedDict[bytes, Envelope] = OrderedDict()  # digest -> request
+        # digest -> (request, authenticated here): requests we hold but never order
+        self.held_requests: OrderedDict[bytes, tuple[Envelope, bool]] = OrderedDict()
         self.held_bytes = 0
+        # clients whose MAC tag failed here on a request from their own connection: we
+        # never order their MAC-tagged requests again (only signed ones), see `unvouched`
+        self.tags_distrusted: set[str] = set()
         # the primary's pace, as a backup sees it (`_judge_pace`): how long the newest
         # request of its last batches waited here, and how long our own rounds
         # (pre-prepared -> executed) take
@@ -471,6 +475,10 @@ class Replica:
     # ------------------------------------------------------------ requests
 
     def _on_request(self, msg: Request, env: Envelope, now: float, out: list[Effect]) -> None:
+        if env.tagged and msg.client in self.tags_distrusted \
+                and env.digest not in self.pool.missing and env.digest not in self.pool:
+            self._hold(env, authentic=True)  # never ordered by us; a slot may take it
+            return
         ident = (msg.client, msg.session, msg.number)
         # a body an ordered slot waits for is taken whatever its identity says: the order
         # decides its outcome (CONFLICT, STALE); refused, the slot never prepares here
@@ -504,28 +512,43 @@ class Replica:
                 waiting.append(slot)
         return waiting
 
-    def unvouched(self, env: Envelope, now: float) -> list[Effect]:
+    def unvouched(self, env: Envelope, now: float, from_client: bool = False) -> list[Effect]:
         """A request whose MAC tag for us failed (the host counted it dropped). A faulty
         client can make its authenticator hold at some replicas only (Aardvark's "Big MAC
         attack"): the primary may order it, and those that cannot take it would never
         prepare, which stalls every later sequence once f + 1 of them are stuck. So we
         hold it, and take it for a slot that f + 1 replicas vouch for: at least one of
         them is correct and authenticated it with its own tag. We never order it
-        ourselves (it never enters the pending queue)."""
+        ourselves (it never enters the pending queue).
+
+        Held at f or fewer replicas, the primary among them, no one can vouch: the slot
+        waits for a view change. So a client whose tag failed here, on its own
+        connection (`from_client`: a replica's forward proves nothing of the client), is
+        never trusted by its tags again: as primary we order only its signed requests,
+        and a correct client signs what it sends again (`Client._retransmit`)."""
         out: list[Effect] = []
         digest = env.digest
-        if not isinstance(env.msg, Request) or digest in self.pool:
+        if not isinstance(env.msg, Request):
+            return out
+        if from_client:
+            self.tags_distrusted.add(env.msg.client)
+        if digest in self.pool:
             return out
         waiting = self.pool.missing.get(digest, ())
         if any(self._vouched(slot) for seq in waiting if (slot := self.slots.get(seq))):
             self._on_request(env.msg, env, now, out)
             return out
-        if digest not in self.held_requests:
-            self.held_requests[digest] = env
-            self.held_bytes += len(env.frame)
-            while len(self.held_requests) > UNVOUCHED_MAX or self.held_bytes > UNVOUCHED_BYTES:
-                self.held_bytes -= len(self.held_requests.popitem(last=False)[1].frame)
+        self._hold(env, authentic=False)
         return out
+
+    def _hold(self, env: Envelope, authentic: bool) -> None:
+        """Keep a request we will not order, for a slot that may need it (bounded)."""
+        if env.digest in self.held_requests:
+            return
+        self.held_requests[env.digest] = (env, authentic)
+        self.held_bytes += len(env.frame)
+        while len(self.held_requests) > UNVOUCHED_MAX or self.held_bytes > UNVOUCHED_BYTES:
+            self.held_bytes -= len(self.held_requests.popitem(last=False)[1][0].frame)
 
     def _vouched(self, slot: Slot) -> bool:
         """f + 1 other replicas stand behind this slot's batch: its PRE-PREPARE's sender
@@ -539,12 +562,20 @@ class Replica:
         vouchers.discard(self.id)
         return len(vouchers) > self.f
 
-    def _take_vouched(self, slot: Slot, now: float) -> list[Slot]:
-        """The held bodies this vouched slot lacks, into the pool; the other slots that
-        waited for them too (they progress after this one)."""
+    def _take_held(self, slot: Slot, now: float) -> list[Slot]:
+        """The held bodies this slot lacks, into the pool: those our own tag authenticated,
+        and the others once f + 1 replicas vouch for the slot; the other slots that waited
+        for them too (they progress after this one)."""
         others: list[Slot] = []
+        vouched: bool | None = None
         for digest in [d for d in slot.missing if d in self.held_requests]:
-            env = self.held_requests.pop(digest)
+            env, authentic = self.held_requests[digest]
+            if not authentic:
+                if vouched is None:
+                    vouched = self._vouched(slot)
+                if not vouched:
+                    continue
+            del self.held_requests[digest]
             self.held_bytes -= len(env.frame)
             assert isinstance(env.msg, Request)
             others += (waiting for waiting in self._pool_body(digest, env.msg, env.frame, now)
@@ -690,8 +721,8 @@ class Replica:
         """Advance a slot as far as its votes allow, then execute what is in order. A slot
         we executed before a view change still votes (others may need our COMMIT), but
         never executes twice."""
-        if slot.missing and self.held_requests and self._vouched(slot):
-            for other in self._take_vouched(slot, now):
+        if slot.missing and self.held_requests:
+            for other in self._take_held(slot, now):
                 self._progress(other, now, out)
         if slot.preprepare is None or slot.missing:
             return
@@ -1027,28 +1058,27 @@ class Replica:
 
     def _judge_pace(self, pp: PrePrepare, now: float, out: list[Effect]) -> None:
         """A backup's watch on the primary's pace: how long the newest request of each
-        batch we hold waited here for its PRE-PREPARE. A correct primary cuts within
-        `batch_delay`, once a batch in flight executes (under load), or, with more waiting
-        than a batch holds, a round per batch ahead of it. Later than `pace_factor` times
-        that (our own slowest recent round per batch of backlog, at least `pace_floor`)
-        PACE_SAMPLES times in a row: suspect it, as the view-change timer would (f + 1
-        suspicions change the view). Requests the primary never got (lost, or a tag only
-        it cannot check) are in no batch, so they cannot make a correct one look slow."""
-        newest = max((p.arrived for d in pp.digests if (p := self.pool.get(d)) is not None),
-                     default=None)
+        batch we hold waited here for its PRE-PREPARE. A correct primary orders in
+        arrival order: within `batch_delay`, once a batch in flight executes (under
+        load), or a round per batch of requests that were queued ahead of it. Later than
+        `pace_factor` times that (our own slowest recent round, per batch queued ahead,
+        at least `pace_floor`) PACE_SAMPLES times in a row: suspect it, as the
+        view-change timer would (f + 1 suspicions change the view). Requests the primary
+        never got (lost, or a tag only it cannot check) are in no batch, so they cannot
+        make a correct one look slow."""
+        newest = max((p for d in pp.digests if (p := self.pool.get(d)) is not None),
+                     key=lambda p: p.arrived, default=None)
         if newest is None:
             return
-        self.pace_waits.append(now - max(newest, self.view_started))  # (not its fault before)
         cfg = self.config
+        waited = now - max(newest.arrived, self.view_started)  # (not its fault before)
+        self.pace_waits.append(waited / (1 + newest.ahead / cfg.batch_max_requests))
         if (len(self.pace_waits) < PACE_SAMPLES or len(self.rounds) < PACE_ROUNDS
                 or self.suspect_sent >= 0 or cfg.pace_factor <= 0):
             return
-        pool = self.pool
-        backlog = max(len(pool.pending) / cfg.batch_max_requests,
-                      pool.pending_txs / cfg.batch_max_txs)
         backoff = self.vc_timeout / cfg.view_change_timeout  # doubles per fruitless change
-        bound = max(cfg.pace_floor, cfg.pace_factor * max(self.rounds)) * (1 + backlog)
-        if min(self.pace_waits) > bound * backoff:
+        bound = max(cfg.pace_floor, cfg.pace_factor * max(self.rounds)) * backoff
+        if min(self.pace_waits) > bound:
             self._suspect_primary(now, out)
 
     def _lone_peer(self, now: float) -> int | None:

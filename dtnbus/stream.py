@@ -221,6 +221,7 @@ class RequestStream:
 
     def _retransmit(self, client: Client, ack: Ack, now: float) -> None:
         ack.retries += 1
+        ack.frame = client.resend_frame(ack.frame, ack.retries)
         for replica, sock in client.sockets.items():
             if replica not in ack.committed:  # a tentative answer: its committed one now
                 _send(sock, ack.frame)

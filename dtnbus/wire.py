@@ -76,6 +76,7 @@ class Envelope:
     digest: bytes  # sha256 of the payload: a Request's identity
     frame: bytes  # the original signed bytes, to forward a client's request unchanged
     nested: tuple[Envelope, ...] = ()  # authenticated proofs inside a VIEW-CHANGE/NEW-VIEW
+    tagged: bool = False  # a request authenticated by our MAC tag (not a signature)
 
 
 # message class -> (its KIND, a getter of its field values in order): one C call per
@@ -193,6 +194,12 @@ class Codec:
         tags = b"".join([self.macs.tag(k, digest) for k in self._replica_order])
         return _PACK([payload, b"", tags]), digest
 
+    def signed_request(self, frame: bytes) -> bytes:
+        """The same request signed instead of MAC-tagged (same payload, same digest): what
+        a client sends again when a replica may have stopped trusting its tags."""
+        payload = msgpack.unpackb(frame)[0]
+        return _PACK([payload, self.signer.sign(hashlib.sha256(payload).digest())])
+
     def encode_reply(self, msg: Reply, client_key: bytes | None) -> bytes:
         """A reply, with a tag for its client when both ends have Ed25519 keys (a client
         checks it in half a microsecond), else signed."""
@@ -271,8 +278,9 @@ class Codec:
             if not self._tag_holds(raw, digest):
                 detail = f"{type(msg).__name__} from {sender_of(msg)!r}: bad MAC"
                 if isinstance(msg, Request):
-                    raise UnvouchedRequest(Envelope(msg, digest, raw.frame), detail)
+                    raise UnvouchedRequest(Envelope(msg, digest, raw.frame, (), True), detail)
                 raise PeerError("bad_signature", detail)
+            return Envelope(msg, digest, raw.frame, (), True)  # (requests carry no proofs)
         elif not raw.verifier.verify(raw.signature, digest):
             raise PeerError("bad_signature", f"{type(msg).__name__} from {sender_of(msg)!r}")
         if not nested:

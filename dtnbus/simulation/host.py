@@ -134,7 +134,8 @@ class ReplicaHost:
                     packet.env = env
         except UnvouchedRequest as exc:  # (never shared: a tag per receiver)
             return [Drop(exc.reason, sender_of(raw.msg)),
-                    *self._finish(self.replica.unvouched(exc.envelope, now), now)]
+                    *self._finish(self.replica.unvouched(exc.envelope, now,
+                                                         isinstance(packet.src, str)), now)]
         except PeerError as exc:
             if shared:
                 packet.auth_error = exc.reason

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 import zmq
-from integration_support import RunningCluster, wait_until
+from integration_support import RunningCluster, dropped, wait_until
 from test_cli import assert_one_line_error
 
 from dtnbus.client import Client
 from dtnbus.cluster import stop_nodes
 from dtnbus.config import ClusterConfig, generate_cluster, load_cluster
 from dtnbus.curve import CurveKeys, CurveMember, new_curve_key_file
+from dtnbus.messages import Request
+from dtnbus.simulation.engine import spoil_tags
 from dtnbus.sync import chunk, make_transactions
 from dtnbus.transport import FROM_REPLICA, FROM_ROUTER, REPLICA_IDENTITY, Endpoints, Transport
 
@@ -251,6 +253,49 @@ def test_curve_cluster_commits_and_refuses_strangers(
             or "WARNING refused connection (handshake_aborted)" in log)
     cluster.wait_executed(300)  # nothing of theirs was executed
     assert [cluster.block_hashes(i) for i in range(4)] == heads
+
+
+def test_a_client_whose_tags_hold_at_the_primary_alone_stalls_nothing(
+        start_cluster: Callable[..., RunningCluster]) -> None:
+    """Aardvark's Big MAC attack at its worst: tags that hold at the primary alone, so it
+    orders what no one can vouch for. Under CURVE the replicas whose tag failed know the
+    client sent it; they never order its tagged requests again, so the attack costs at
+    most one view change, and an honest client keeps committing."""
+    cluster = start_cluster(4, curve=True, extra_clients=1)
+    config = cluster.config
+    spec, other = config.clients[0], config.clients[-1]
+    assert spec.id != other.id
+    stop = threading.Event()
+
+    def faulty() -> None:  # each request holds only at replica 0, or only at replica 1
+        with Client(config, spec.id) as bad:
+            number = 0
+            while not stop.is_set():
+                number += 1
+                frame, _ = bad.codec.encode_request(
+                    Request(spec.id, bad.session, number, (b"spoiled-%d" % number,)), "mac")
+                good = number % 2
+                frame = spoil_tags(frame, [r for r in range(4) if r != good])
+                for sock in bad.sockets.values():
+                    sock.send(frame)
+                stop.wait(0.02)
+
+    thread = threading.Thread(target=faulty)
+    thread.start()
+    try:
+        for node in range(1, 4):  # replicas 1-3 have seen its spoiled tags
+            wait_until(lambda n=node: dropped(cluster.metrics(n), "bad_signature") >= 20, 20.0,
+                       f"node {node} to drop 20 spoiled requests")
+        with Client(config, other.id) as honest:
+            for round_ in range(4):
+                sent = honest.submit(chunk(make_transactions(10, 100, seed=round_), 1),
+                                     timeout=20)
+                assert sent.seconds_f1 is not None and len(sent.results) == 10, round_
+    finally:
+        stop.set()
+        thread.join()
+    views = {s.view for s in cluster.status().values()}
+    assert max(views) <= 1, views
 
 
 # ---------------------------------------------------------------- the command line
