@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from dtnbus.byzantine import parse_mode
 from dtnbus.simulation.engine import ACTION, SimOptions, Simulation, spoil_tags
 from dtnbus.simulation.host import Packet
 
@@ -90,3 +91,16 @@ def test_a_client_whose_tags_fail_is_not_trusted_by_its_tags_again() -> None:
         assert sim.max_view <= 1, sim.max_view
         assert result.decided_at is not None and result.decided_at <= options.duration + 1
         assert all(h.replica.tags_distrusted == {"c0"} for h in sim.hosts)
+
+
+def test_a_faulty_clients_acceptance_is_not_owed_an_execution() -> None:
+    """The run ends once the correct clients' requests are decided; what the faulty one
+    accepted last may not have executed anywhere yet (the sweep of --spoil-tags with
+    Byzantine replicas reported that as a client-safety violation: seed 970099)."""
+    options = SimOptions(nodes=7, byzantine={}, unplaced=[parse_mode("equivocate"),
+                                                          parse_mode("lying-state")],
+                         crash_restart=2, partition="random", drop=0.03, clients=4,
+                         requests=6, duration=6, authenticator="ed25519", epoch=40000,
+                         spoil_tags=True)
+    result = Simulation(options, 970099).run()
+    assert not result.violations, [str(v)[:300] for v in result.violations]
