@@ -95,8 +95,8 @@ _BUDGETED: dict[type, str] = {ViewChange: "view_change", NewView: "new_view",
 # outcomes this block decides on its own: answered at once (the others were decided
 # before, and the ledger holds their one true answer)
 DIRECT_ANSWERS = frozenset({Outcome.EXECUTED, Outcome.CONFLICT, Outcome.REFUSED})
-# requests whose MAC tag failed here, held in case f + 1 replicas vouch for a batch that
-# orders them (`Replica.unvouched`): bounded, oldest out first
+# requests we hold but never order (`Replica.unvouched`: our MAC tag failed, or the client
+# is distrusted), for a slot that may need them: bounded, oldest out first
 UNVOUCHED_MAX = 256
 UNVOUCHED_BYTES = 8 * 2**20
 # the primary's pace (ReplicaConfig.pace_factor): judged on this many PRE-PREPAREs in a row,
@@ -141,7 +141,7 @@ class ReplicaConfig:
     # suspect the primary (doubles with each view change that brings no progress)
     pace_factor: float = 4.0  # a backup suspects a primary whose PRE-PREPAREs, PACE_SAMPLES
     # in a row, came later after the newest request of their batch than this many of its
-    # own slowest recent rounds per batch of backlog (and pace_floor): a slow primary must
+    # own slowest recent rounds per batch queued ahead (and pace_floor): a slow primary must
     # not throttle the bus just short of the view-change timer (Aardvark, Prime); 0: off
     pace_floor: float = 0.05  # seconds
     status_interval: float = 1.0  # PeerStatus every this many seconds (times n/16 if larger)
@@ -525,7 +525,7 @@ class Replica:
         waits for a view change. So a client whose tag failed here, on its own
         connection (`from_client`: a replica's forward proves nothing of the client), is
         never trusted by its tags again: as primary we order only its signed requests,
-        and a correct client signs what it sends again (`Client._retransmit`)."""
+        and a correct client signs what it sends again (`Client.resend_frame`)."""
         out: list[Effect] = []
         digest = env.digest
         if not isinstance(env.msg, Request):
