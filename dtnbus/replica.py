@@ -76,7 +76,7 @@ from dtnbus.messages import (
     prepare_quorum,
     primary_of,
 )
-from dtnbus.pool import RequestPool
+from dtnbus.pool import Pooled, RequestPool
 from dtnbus.state_transfer import check_reply_shape
 from dtnbus.view_change import (
     NewViewPlan,
@@ -691,13 +691,13 @@ class Replica:
             slot.missing = self.pool.order(slot.seq, pp.digests)
             if slot.missing:
                 slot.missing_since = now
-        first = min((p.arrived for d in pp.digests if (p := self.pool.get(d)) is not None),
-                    default=now)
+        held = [p for d in pp.digests if (p := self.pool.get(d)) is not None]
+        first = min((p.arrived for p in held), default=now)
         slot.t_first_request = first
         out.append(Observe("request_to_preprepare", now - first))
-        if (pp.view == self.view and pp.replica != self.id and self.active
+        if (held and pp.view == self.view and pp.replica != self.id and self.active
                 and not self.catchup.asking):
-            self._judge_pace(pp, now, out)
+            self._judge_pace(max(held, key=lambda p: p.arrived), now, out)
         self._progress(slot, now, out)
 
     def _on_vote(self, vote: Prepare | Commit, frame: bytes, now: float, out: list[Effect],
@@ -1056,7 +1056,7 @@ class Replica:
 
     # ------------------------------------------------------------ the primary's pace
 
-    def _judge_pace(self, pp: PrePrepare, now: float, out: list[Effect]) -> None:
+    def _judge_pace(self, newest: Pooled, now: float, out: list[Effect]) -> None:
         """A backup's watch on the primary's pace: how long the newest request of each
         batch we hold waited here for its PRE-PREPARE. A correct primary orders in
         arrival order: within `batch_delay`, once a batch in flight executes (under
@@ -1065,11 +1065,7 @@ class Replica:
         at least `pace_floor`) PACE_SAMPLES times in a row: suspect it, as the
         view-change timer would (f + 1 suspicions change the view). Requests the primary
         never got (lost, or a tag only it cannot check) are in no batch, so they cannot
-        make a correct one look slow."""
-        newest = max((p for d in pp.digests if (p := self.pool.get(d)) is not None),
-                     key=lambda p: p.arrived, default=None)
-        if newest is None:
-            return
+        make a correct one look slow. `newest`: the newest request of the batch we hold."""
         cfg = self.config
         waited = now - max(newest.arrived, self.view_started)  # (not its fault before)
         self.pace_waits.append(waited / (1 + newest.ahead / cfg.batch_max_requests))

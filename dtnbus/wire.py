@@ -179,7 +179,9 @@ class Codec:
         return self.encode_with_digest(msg)[0]
 
     def encode_with_digest(self, msg: Message) -> tuple[bytes, bytes]:
-        payload = payload_of(msg)
+        return self._signed(payload_of(msg))
+
+    def _signed(self, payload: bytes) -> tuple[bytes, bytes]:
         digest = hashlib.sha256(payload).digest()
         return _PACK([payload, self.signer.sign(digest)]), digest
 
@@ -197,8 +199,7 @@ class Codec:
     def signed_request(self, frame: bytes) -> bytes:
         """The same request signed instead of MAC-tagged (same payload, same digest): what
         a client sends again when a replica may have stopped trusting its tags."""
-        payload = msgpack.unpackb(frame)[0]
-        return _PACK([payload, self.signer.sign(hashlib.sha256(payload).digest())])
+        return self._signed(msgpack.unpackb(frame)[0])[0]
 
     def encode_reply(self, msg: Reply, client_key: bytes | None) -> bytes:
         """A reply, with a tag for its client when both ends have Ed25519 keys (a client

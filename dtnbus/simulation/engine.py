@@ -349,13 +349,17 @@ class Simulation:
         self._client_send(client, p)
 
     def _client_send(self, client: SimClient, p: _Pending) -> None:
-        frame = p.frame
-        if self.options.spoil_tags and client is self.clients[0]:
-            rng = self._spoil_rng
-            frame = spoil_tags(frame, rng.sample(self.everyone, rng.randint(1, self.n - 1)))
-        packet = Packet(frame, client.name)
+        packet = Packet(self._outgoing(client, p.frame), client.name)
         self._route(client.name, self.everyone, packet)
         self._at(self.now + p.retry, ACTION, self._retry, (client, p.number))
+
+    def _outgoing(self, client: SimClient, frame: bytes) -> bytes:
+        """The frame as the client puts it on the wire: the faulty one (--spoil-tags)
+        spoils a random non-empty proper subset of its tags on every send."""
+        if client not in self.faulty:
+            return frame
+        rng = self._spoil_rng
+        return spoil_tags(frame, rng.sample(self.everyone, rng.randint(1, self.n - 1)))
 
     def _retry(self, arg: tuple[SimClient, int]) -> None:
         client, number = arg
