@@ -29,6 +29,8 @@ honest. The modes (`MODES`):
     lying-state     claims to be far ahead, then answers state transfer with forged,
                     reordered or out-of-range blocks
     view-storm      VIEW-CHANGEs for ever higher views (and SUSPECTs), 20 per second
+    impersonate     as primary, orders requests it made up in the clients' names, with MAC
+                    tags no other replica can check (5 per second)
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from dataclasses import dataclass
 
 import msgpack
 
+from dtnbus.crypto import MAC_BYTES
 from dtnbus.effects import Broadcast, Effect, Forward, LookupReply, Send, SendClient
 from dtnbus.messages import (
     Checkpoint,
@@ -61,7 +64,7 @@ from dtnbus.messages import (
     prepare_quorum,
     primary_of,
 )
-from dtnbus.wire import DEFAULT_MAX_FRAME, payload_of
+from dtnbus.wire import DEFAULT_MAX_FRAME, Envelope, payload_of
 
 MESSAGE_EFFECTS = (Broadcast, Send, Forward, SendClient, LookupReply)
 Signer = Callable[[Message], bytes]
@@ -386,6 +389,35 @@ class Forge(_Periodic):
         return [Forward(p, self.sign(m)) for p in self.peers() for m in (forged, stranger)]
 
 
+class Impersonate(_Periodic):
+    """As primary, feeds its own replica requests no client sent, in the clients' names,
+    MAC-tagged (its host takes them as if its tag held; a faulty node's host could), so
+    the replica orders them. Each backup's tag fails: the request can never be vouched
+    for, the slot waits for a view change, and the backups stop trusting those clients'
+    tags for a while (`Replica._distrust`). What that costs the correct clients (they
+    sign) is what this mode measures."""
+
+    name = "impersonate"
+    interval = 0.2
+
+    def __init__(self, ctx: Context, arg: str = "") -> None:
+        super().__init__(ctx, arg)
+        self.made = 0
+
+    def act(self, now: float) -> list[Effect]:
+        replica = self.ctx.replica
+        if not (replica.is_primary and replica.active):  # type: ignore[attr-defined]
+            return []
+        self.made += 1
+        request = Request(self.rng.choice(self.ctx.clients or ("client",)), 1,
+                          2**40 + self.made, (b"impersonated",))
+        payload = payload_of(request)
+        tags = self.rng.randbytes(MAC_BYTES * self.n)
+        frame = msgpack.packb([payload, b"", tags], use_bin_type=True)
+        envelope = Envelope(request, hashlib.sha256(payload).digest(), frame, (), True)
+        return replica.step(envelope, now)  # type: ignore[attr-defined]
+
+
 class Replay(_Periodic):
     """Sends what it has seen again: old votes, old view changes, old client requests."""
 
@@ -684,9 +716,9 @@ class ViewStorm(_Periodic):
 
 MODES: dict[str, type[Behaviour]] = {cls.name: cls for cls in (
     Silent, Slow, Equivocate, Censor, Forge, Replay, Garbage, ProofBomb, LyingState,
-    ViewStorm)}
+    ViewStorm, Impersonate)}
 MODE_HELP = ("silent, slow:F, equivocate, censor[:CLIENT], forge, replay, garbage, "
-             "proof-bomb, lying-state, view-storm")
+             "proof-bomb, lying-state, view-storm, impersonate")
 
 
 def parse_mode(text: str) -> ModeSpec:

@@ -755,14 +755,17 @@ def _progress_printer(tx: int, request_txs: int) -> Callable[[int, int], None] |
 @click.option("--spoil-tags", is_flag=True,
               help="Client c0 is faulty: the MAC tags of each of its requests hold at some "
                    "replicas only (drawn per send). Needs --authenticator ed25519.")
+@click.option("--curve/--no-curve", default=True, show_default=True,
+              help="Clients' connections authenticated as under CurveZMQ (a replica knows "
+                   "who sent a frame); --no-curve: as a node without CURVE.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes for many seeds.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
 def simulate(nodes: int, seed: int, seeds: int, byzantine: str, drop: float, reorder: bool,
              duplicate: float, partition: str, crash_restart: int, clients: int, requests: int,
              duration: float, settle: float, latency: float, bandwidth: float,
-             authenticator: str, timers: str, epoch: float, spoil_tags: bool, jobs: int,
-             as_json: bool) -> None:
+             authenticator: str, timers: str, epoch: float, spoil_tags: bool, curve: bool,
+             jobs: int, as_json: bool) -> None:
     """Run the real replica code on a virtual clock and an in-memory network, with
     Byzantine replicas and network faults, checking the invariants after every step.
 
@@ -790,7 +793,7 @@ def simulate(nodes: int, seed: int, seeds: int, byzantine: str, drop: float, reo
                          crash_restart=crash_restart, clients=clients, requests=requests,
                          latency_ms=latency, bandwidth_mbps=bandwidth, duration=duration,
                          settle=settle, authenticator=authenticator, timers=timers,
-                         epoch=epoch, spoil_tags=spoil_tags)
+                         epoch=epoch, spoil_tags=spoil_tags, curve=curve)
     if (why := spoil_error(options)) is not None:
         raise LocalError(why)
     f = max_faulty(nodes)

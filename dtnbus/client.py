@@ -45,6 +45,36 @@ def new_session() -> int:
 
 ReplyKey = tuple[int, int, bytes, int]  # (seq, position, block hash, outcome)
 
+# how long a MAC-authenticating client signs everything it sends after a request of it
+# needed a retransmission (`SignAfterRetry`)
+SIGN_AFTER_RETRY = 30.0
+
+
+@dataclass
+class SignAfterRetry:
+    """When a client that MAC-tags its requests signs one instead. A replica that saw our
+    tag fail on a request the order needed (a faulty primary can make one up in our name,
+    or a copy was spoiled on the way) orders none of our tagged requests for a while
+    (`Replica._distrust`); a signature holds at every replica. So the first
+    retransmission of a request is signed, and so is everything we send for the next
+    `SIGN_AFTER_RETRY` seconds: a distrusting primary then costs us one retransmission
+    every half minute, not one per request. A request that needed a retransmission
+    for another reason (a view change, a loss) makes us sign a while for nothing."""
+
+    until: float = float("-inf")
+
+    def signs_new(self, now: float) -> bool:
+        """Sign a new request instead of tagging it?"""
+        return now < self.until
+
+    def signs_retry(self, retries: int, now: float) -> bool:
+        """Sign the `retries`-th send of a request (the frame it sent before is kept
+        after the first)?"""
+        if retries != 1:
+            return False
+        self.until = now + SIGN_AFTER_RETRY
+        return True
+
 
 @dataclass(kw_only=True)
 class Answers:
@@ -208,6 +238,7 @@ class Client:
                              f"{authentication!r}")
         spec = config.client(client_id)
         self.authentication = authentication
+        self.signing = SignAfterRetry()
         self.session = new_session() if session is None else session
         self.next_number = next_number
         self.config = config
@@ -263,16 +294,18 @@ class Client:
         """Number and sign the next request: (number, request digest, frame)."""
         number = self.next_number
         self.next_number += 1
+        authentication = self.authentication
+        if authentication == "mac" and self.signing.signs_new(time.monotonic()):
+            authentication = "signature"
         frame, digest = self.codec.encode_request(Request(self.id, self.session, number,
-                                                          tuple(txs)), self.authentication)
+                                                          tuple(txs)), authentication)
         return number, digest, frame
 
     def resend_frame(self, frame: bytes, retries: int) -> bytes:
-        """What to send the `retries`-th time: from the first retry on, signed rather than
-        MAC-tagged (same payload, same digest, the same request). A replica that saw a
-        bad tag come over our own CURVE connection orders none of our tagged requests
-        again (Replica.unvouched); a signature holds at every replica."""
-        if self.authentication == "mac" and retries == 1 and self.codec.can_mac:
+        """What to send the `retries`-th time: signed rather than MAC-tagged from the first
+        retry on (same payload, same digest, the same request; `SignAfterRetry`)."""
+        if self.authentication == "mac" and self.codec.can_mac \
+                and self.signing.signs_retry(retries, time.monotonic()):
             return self.codec.signed_request(frame)
         return frame
 

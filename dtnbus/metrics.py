@@ -205,6 +205,11 @@ class NodeMetrics:
             "dtnbus_pending_requests", "Client requests received and not yet executed.",
             registry=r,
         )
+        self._distrusted = Gauge(
+            "dtnbus_distrusted_clients", "Clients whose MAC tags this node does not trust now "
+            "(their tag failed on a request the order needed): it orders only their signed "
+            "requests.", registry=r,
+        )
         self._shaper_queue = Gauge(
             "dtnbus_shaper_queue_bytes", "Bytes waiting in the outgoing shaper queue per link.",
             ["link"], registry=r,
@@ -320,6 +325,9 @@ class NodeMetrics:
     def set_pending_requests(self, count: int) -> None:
         """Set the number of requests waiting; with a flat sequence it means no progress."""
         self._pending.set(count)
+
+    def set_distrusted_clients(self, count: int) -> None:
+        self._distrusted.set(count)
 
     def set_shaper_queue(self, link: str, nbytes: int) -> None:
         """Set the bytes queued in the shaper towards one peer (`link` like "to-3").

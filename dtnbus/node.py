@@ -575,6 +575,7 @@ class Node:
         m.set_last_executed(r.last_executed)
         m.set_inflight(r.in_flight())
         m.set_pending_requests(r.pending)
+        m.set_distrusted_clients(r.distrusted_clients(time.monotonic()))
         if self.shaper is not None:
             for dst, nbytes in self.shaper.queue_depth().items():
                 m.set_shaper_queue(f"to-{dst}", nbytes)

@@ -85,7 +85,7 @@ from dtnbus.view_change import (
     max_proofs,
     plan_new_view,
 )
-from dtnbus.wire import Envelope, Unverified
+from dtnbus.wire import Envelope, Unverified, is_tagged
 
 Signer = Callable[[Message], bytes]
 UNNEEDED = "unneeded"  # `admit`'s answer for a vote no slot needs: skip it, uncounted
@@ -99,6 +99,9 @@ DIRECT_ANSWERS = frozenset({Outcome.EXECUTED, Outcome.CONFLICT, Outcome.REFUSED}
 # is distrusted), for a slot that may need them: bounded, oldest out first
 UNVOUCHED_MAX = 256
 UNVOUCHED_BYTES = 8 * 2**20
+# how long a client whose MAC tag failed here on a request the order needed (or on its own
+# CURVE connection) is not trusted by its tags: its correct self signs meanwhile
+DISTRUST_SECONDS = 600.0
 # the primary's pace (ReplicaConfig.pace_factor): judged on this many PRE-PREPAREs in a row,
 # against the slowest of this many recent rounds (no judgement before that many)
 PACE_SAMPLES = 8
@@ -217,9 +220,9 @@ class Replica:
         # digest -> (request, authenticated here): requests we hold but never order
         self.held_requests: OrderedDict[bytes, tuple[Envelope, bool]] = OrderedDict()
         self.held_bytes = 0
-        # clients whose MAC tag failed here on a request from their own connection: we
-        # never order their MAC-tagged requests again (only signed ones), see `unvouched`
-        self.tags_distrusted: set[str] = set()
+        # client -> until when we order none of its MAC-tagged requests (only signed
+        # ones): its tag failed here on a request the order needed, see `unvouched`
+        self.tags_distrusted: dict[str, float] = {}
         # the primary's pace, as a backup sees it (`_judge_pace`): how long the newest
         # request of its last batches waited here, and how long our own rounds
         # (pre-prepared -> executed) take
@@ -475,7 +478,7 @@ class Replica:
     # ------------------------------------------------------------ requests
 
     def _on_request(self, msg: Request, env: Envelope, now: float, out: list[Effect]) -> None:
-        if env.tagged and msg.client in self.tags_distrusted \
+        if env.tagged and self.tags_distrusted and self._distrusts(msg.client, now) \
                 and env.digest not in self.pool.missing and env.digest not in self.pool:
             self._hold(env, authentic=True)  # never ordered by us; a slot may take it
             return
@@ -522,24 +525,64 @@ class Replica:
         ourselves (it never enters the pending queue).
 
         Held at f or fewer replicas, the primary among them, no one can vouch: the slot
-        waits for a view change. So a client whose tag failed here, on its own
-        connection (`from_client`: a replica's forward proves nothing of the client), is
-        never trusted by its tags again: as primary we order only its signed requests,
-        and a correct client signs what it sends again (`Client.resend_frame`)."""
+        waits for a view change. So we stop trusting the client's tags (`_distrust`) once
+        the primary's PRE-PREPARE needs a request whose tag fails here: the primary signed
+        that it took this very request, so a spoofed copy cannot do it (with or without
+        CURVE, and whether the body came from the client or by Fetch). Under CURVE a
+        failed tag on the client's own connection (`from_client`; a replica's forward
+        proves nothing of the client) does it at once."""
         out: list[Effect] = []
         digest = env.digest
         if not isinstance(env.msg, Request):
             return out
         if from_client:
-            self.tags_distrusted.add(env.msg.client)
+            self._distrust(env.msg.client, now)
         if digest in self.pool:
             return out
-        waiting = self.pool.missing.get(digest, ())
-        if any(self._vouched(slot) for seq in waiting if (slot := self.slots.get(seq))):
+        waiting = [slot for seq in self.pool.missing.get(digest, ())
+                   if (slot := self.slots.get(seq)) is not None]
+        if waiting:
+            self._distrust(env.msg.client, now)  # a PRE-PREPARE set each slot's `missing`
+        if any(self._vouched(slot) for slot in waiting):
             self._on_request(env.msg, env, now, out)
             return out
         self._hold(env, authentic=False)
         return out
+
+    def _distrust(self, client: str, now: float) -> None:
+        """Order none of `client`'s MAC-tagged requests for `DISTRUST_SECONDS` (a correct
+        client signs when its request is not answered, `Client.resend_frame`). A faulty
+        primary can have a correct client distrusted this way (it orders a request it
+        made up in the client's name): that costs the client a signature per request for
+        a while, and the primary its view. Expired entries go when a client is added."""
+        new = not self._distrusts(client, now)
+        if client not in self.tags_distrusted:
+            for name in [c for c, until in self.tags_distrusted.items() if until <= now]:
+                del self.tags_distrusted[name]
+        self.tags_distrusted[client] = now + DISTRUST_SECONDS
+        if new:
+            self._unpend_distrusted(now)
+
+    def _unpend_distrusted(self, now: float) -> None:
+        """Take the distrusted clients' MAC-tagged requests off the pending queue into the
+        held ones (a slot may still take them). As primary we would order them, and a
+        batch in which each backup lacks a different one of them never prepares
+        anywhere; as a backup our view-change timer would wait for them. Run when a
+        client is distrusted and when a view starts (its releases queue requests again)."""
+        for digest in list(self.pool.pending):
+            pooled = self.pool.get(digest)
+            if pooled is not None and self._distrusts(pooled.msg.client, now) \
+                    and is_tagged(pooled.frame):
+                self.pool.discard_pending(digest)
+                self._hold(Envelope(pooled.msg, digest, pooled.frame, (), True), authentic=True)
+
+    def distrusted_clients(self, now: float) -> int:
+        """How many clients we order only signed requests from now (a gauge)."""
+        return sum(1 for until in self.tags_distrusted.values() if until > now)
+
+    def _distrusts(self, client: str, now: float) -> bool:
+        until = self.tags_distrusted.get(client)
+        return until is not None and until > now
 
     def _hold(self, env: Envelope, authentic: bool) -> None:
         """Keep a request we will not order, for a slot that may need it (bounded)."""
@@ -571,6 +614,8 @@ class Replica:
         for digest in [d for d in slot.missing if d in self.held_requests]:
             env, authentic = self.held_requests[digest]
             if not authentic:
+                assert isinstance(env.msg, Request)
+                self._distrust(env.msg.client, now)  # the primary ordered it (`unvouched`)
                 if vouched is None:
                     vouched = self._vouched(slot)
                 if not vouched:
@@ -1261,6 +1306,8 @@ class Replica:
             if not slot.executed or seq <= self.stable_checkpoint:
                 # the new view takes its own references; what it does not order waits again
                 self.pool.release(seq, slot.refs, requeue=True)
+        if self.tags_distrusted:
+            self._unpend_distrusted(now)
         self.next_seq = max(top, self.last_executed) + 1
         if primary_of(view, self.n) == self.id:
             for seq, digests in sorted(plan.order.items()):

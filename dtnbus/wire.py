@@ -95,6 +95,13 @@ def payload_of(msg: Message) -> bytes:
 
 
 _PACK = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+TAGGED_PREFIX = b"\x93"  # a MAC-tagged request frame: msgpack [payload, b"", tags]
+
+
+def is_tagged(frame: bytes) -> bool:
+    """A request frame authenticated by a MAC vector (not a signature): [payload, b"",
+    tags] where a signed frame is [payload, signature]."""
+    return frame[:1] == TAGGED_PREFIX
 
 
 BUNDLE_PREFIX = b"\x92\x00"  # msgpack [0, ...]: a frame starts [payload (bin), ...]

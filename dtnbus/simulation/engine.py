@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from dtnbus.byzantine import Context, ModeSpec, make_behaviour
-from dtnbus.client import Answers, ReplyKey
+from dtnbus.client import Answers, ReplyKey, SignAfterRetry
 from dtnbus.effects import (
     Broadcast,
     Drop,
@@ -94,6 +94,8 @@ class SimOptions:
     epoch: float = 0.0  # the replicas' clocks read this at time 0 (a host after uptime)
     spoil_tags: bool = False  # client c0 is faulty: each request's MAC tags hold at some
     # replicas only (a random non-empty proper subset spoiled per send; needs ed25519)
+    curve: bool = True  # clients' connections authenticated (CurveZMQ): a replica knows a
+    # frame came from the client it names (False: as a node without CURVE, it never does)
     trace: bool = False
 
     def command(self, seed: int) -> str:
@@ -118,6 +120,8 @@ class SimOptions:
             parts.append("--reorder")
         if self.spoil_tags:
             parts.append("--spoil-tags")
+        if not self.curve:
+            parts.append("--no-curve")
         if self.partition:
             parts.append(f"--partition '{self.partition}'")
         return " ".join(parts)
@@ -198,12 +202,14 @@ class SimClient:
         self.session = session
         self.next_number = 1
         self.pending: dict[int, _Pending] = {}
+        self.signing = SignAfterRetry()  # as the real client
 
     def new_request(self, now: float) -> _Pending:
         number = self.next_number
         self.next_number += 1
         req = Request(self.name, self.session, number, (b"%s-%d" % (self.name.encode(), number),))
-        frame, digest = self.codec.encode_request(req)  # as the real client: a MAC vector
+        frame, digest = self.codec.encode_request(  # as the real client: a MAC vector
+            req, "signature" if self.signing.signs_new(now) else "mac")
         p = self.pending[number] = _Pending(number, digest, frame, now)  # when keys allow
         return p
 
@@ -270,7 +276,7 @@ class Simulation:
                     max_frame=SIM_MAX_FRAME, base_delay=self.network.hop(),
                     collusion=collusion))
             self.hosts.append(ReplicaHost(ReplicaConfig(i, n, **overrides), codec, behaviour,
-                                          epoch=options.epoch))
+                                          epoch=options.epoch, curve=options.curve))
         self.clients = [SimClient(name, members.codec(name, SIM_MAX_FRAME), n)
                         for name in names]
         self.client_index = {c.name: k for k, c in enumerate(self.clients)}
@@ -367,7 +373,8 @@ class Simulation:
         if p.accepted is None:
             p.retry = min(4.0, p.retry * 2)
             p.retry_count += 1
-            if p.retry_count == 1 and client.codec.can_mac and client not in self.faulty:
+            if client.codec.can_mac and client not in self.faulty \
+                    and client.signing.signs_retry(p.retry_count, self.now):
                 p.frame = client.codec.signed_request(p.frame)  # as the real client: signed
             self._client_send(client, p)  # when sent again (a faulty one spoils it again)
 

@@ -57,13 +57,14 @@ class ReplicaHost:
     def __init__(self, config: ReplicaConfig, codec: Codec,
                  behaviour: Behaviour | None = None, admitted: dict[str, str] | None = None,
                  operators: frozenset[str] = frozenset(), gate_state: bool = True,
-                 epoch: float = 0.0) -> None:
+                 epoch: float = 0.0, curve: bool = True) -> None:
         """`admitted`/`operators`: client admission at genesis, as `Replica` takes it. The
         codec's clients stay as given (admission commands are not mirrored into it).
         `gate_state`: serve a peer's StateRequest only as a node does (`ServeGate`).
         `epoch`: what the replica's clock reads at the caller's time 0. A node's clock is
         `time.monotonic()`, hours after boot; a timer anchored at 0.0 instead of at a
-        reading of that clock is due at once there, and only a clock far from 0 shows it."""
+        reading of that clock is due at once there, and only a clock far from 0 shows it.
+        `curve`: a client's frames are known to come from it (a node under CurveZMQ)."""
         self.id = config.replica_id
         self.config = config
         self.codec = codec
@@ -77,6 +78,7 @@ class ReplicaHost:
         self.skipped = 0  # votes admit said no slot needs: not verified, not stepped
         self.state_gate = ServeGate() if gate_state else None
         self.epoch = epoch
+        self.curve = curve
 
     def _new_replica(self) -> Replica:
         return Replica(self.config, self.codec.encode, *self._genesis)
@@ -134,8 +136,8 @@ class ReplicaHost:
                     packet.env = env
         except UnvouchedRequest as exc:  # (never shared: a tag per receiver)
             return [Drop(exc.reason, sender_of(raw.msg)),
-                    *self._finish(self.replica.unvouched(exc.envelope, now,
-                                                         isinstance(packet.src, str)), now)]
+                    *self._finish(self.replica.unvouched(
+                        exc.envelope, now, self.curve and isinstance(packet.src, str)), now)]
         except PeerError as exc:
             if shared:
                 packet.auth_error = exc.reason

@@ -23,7 +23,7 @@ from dtnbus.simulation.trace import minimal_trace
 
 SHRINK_RUNS = 16  # at most this many extra runs to shrink one failing seed
 MODES = ("silent", "slow:5", "equivocate", "censor", "forge", "replay", "garbage",
-         "proof-bomb", "lying-state", "view-storm")
+         "proof-bomb", "lying-state", "view-storm", "impersonate")
 
 
 def standard(n: int, mode: str, authenticator: str = "mac") -> SimOptions:
@@ -231,6 +231,8 @@ def describe_options(options: SimOptions) -> str:
         faults.append(f"{o.crash_restart} crash-restart(s)")
     if o.spoil_tags:
         faults.append("client c0 spoils MAC tags")
+        if not o.curve:
+            faults.append("no CURVE (a replica never knows who sent a frame)")
     net = f"links {o.latency_ms:g} ms" + (f", {o.bandwidth_mbps:g} Mbps" if o.bandwidth_mbps
                                          else ", unlimited bandwidth")
     phase = (f"faults for {o.duration:g} virtual s, then healed"

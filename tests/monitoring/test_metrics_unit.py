@@ -148,6 +148,7 @@ def test_gauges_and_progress_counters() -> None:
     metrics.set_last_executed(130)
     metrics.set_inflight(3)
     metrics.set_pending_requests(40)
+    metrics.set_distrusted_clients(2)
     metrics.batch_cut(100)
     metrics.executed(batches=2, transactions=150)
     metrics.set_shaper_queue("to-2", 4096)
@@ -159,6 +160,7 @@ def test_gauges_and_progress_counters() -> None:
     assert value(metrics, "dtnbus_last_executed_sequence") == 130
     assert value(metrics, "dtnbus_inflight_sequences") == 3
     assert value(metrics, "dtnbus_pending_requests") == 40
+    assert value(metrics, "dtnbus_distrusted_clients") == 2
     assert value(metrics, "dtnbus_batch_size") == 100
     assert value(metrics, "dtnbus_batch_transactions_count") == 1
     assert value(metrics, "dtnbus_executed_batches_total") == 2
