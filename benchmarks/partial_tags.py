@@ -2,14 +2,15 @@
 its MAC authenticator (docs/faults.md, "A faulty client's partial authenticator").
 
     python -m benchmarks.partial_tags [--nodes 4] [--seconds 40] [--rate 50]
-                                      [--curve both|on|off] [--spoil random|primary]
+                                      [--curve both|on|off] [--spoil random|primary|current]
                                       [--streams 6] [--window 32]
 
 Each cell is a fresh cluster of real node processes. `--streams` honest `RequestStream`s
 (`--window` requests outstanding each, one transaction of 300 B per request) run for 2 s;
 then the faulty client (the cluster file's first client, which never signs) sends
 `--rate` requests a second to every replica, each with the tags of a random 1..n-1
-replicas spoiled (`--spoil primary`: the first primary's tag alone), for `--seconds`.
+replicas spoiled (`--spoil primary`: the first primary's tag alone; `current`: the
+current primary's), for `--seconds`.
 One more cell runs the streams alone. Reported per cell: the honest acknowledgements a
 second while the faulty client ran, the longest time in which no honest request was
 acknowledged (a stall), the views, the last executed sequence, and the clients each
@@ -42,20 +43,27 @@ SAMPLE = 0.25  # seconds between looks at the honest acknowledgements
 def spoiling_client(config: ClusterConfig, rate: float, stop: threading.Event,
                      pattern: str = "random", seed: int = 1) -> int:
     """The faulty client: MAC-tagged requests, `rate` a second, never signed, until
-    `stop`, each with a random proper subset of its tags spoiled ("random") or the tag of
-    the first primary alone ("primary"). Returns how many it sent."""
+    `stop`, each with a random proper subset of its tags spoiled ("random"), the tag of
+    the first primary alone ("primary") or of the current one ("current": it asks the
+    cluster's view every second). Returns how many it sent."""
     spec = config.client()
     rng = random.Random(seed)
     n = len(config.nodes)
     sent = 0
-    with Client(config, spec.id) as client:
+    primary, looked = 0, 0.0
+    with Client(config, spec.id) as client, Client(config, spec.id) as probe:
         sockets = list(client.sockets.values())
         session = new_session()
         while not stop.is_set():
+            if pattern == "current" and time.monotonic() >= looked + 1.0:
+                looked = time.monotonic()
+                views = [s.view for s in probe.status(0.5).values()]
+                primary = max(views, default=0) % n
             sent += 1
             frame, _ = client.codec.encode_request(
                 Request(spec.id, session, sent, (b"spoiled-%d" % sent,)), "mac")
-            spoiled = [0] if pattern == "primary" else rng.sample(range(n), rng.randint(1, n - 1))
+            spoiled = ([primary] if pattern in ("primary", "current")
+                       else rng.sample(range(n), rng.randint(1, n - 1)))
             frame = spoil_tags(frame, spoiled)
             for sock in sockets:
                 sock.send(frame)
@@ -119,9 +127,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--rate", type=float, default=50.0, help="spoiled requests a second")
     parser.add_argument("--curve", choices=["both", "on", "off"], default="both")
-    parser.add_argument("--spoil", choices=["random", "primary"], default="random",
-                        help="which tags: a random proper subset per request, or the first "
-                             "primary's alone")
+    parser.add_argument("--spoil", choices=["random", "primary", "current"],
+                        default="random",
+                        help="which tags: a random proper subset per request, the first "
+                             "primary's alone, or the current primary's alone")
     parser.add_argument("--streams", type=int, default=6)
     parser.add_argument("--window", type=int, default=32)
     args = parser.parse_args()
