@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -109,6 +110,7 @@ def run_cell(nodes: int, seconds: float, rate: float, curve: bool, streams: int,
         for s in honest:
             s.stop()
         stop_nodes(directory)
+        shutil.rmtree(directory, ignore_errors=True)
     return {
         "nodes": nodes, "curve": curve, "faulty_rate": rate,
         "spoiled": pattern if rate > 0 else "-",

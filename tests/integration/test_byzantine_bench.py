@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import byzantine_nodes
+from benchmarks import byzantine_nodes, partial_tags
 
 
 def test_a_censoring_primary_is_replaced_and_the_row_says_so(
@@ -57,3 +57,13 @@ def test_a_slow_primary_is_replaced_on_real_nodes(
     assert row["ok"] == "True" and row["missing"] == row["duplicated"] == "0"
     assert "1" in row["views"].split(), row
     assert "every check held" in capsys.readouterr().err
+
+
+def test_the_partial_tags_benchmark_sees_a_faulty_client_distrusted() -> None:
+    """benchmarks.partial_tags on its smallest cell: two honest streams beside a client
+    spoiling a random part of its tags, no CURVE. The honest streams progress, and the
+    backups that saw the primary order one of its requests distrust it (the gauge)."""
+    row = partial_tags.run_cell(nodes=4, seconds=4.0, rate=25.0, curve=False, streams=2,
+                                window=8)
+    assert row["honest_acks_per_s"] > 0 and row["spoiled_sent"] > 50
+    assert "1" in row["distrusted"].split(","), row
