@@ -3,7 +3,10 @@ MAC attack", Clement et al., NSDI 2009): a replica whose own tag fails cannot ta
 request from the client, yet the order may need it. It must neither stall the cluster
 (f + 1 replicas unable to prepare would block every later sequence) nor leave one correct
 replica behind for good. f + 1 replicas vouching for the batch (its PRE-PREPARE and
-PREPAREs) prove that a correct one authenticated every body in it."""
+PREPAREs) prove that a correct one authenticated every body in it. Where no one can vouch
+(tags that hold at the primary alone), the replicas stop trusting the client's tags, so
+it costs at most one view change; and a faulty primary that uses that against correct
+clients costs them little."""
 
 from __future__ import annotations
 
@@ -129,13 +132,16 @@ class PendingAtTheNextPrimary(PrimaryOnly):
     the primary of view 1 has them pending when the view changes (it took them before it
     stopped trusting the client)."""
 
+    def __init__(self, options: SimOptions, seed: int) -> None:
+        super().__init__(options, seed)
+        self.first: set[bytes] = set()  # the payloads of its first five requests
+
     def _outgoing(self, client, frame: bytes) -> bytes:  # type: ignore[no-untyped-def]
         if client not in self.faulty:
             return frame
-        first = self.__dict__.setdefault("first", set())
         payload = msgpack.unpackb(frame)[0]
-        if payload in first or len(first) < 5:
-            first.add(payload)
+        if payload in self.first or len(self.first) < 5:
+            self.first.add(payload)
             return spoil_tags(frame, [r for r in self.everyone if r != 1])
         return super()._outgoing(client, frame)
 
