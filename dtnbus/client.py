@@ -32,7 +32,7 @@ from dtnbus.messages import (
 )
 from dtnbus.metrics import ClientMetrics
 from dtnbus.transport import waiting_frames
-from dtnbus.wire import Codec
+from dtnbus.wire import Codec, is_tagged
 
 
 def new_session() -> int:
@@ -46,7 +46,7 @@ def new_session() -> int:
 ReplyKey = tuple[int, int, bytes, int]  # (seq, position, block hash, outcome)
 
 # how long a MAC-authenticating client signs everything it sends after a request of it
-# needed a retransmission (`SignAfterRetry`)
+# needed a retransmission in the view it was sent in (`SignAfterRetry`)
 SIGN_AFTER_RETRY = 30.0
 
 
@@ -55,25 +55,37 @@ class SignAfterRetry:
     """When a client that MAC-tags its requests signs one instead. A replica that saw our
     tag fail on a request the order needed (a faulty primary can make one up in our name,
     or a copy was spoiled on the way) orders none of our tagged requests for a while
-    (`Replica._distrust`); a signature holds at every replica. So the first
-    retransmission of a request is signed, and so is everything we send for the next
-    `SIGN_AFTER_RETRY` seconds: a distrusting primary then costs us one retransmission
-    every half minute, not one per request. A request that needed a retransmission
-    for another reason (a view change, a loss) makes us sign a while for nothing."""
+    (`Replica._distrust`); a signature holds at every replica. So a request that went
+    unanswered for the retransmission interval is sent again signed (`signs_retry`),
+    and once such a request is accepted in the view it was first sent in (a distrusting
+    primary, not a view change, held it up), everything we send for the next
+    `SIGN_AFTER_RETRY` seconds is signed: a distrusting primary then costs us one
+    retransmission every half minute, not one per request. A view change (a crashed
+    primary) makes every client retransmit, and costs no signing window."""
 
     until: float = float("-inf")
+    view: int = 0  # the highest view a reply named
+
+    def saw(self, view: int) -> None:
+        """A reply named this view."""
+        if view > self.view:
+            self.view = view
 
     def signs_new(self, now: float) -> bool:
         """Sign a new request instead of tagging it?"""
         return now < self.until
 
-    def signs_retry(self, retries: int, now: float) -> bool:
-        """Sign the `retries`-th send of a request (the frame it sent before is kept
-        after the first)?"""
-        if retries != 1:
-            return False
-        self.until = now + SIGN_AFTER_RETRY
-        return True
+    @staticmethod
+    def signs_retry(timed_out: bool, frame: bytes) -> bool:
+        """Send this request again signed? Yes when it went unanswered (not when it waited
+        for room: BUSY answers) and is still MAC-tagged."""
+        return timed_out and is_tagged(frame)
+
+    def accepted(self, timed_out: bool, view_sent: int, now: float) -> None:
+        """A request was accepted: after a retransmission for want of an answer, in the
+        view it was first sent in, sign for a while."""
+        if timed_out and self.view <= view_sent:
+            self.until = now + SIGN_AFTER_RETRY
 
 
 @dataclass(kw_only=True)
@@ -136,6 +148,8 @@ class _Pending(Answers):
     backoff: float = 0.025
     accepted: ReplyKey | None = None
     accepted_at: float = 0.0
+    view_sent: int = 0  # the highest view a reply named when it was first sent
+    timed_out: bool = False  # sent again for want of an answer
 
 
 def accepts(key: ReplyKey, committed: dict[int, ReplyKey], tentative: dict[int, ReplyKey],
@@ -301,11 +315,11 @@ class Client:
                                                           tuple(txs)), authentication)
         return number, digest, frame
 
-    def resend_frame(self, frame: bytes, retries: int) -> bytes:
-        """What to send the `retries`-th time: signed rather than MAC-tagged from the first
-        retry on (same payload, same digest, the same request; `SignAfterRetry`)."""
+    def resend_frame(self, frame: bytes, timed_out: bool) -> bytes:
+        """What to send again: signed rather than MAC-tagged once the request went
+        unanswered (same payload, same digest, the same request; `SignAfterRetry`)."""
         if self.authentication == "mac" and self.codec.can_mac \
-                and self.signing.signs_retry(retries, time.monotonic()):
+                and self.signing.signs_retry(timed_out, frame):
             return self.codec.signed_request(frame)
         return frame
 
@@ -377,6 +391,7 @@ class Client:
         # queued behind the others on a slow emulated link
         p.first_sent = now
         p.next_retry = arrived + retry_after
+        p.view_sent = self.signing.view
         self.metrics.request_sent()
 
     def _collect(self, pending: dict[int, _Pending], start: float, timeout: float,
@@ -428,6 +443,7 @@ class Client:
                         backed_off += wait
                         allowed = max(1.0, allowed / 2)
                     continue
+                self.signing.saw(msg.view)
                 key: ReplyKey = (msg.seq, msg.position, msg.result, msg.outcome)
                 first = replica not in p.committed and replica not in p.early
                 if not p.note(replica, key, msg.view, msg.tentative, msg.speculative):
@@ -443,6 +459,7 @@ class Client:
                     p.next_retry = min(p.next_retry, retry)
                 if p.accepted is None and p.decides(key, n):
                     p.accepted, p.accepted_at = key, now
+                    self.signing.accepted(p.timed_out, p.view_sent, now)
                     decided += 1
                     outstanding -= 1
                     allowed = min(float(window), allowed + 1)
@@ -509,7 +526,8 @@ class Client:
         self.metrics.request_retransmitted()
         # a replica that answered tentatively holds the committed answer by now: ask it too
         targets = [r for r in self.sockets if r not in p.committed]
-        p.frame = self.resend_frame(p.frame, p.retries)
+        p.timed_out = p.timed_out or not p.backing_off
+        p.frame = self.resend_frame(p.frame, not p.backing_off)
         arrived = max((self._send(r, p.frame, now) for r in targets), default=now)
         if p.backing_off:
             p.backing_off = False

@@ -55,6 +55,8 @@ class Ack(Answers):
     backoff: float = BUSY_BACKOFF[0] / 2
     accepted: float | None = None  # when the client's acceptance rule was met
     key: ReplyKey | None = None  # (seq, position, block hash, outcome) accepted
+    view_sent: int = 0  # the highest view a reply named when it was sent (SignAfterRetry)
+    timed_out: bool = False  # sent again for want of an answer
 
     @property
     def latency(self) -> float | None:
@@ -174,7 +176,8 @@ class RequestStream:
                         txs.append(self.tag.to_bytes(4, "big") + counter.to_bytes(8, "big")
                                    + filler)
                     number, digest, frame = client.request(tuple(txs))
-                    ack = Ack(number, digest, frame, len(txs), now, now + self.retry_after)
+                    ack = Ack(number, digest, frame, len(txs), now, now + self.retry_after,
+                              view_sent=client.signing.view)
                     self.acks[number] = ack
                     open_.append(ack)
                     self.offered += 1
@@ -201,6 +204,7 @@ class RequestStream:
                         ack.backoff = min(BUSY_BACKOFF[1], 2 * ack.backoff)
                         ack.next_retry = time.monotonic() + ack.backoff
                     continue
+                client.signing.saw(msg.view)
                 key: ReplyKey = (msg.seq, msg.position, msg.result, msg.outcome)
                 ack.note(replica, key, msg.view, msg.tentative, msg.speculative)
                 ack.busy.discard(replica)
@@ -210,6 +214,7 @@ class RequestStream:
                 if ack.decides(key, n):
                     ack.accepted = time.monotonic()
                     ack.key = key
+                    client.signing.accepted(ack.timed_out, ack.view_sent, ack.accepted)
                     self.accept_times.append(ack.accepted)
             now = time.monotonic()
             if now >= next_scan:
@@ -221,7 +226,8 @@ class RequestStream:
 
     def _retransmit(self, client: Client, ack: Ack, now: float) -> None:
         ack.retries += 1
-        ack.frame = client.resend_frame(ack.frame, ack.retries)
+        ack.timed_out = ack.timed_out or not ack.backing_off
+        ack.frame = client.resend_frame(ack.frame, not ack.backing_off)
         for replica, sock in client.sockets.items():
             if replica not in ack.committed:  # a tentative answer: its committed one now
                 _send(sock, ack.frame)

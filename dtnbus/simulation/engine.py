@@ -188,6 +188,7 @@ class _Pending(Answers):
     retry_count: int = 0
     accepted: ReplyKey | None = None
     accepted_at: float = 0.0
+    view_sent: int = 0  # as the real client's (SignAfterRetry)
 
 
 class SimClient:
@@ -203,14 +204,16 @@ class SimClient:
         self.next_number = 1
         self.pending: dict[int, _Pending] = {}
         self.signing = SignAfterRetry()  # as the real client
+        self.signs = True  # False: a faulty client that never signs (--spoil-tags)
 
     def new_request(self, now: float) -> _Pending:
         number = self.next_number
         self.next_number += 1
         req = Request(self.name, self.session, number, (b"%s-%d" % (self.name.encode(), number),))
         frame, digest = self.codec.encode_request(  # as the real client: a MAC vector
-            req, "signature" if self.signing.signs_new(now) else "mac")
-        p = self.pending[number] = _Pending(number, digest, frame, now)  # when keys allow
+            req, "signature" if self.signs and self.signing.signs_new(now) else "mac")
+        p = self.pending[number] = _Pending(number, digest, frame, now,  # when keys allow
+                                            view_sent=self.signing.view)
         return p
 
     def on_reply(self, sender: int, reply: Reply, now: float) -> _Pending | None:
@@ -219,10 +222,12 @@ class SimClient:
         if p is None or p.accepted is not None or reply.session != self.session or \
                 reply.request != p.digest or reply.outcome in (Outcome.BUSY, Outcome.REFUSED):
             return None
+        self.signing.saw(reply.view)
         key: ReplyKey = (reply.seq, reply.position, reply.result, reply.outcome)
         p.note(sender, key, reply.view, reply.tentative, reply.speculative)
         if p.decides(key, self.n):
             p.accepted, p.accepted_at = key, now
+            self.signing.accepted(p.retry_count > 0, p.view_sent, now)
             return p
         return None
 
@@ -309,6 +314,8 @@ class Simulation:
         # a faulty client (--spoil-tags: c0) is owed nothing: its requests need not be
         # decided, only never break agreement or exactly-once
         self.faulty = self.clients[:1] if options.spoil_tags else []
+        for client in self.faulty:
+            client.signs = False
         self.checked = [c for c in self.clients if c not in self.faulty]
         self._plan(partitions)
 
@@ -373,8 +380,8 @@ class Simulation:
         if p.accepted is None:
             p.retry = min(4.0, p.retry * 2)
             p.retry_count += 1
-            if client.codec.can_mac and client not in self.faulty \
-                    and client.signing.signs_retry(p.retry_count, self.now):
+            if client.codec.can_mac and client.signs \
+                    and client.signing.signs_retry(True, p.frame):
                 p.frame = client.codec.signed_request(p.frame)  # as the real client: signed
             self._client_send(client, p)  # when sent again (a faulty one spoils it again)
 

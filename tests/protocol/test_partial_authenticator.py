@@ -14,6 +14,7 @@ import msgpack
 import pytest
 
 from dtnbus.byzantine import parse_mode
+from dtnbus.client import SIGN_AFTER_RETRY, SignAfterRetry
 from dtnbus.simulation.engine import SimOptions, Simulation, spoil_tags
 
 
@@ -199,3 +200,35 @@ def test_a_primary_that_makes_up_requests_in_clients_names_costs_them_little() -
         assert all(p.accepted is not None for p in after)
         late = [p for p in after if p.accepted_at - p.sent_at > 0.5]
         assert len(late) <= len(after) // 10, [(p.number, p.sent_at) for p in late]
+
+
+def test_a_view_change_costs_the_clients_no_signing_window() -> None:
+    """A crashed (silent) primary makes every client retransmit; those requests are
+    accepted in the next view, so no client starts signing everything (a signature costs
+    each replica ~50 us against ~2 us for its tag). Only a request accepted in the view it
+    was sent in, after going unanswered, does (`SignAfterRetry`)."""
+    options = SimOptions(nodes=4, byzantine={0: parse_mode("silent")}, clients=3,
+                         requests=20, duration=6, authenticator="ed25519",
+                         timers="production")
+    sim = Simulation(options, 0)
+    result = sim.run()
+    assert not result.violations and sim.max_view == 1
+    retried = [p for c in sim.clients for p in c.pending.values() if p.retry_count]
+    assert retried and all(p.accepted is not None for p in retried)
+    assert all(c.signing.until == float("-inf") for c in sim.clients)
+
+
+def test_the_signing_window_opens_only_for_an_unanswered_request_in_its_own_view() -> None:
+    signing = SignAfterRetry()
+    tagged, signed = b"\x93tagged", b"\x92signed"
+    assert signing.signs_retry(True, tagged)  # unanswered: sent again signed
+    assert not signing.signs_retry(False, tagged)  # it waited for room (BUSY): as it was
+    assert not signing.signs_retry(True, signed)  # signed already
+    signing.saw(3)
+    signing.accepted(timed_out=True, view_sent=2, now=10.0)  # a view change held it up
+    assert not signing.signs_new(10.5)
+    signing.accepted(timed_out=False, view_sent=3, now=11.0)  # answered in time
+    assert not signing.signs_new(11.5)
+    signing.accepted(timed_out=True, view_sent=3, now=12.0)  # held up in its own view
+    assert signing.signs_new(12.0 + SIGN_AFTER_RETRY - 1)
+    assert not signing.signs_new(12.0 + SIGN_AFTER_RETRY)
