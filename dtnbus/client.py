@@ -81,6 +81,12 @@ class SignAfterRetry:
         for room: BUSY answers) and is still MAC-tagged."""
         return timed_out and is_tagged(frame)
 
+    @classmethod
+    def resend(cls, codec: Codec, frame: bytes, timed_out: bool) -> bytes:
+        """What to send again (`signs_retry`): the same payload and digest, the same
+        request, signed or as it was."""
+        return codec.signed_request(frame) if cls.signs_retry(timed_out, frame) else frame
+
     def accepted(self, timed_out: bool, view_sent: int, now: float) -> None:
         """A request was accepted: after a retransmission for want of an answer, in the
         view it was first sent in, sign for a while."""
@@ -308,20 +314,15 @@ class Client:
         """Number and sign the next request: (number, request digest, frame)."""
         number = self.next_number
         self.next_number += 1
-        authentication = self.authentication
-        if authentication == "mac" and self.signing.signs_new(time.monotonic()):
-            authentication = "signature"
+        authentication = ("signature" if self.signing.signs_new(time.monotonic())
+                          else self.authentication)
         frame, digest = self.codec.encode_request(Request(self.id, self.session, number,
                                                           tuple(txs)), authentication)
         return number, digest, frame
 
     def resend_frame(self, frame: bytes, timed_out: bool) -> bytes:
-        """What to send again: signed rather than MAC-tagged once the request went
-        unanswered (same payload, same digest, the same request; `SignAfterRetry`)."""
-        if self.authentication == "mac" and self.codec.can_mac \
-                and self.signing.signs_retry(timed_out, frame):
-            return self.codec.signed_request(frame)
-        return frame
+        """What to send again (`SignAfterRetry.resend`)."""
+        return self.signing.resend(self.codec, frame, timed_out)
 
     def _send(self, replica: int, frame: bytes, now: float) -> float:
         """Send (or queue on the emulated link); return when it will have arrived."""

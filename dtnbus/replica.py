@@ -554,13 +554,12 @@ class Replica:
         client signs when its request is not answered, `Client.resend_frame`). A faulty
         primary can have a correct client distrusted this way (it orders a request it
         made up in the client's name): that costs the client a signature per request for
-        a while, and the primary its view. Expired entries go when a client is added."""
-        new = not self._distrusts(client, now)
-        if client not in self.tags_distrusted:
-            for name in [c for c, until in self.tags_distrusted.items() if until <= now]:
-                del self.tags_distrusted[name]
+        a while, and the primary its view. Expired entries go when a client is distrusted anew."""
+        fresh = not self._distrusts(client, now)
+        if fresh:
+            self.tags_distrusted = {c: u for c, u in self.tags_distrusted.items() if u > now}
         self.tags_distrusted[client] = now + DISTRUST_SECONDS
-        if new:
+        if fresh:
             self._unpend_distrusted(now)
 
     def _unpend_distrusted(self, now: float) -> None:
@@ -613,8 +612,8 @@ class Replica:
         vouched: bool | None = None
         for digest in [d for d in slot.missing if d in self.held_requests]:
             env, authentic = self.held_requests[digest]
+            assert isinstance(env.msg, Request)
             if not authentic:
-                assert isinstance(env.msg, Request)
                 self._distrust(env.msg.client, now)  # the primary ordered it (`unvouched`)
                 if vouched is None:
                     vouched = self._vouched(slot)
@@ -622,7 +621,6 @@ class Replica:
                     continue
             del self.held_requests[digest]
             self.held_bytes -= len(env.frame)
-            assert isinstance(env.msg, Request)
             others += (waiting for waiting in self._pool_body(digest, env.msg, env.frame, now)
                        if waiting is not slot)
         return others

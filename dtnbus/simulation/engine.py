@@ -380,9 +380,8 @@ class Simulation:
         if p.accepted is None:
             p.retry = min(4.0, p.retry * 2)
             p.retry_count += 1
-            if client.codec.can_mac and client.signs \
-                    and client.signing.signs_retry(True, p.frame):
-                p.frame = client.codec.signed_request(p.frame)  # as the real client: signed
+            if client.signs:  # as the real client: signed now
+                p.frame = client.signing.resend(client.codec, p.frame, timed_out=True)
             self._client_send(client, p)  # when sent again (a faulty one spoils it again)
 
     def _crash(self, i: int) -> None:
